@@ -1,0 +1,1 @@
+"""mesh.agent.cli package: the `mesh` command."""

@@ -1,0 +1,257 @@
+"""`mesh`: one command with Consul's subcommands and single-dash flags.
+
+Every subcommand but `agent`, `keygen` and `version` talks to an agent's HTTP API at
+-http-addr (default 127.0.0.1:8500, or CONSUL_HTTP_ADDR / MESH_HTTP_ADDR) with -token.
+Exit 0 on success, 1 on error with one line on stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from mesh import __version__
+from mesh.api.client import APIError, Client
+
+__all__ = ["main"]
+
+USAGE = """Usage: mesh <command> [args]
+
+Commands:
+  agent                      run a mesh agent (-dev, or -server -bootstrap-expect N ...)
+  members                    list the cluster's members
+  leave                      gracefully leave the cluster and stop the agent
+  operator raft list-peers   show the Raft configuration
+  operator raft remove-peer  remove a server from the Raft configuration (-address or -id)
+  snapshot save FILE         save a snapshot of the replicated state
+  snapshot restore FILE      restore a snapshot into the cluster
+  catalog datacenters|nodes|services
+  keygen                     print a new cluster key for -encrypt
+  version                    print the version
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse(argv: list[str], spec: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """Consul-style flags for subcommands: spec maps name -> 'str' | 'bool'."""
+    spec = {"http-addr": "str", "token": "str", "datacenter": "str", **spec}
+    values: dict[str, Any] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("-") and len(arg) > 1 and not rest:
+            name, eq, inline = arg.lstrip("-").partition("=")
+            if name not in spec:
+                raise UsageError(f"flag provided but not defined: -{name}")
+            if spec[name] == "bool":
+                values[name] = inline.lower() not in ("false", "0") if eq else True
+            elif eq:
+                values[name] = inline
+            else:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"flag needs an argument: -{name}")
+                i += 1
+                values[name] = argv[i]
+        else:
+            rest.append(arg)
+        i += 1
+    return values, rest
+
+
+def _client(flags: dict[str, Any]) -> Client:
+    return Client(flags.get("http-addr"), flags.get("token"))
+
+
+async def _members(argv: list[str]) -> int:
+    flags, _ = _parse(argv, {"detailed": "bool", "wan": "bool"})
+    async with _client(flags) as c:
+        members = await c.get("/v1/agent/members")
+    rows = [("Node", "Address", "Status", "Type", "Build", "Protocol", "DC")]
+    status = {1: "alive", 2: "leaving", 3: "left", 4: "failed"}
+    for m in members:
+        tags = m.get("Tags", {})
+        rows.append((m["Name"], f"{m['Addr']}:{m['Port']}", status.get(m.get("Status"), "none"),
+                     "server" if tags.get("role") == "consul" else "client", tags.get("build", ""),
+                     str(m.get("ProtocolCur", 2)), tags.get("dc", "")))
+    _table(rows)
+    return 0
+
+
+async def _leave(argv: list[str]) -> int:
+    flags, _ = _parse(argv, {})
+    async with _client(flags) as c:
+        await c.put("/v1/agent/leave")
+    print("Graceful leave complete")
+    return 0
+
+
+async def _operator(argv: list[str]) -> int:
+    if len(argv) < 2 or argv[0] != "raft" or argv[1] not in ("list-peers", "remove-peer"):
+        raise UsageError("usage: mesh operator raft list-peers | remove-peer -address=IP:PORT")
+    if argv[1] == "list-peers":
+        flags, _ = _parse(argv[2:], {"stale": "bool"})
+        params = {"stale": ""} if flags.get("stale") else {}
+        async with _client(flags) as c:
+            conf = await c.get("/v1/operator/raft/configuration", **params)
+        rows = [("Node", "ID", "Address", "State", "Voter", "RaftProtocol")]
+        for s in conf["Servers"]:
+            rows.append((s["Node"], s["ID"], s["Address"], "leader" if s["Leader"] else "follower",
+                         str(s["Voter"]).lower(), s["ProtocolVersion"]))
+        _table(rows)
+        return 0
+    flags, _ = _parse(argv[2:], {"address": "str", "id": "str"})
+    if not flags.get("address") and not flags.get("id"):
+        raise UsageError("remove-peer needs -address=IP:PORT or -id=ID")
+    params = {"address": flags["address"]} if flags.get("address") else {"id": flags["id"]}
+    async with _client(flags) as c:
+        await c.request("DELETE", "/v1/operator/raft/peer", params=params)
+    what = flags.get("address") or flags.get("id")
+    print(f'Removed peer with address "{what}"')
+    return 0
+
+
+async def _snapshot(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("save", "restore"):
+        raise UsageError("usage: mesh snapshot save FILE | restore FILE")
+    flags, rest = _parse(argv[1:], {"stale": "bool"})
+    if len(rest) != 1:
+        raise UsageError(f"usage: mesh snapshot {argv[0]} FILE")
+    path = rest[0]
+    async with _client(flags) as c:
+        if argv[0] == "save":
+            data, headers = await c.request("GET", "/v1/snapshot", params={"stale": ""} if flags.get("stale") else {})
+            tmp = path + ".tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            print(f"Saved and verified snapshot to index {headers.get('X-Consul-Index', '0')}")
+        else:
+            try:
+                with open(path, "rb") as f:
+                    data = f.read()
+            except OSError as exc:
+                raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+            await c.request("PUT", "/v1/snapshot", data=data)
+            print("Restored snapshot")
+    return 0
+
+
+async def _catalog(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("datacenters", "nodes", "services"):
+        raise UsageError("usage: mesh catalog datacenters | nodes | services")
+    flags, _ = _parse(argv[1:], {"tags": "bool", "service": "str", "detailed": "bool"})
+    async with _client(flags) as c:
+        if argv[0] == "datacenters":
+            for dc in await c.get("/v1/catalog/datacenters"):
+                print(dc)
+        elif argv[0] == "services":
+            for name, tags in (await c.get("/v1/catalog/services")).items():
+                print(f"{name}  {','.join(tags)}" if flags.get("tags") else name)
+        else:
+            path = f"/v1/catalog/service/{flags['service']}" if flags.get("service") else "/v1/catalog/nodes"
+            rows = [("Node", "ID", "Address", "DC")]
+            for n in await c.get(path):
+                rows.append((n["Node"], (n.get("ID") or "")[:8], n["Address"], n.get("Datacenter", "")))
+            _table(rows)
+    return 0
+
+
+def _table(rows: list[tuple[str, ...]]) -> None:
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(r, widths, strict=True)).rstrip())
+
+
+def _run_agent(argv: list[str]) -> int:
+    from mesh.agent.agent import Agent, StartupError
+    from mesh.agent.config import ConfigError, parse_args
+    from mesh.agent.logging import configure, get_logger
+
+    try:
+        cfg = parse_args(argv)
+    except ConfigError as exc:
+        print(f"==> {exc}", file=sys.stderr)
+        return 1
+    if not cfg.server:
+        print("==> client agents (without -server) are not available yet in this version", file=sys.stderr)
+        return 1
+    configure(cfg.log_level, cfg.log_json)
+    log = get_logger("cli")
+
+    async def run() -> int:
+        try:
+            agent = Agent(cfg)
+            await agent.start()
+        except (StartupError, OSError) as exc:
+            log.error("agent_start_failed", error=str(exc))
+            print(f"==> {exc}", file=sys.stderr)
+            return 1
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, agent.request_stop)
+        await agent.stopped.wait()
+        log.info("agent_stopping")
+        await agent.shutdown()
+        return 0
+
+    try:
+        import uvloop
+
+        return uvloop.run(run())
+    except ImportError:
+        return asyncio.run(run())
+
+
+def _keygen(argv: list[str]) -> int:
+    print(base64.b64encode(os.urandom(32)).decode())
+    return 0
+
+
+def _version(argv: list[str]) -> int:
+    print(f"mesh v{__version__}\nConsul-compatible API (protocol 2, raft protocol 3)")
+    return 0
+
+
+_ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
+    "members": _members,
+    "leave": _leave,
+    "operator": _operator,
+    "snapshot": _snapshot,
+    "catalog": _catalog,
+}
+_SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "-help", "--help", "help"):
+        print(USAGE, file=sys.stderr if not argv else sys.stdout)
+        return 1 if not argv else 0
+    command, rest = argv[0], argv[1:]
+    try:
+        if command in _SYNC:
+            return _SYNC[command](rest)
+        if command in _ASYNC:
+            return asyncio.run(_ASYNC[command](rest))
+        raise UsageError(f"unknown command {command!r} (see 'mesh help')")
+    except UsageError as exc:
+        print(f"Error: {exc}", file=sys.stderr)
+        return 1
+    except APIError as exc:
+        print(f"Error: {exc.message}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

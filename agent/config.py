@@ -1,0 +1,324 @@
+"""Agent configuration: Consul-style flags, JSON and HCL files, one validated result.
+
+Precedence, as in Consul: built-in defaults < config files (in the order given, a
+directory's `.json`/`.hcl` files in lexical order) < command-line flags. Lists such as
+`retry_join` append. Every problem raises ConfigError with one line naming the flag or
+key; the CLI prints it and exits 1.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import socket
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from mesh.catalog.durations import parse_duration
+from mesh.catalog.errors import InvalidRequest, MeshError
+
+__all__ = ["ConfigError", "AgentConfig", "parse_args", "load_file", "FLAGS"]
+
+
+class ConfigError(MeshError):
+    pass
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    server: bool = False
+    dev: bool = False
+    bootstrap_expect: int = 0
+    node_name: str = ""
+    node_id: str = ""
+    datacenter: str = "dc1"
+    data_dir: str = ""
+    bind_addr: str = ""
+    advertise_addr: str = ""
+    client_addr: str = "127.0.0.1"
+    http_port: int = 8500
+    dns_port: int = 8600
+    server_port: int = 8300
+    raft_port: int = 8301
+    retry_join: tuple[str, ...] = ()
+    retry_interval: float = 5.0
+    retry_max: int = 0
+    encrypt: str = ""
+    log_level: str = "info"
+    log_json: bool = False
+    raft_fsync: bool = True
+    domain: str = "consul."
+    default_query_time: float = 300.0
+    max_query_time: float = 600.0
+    config_files: tuple[str, ...] = field(default=(), compare=False)
+
+    def advertise(self) -> str:
+        return self.advertise_addr or self.bind_addr
+
+
+# flag name -> (config key, kind). Kinds: str, int, bool, list, duration, port, files
+FLAGS: dict[str, tuple[str, str]] = {
+    "server": ("server", "bool"),
+    "dev": ("dev", "bool"),
+    "bootstrap-expect": ("bootstrap_expect", "int"),
+    "bootstrap": ("bootstrap", "bool"),
+    "node": ("node_name", "str"),
+    "node-id": ("node_id", "str"),
+    "datacenter": ("datacenter", "str"),
+    "data-dir": ("data_dir", "str"),
+    "bind": ("bind_addr", "str"),
+    "advertise": ("advertise_addr", "str"),
+    "client": ("client_addr", "str"),
+    "http-port": ("http_port", "port"),
+    "dns-port": ("dns_port", "port"),
+    "server-port": ("server_port", "port"),
+    "raft-port": ("raft_port", "port"),
+    "retry-join": ("retry_join", "list"),
+    "join": ("retry_join", "list"),
+    "retry-interval": ("retry_interval", "duration"),
+    "retry-max": ("retry_max", "int"),
+    "encrypt": ("encrypt", "str"),
+    "log-level": ("log_level", "str"),
+    "log-json": ("log_json", "bool"),
+    "raft-fsync": ("raft_fsync", "bool"),
+    "domain": ("domain", "str"),
+    "default-query-time": ("default_query_time", "duration"),
+    "max-query-time": ("max_query_time", "duration"),
+    "config-file": ("config_files", "files"),
+    "config-dir": ("config_files", "dir"),
+}
+
+# config-file key -> config key, for keys whose names differ from ours
+_FILE_KEYS = {"bind": "bind_addr", "client": "client_addr", "node": "node_name", "advertise": "advertise_addr",
+              "start_join": "retry_join", "join": "retry_join"}
+_PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port"}
+_KINDS = {"retry_interval": "duration", "default_query_time": "duration", "max_query_time": "duration",
+          "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
+          "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int"}
+_BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
+# keys other issues own: accepted in files so one file can serve every version, not used yet
+_ACCEPTED_LATER = {"services", "service", "checks", "check", "ui", "ui_config", "telemetry", "acl", "connect",
+                   "enable_script_checks", "enable_local_script_checks", "recursors", "dns_config", "alt_domain",
+                   "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses", "tls",
+                   "reconnect_timeout", "primary_datacenter", "node_meta", "disable_host_node_id", "limits"}
+
+
+def _coerce(key: str, kind: str, value: Any, where: str) -> Any:
+    try:
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+                return _BOOL_WORDS[value.lower()]
+            raise ConfigError(f"{where}: invalid boolean value {value!r}")
+        if kind in ("int", "port"):
+            if isinstance(value, bool):
+                raise ConfigError(f"{where}: invalid number {value!r}")
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{where}: invalid number {value!r}") from None
+            if kind == "port" and not -1 <= number <= 65535:
+                raise ConfigError(f"{where}: port {number} out of range (-1 disables, 0 picks a free port)")
+            if kind == "int" and number < 0:
+                raise ConfigError(f"{where}: must not be negative")
+            return number
+        if kind == "duration":
+            return parse_duration(value, what=where)
+        if kind == "list":
+            if isinstance(value, str):
+                return (value,)
+            if isinstance(value, list) and all(isinstance(v, str) for v in value):
+                return tuple(value)
+            raise ConfigError(f"{where}: expected a list of strings")
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return value
+    except InvalidRequest as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _hcl_unwrap(value: Any) -> Any:
+    """python-hcl2 turns each block into a list of dicts; a lone block becomes a dict."""
+    if isinstance(value, dict):
+        return {k: _hcl_unwrap(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_hcl_unwrap(v) for v in value]
+    if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
+        return value[1:-1]
+    return value
+
+
+def load_file(path: str) -> dict[str, Any]:
+    """One config file as a dict (JSON or HCL by extension)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.endswith(".json"):
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+    elif path.endswith(".hcl"):
+        import hcl2  # imported lazily: only config loading needs it
+
+        try:
+            data = _hcl_unwrap(hcl2.loads(text))
+        except Exception as exc:  # hcl2 raises lark's many exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"{path}: invalid HCL: {first}") from None
+        for block in ("ports",):
+            if isinstance(data.get(block), list) and len(data[block]) == 1:
+                data[block] = data[block][0]
+    else:
+        raise ConfigError(f"{path}: config files must end in .json or .hcl")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be an object")
+    return data
+
+
+def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None:
+    for raw_key, value in data.items():
+        key = _FILE_KEYS.get(raw_key, raw_key)
+        if key == "ports":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: ports must be an object")
+            for port_name, port in value.items():
+                if port_name not in _PORT_KEYS:
+                    raise ConfigError(f"{path}: unknown port {port_name!r}")
+                values[_PORT_KEYS[port_name]] = _coerce(port_name, "port", port, f"{path}: ports.{port_name}")
+            continue
+        if key in _ACCEPTED_LATER:
+            values.setdefault("_later", {})[key] = value
+            continue
+        names = {f.name for f in fields(AgentConfig)} - {"config_files"}
+        if key not in names:
+            raise ConfigError(f"{path}: unknown configuration key {raw_key!r}")
+        kind = _KINDS.get(key) or ("bool" if isinstance(AgentConfig.__dataclass_fields__[key].default, bool) else "str")
+        coerced = _coerce(key, kind, value, f"{path}: {raw_key}")
+        if kind == "list":
+            values[key] = tuple(values.get(key, ())) + coerced
+        else:
+            values[key] = coerced
+
+
+def _dir_files(path: str) -> list[str]:
+    try:
+        names = sorted(os.listdir(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config dir {path}: {exc.strerror}") from None
+    return [os.path.join(path, n) for n in names if n.endswith((".json", ".hcl"))]
+
+
+def parse_args(argv: list[str]) -> AgentConfig:
+    """`mesh agent` arguments to a validated config."""
+    flag_values: dict[str, Any] = {}
+    files: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if not arg.startswith("-") or arg in ("-", "--"):
+            raise ConfigError(f"unexpected argument {arg!r} (flags start with -)")
+        name, eq, inline = arg.lstrip("-").partition("=")
+        if name not in FLAGS:
+            raise ConfigError(f"flag provided but not defined: -{name}")
+        key, kind = FLAGS[name]
+        if kind == "bool" and not eq:
+            value: Any = True
+        elif eq:
+            value = inline
+        else:
+            if i + 1 >= len(argv):
+                raise ConfigError(f"flag needs an argument: -{name}")
+            i += 1
+            value = argv[i]
+        i += 1
+        if kind == "files":
+            files.append(value)
+        elif kind == "dir":
+            files.extend(_dir_files(value))
+        elif name == "bootstrap":
+            if _coerce(key, "bool", value, "-bootstrap"):
+                flag_values["bootstrap_expect"] = 1
+        elif kind == "list":
+            flag_values[key] = tuple(flag_values.get(key, ())) + (value,)
+        else:
+            flag_values[key] = _coerce(key, kind, value, f"-{name}")
+    values: dict[str, Any] = {}
+    for path in files:
+        _apply_file(values, load_file(path), path)
+    for key, value in flag_values.items():
+        if key == "retry_join":
+            values[key] = tuple(values.get(key, ())) + value
+        else:
+            values[key] = value
+    values.pop("_later", None)
+    cfg = AgentConfig(**values, config_files=tuple(files))
+    return _finish(cfg)
+
+
+def _default_bind() -> str:
+    """Consul binds to the machine's private address; with none, loopback."""
+    try:
+        for info in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET):
+            addr = str(info[4][0])
+            if not ipaddress.ip_address(addr).is_loopback:
+                return addr
+    except OSError:
+        pass
+    return "127.0.0.1"
+
+
+def _finish(cfg: AgentConfig) -> AgentConfig:
+    if cfg.dev:
+        cfg = replace(
+            cfg,
+            server=True,
+            bootstrap_expect=cfg.bootstrap_expect or 1,
+            bind_addr=cfg.bind_addr or "127.0.0.1",
+            node_name=cfg.node_name or socket.gethostname(),
+            raft_fsync=False,
+        )
+    if not cfg.node_name:
+        cfg = replace(cfg, node_name=socket.gethostname())
+    if not cfg.bind_addr:
+        cfg = replace(cfg, bind_addr=_default_bind())
+    for name, value in (("-bind", cfg.bind_addr), ("-client", cfg.client_addr)):
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            raise ConfigError(f"{name}: {value!r} is not an IP address") from None
+    if cfg.advertise_addr:
+        try:
+            ipaddress.ip_address(cfg.advertise_addr)
+        except ValueError:
+            raise ConfigError(f"-advertise: {cfg.advertise_addr!r} is not an IP address") from None
+    if not cfg.dev and not cfg.data_dir:
+        raise ConfigError("-data-dir is required (or use -dev)")
+    if cfg.bootstrap_expect and not cfg.server:
+        raise ConfigError("-bootstrap-expect is for servers only: add -server")
+    if cfg.server and not cfg.bootstrap_expect and not cfg.retry_join:
+        raise ConfigError("a server needs -bootstrap-expect N, or -retry-join to join a running cluster")
+    if cfg.server and (cfg.bootstrap_expect > 1 or cfg.retry_join) and not cfg.encrypt and not cfg.dev:
+        raise ConfigError("a multi-server cluster needs -encrypt KEY (generate one with 'mesh keygen'): "
+                          "it authenticates and encrypts Raft traffic")
+    if cfg.encrypt:
+        import base64
+        import binascii
+
+        try:
+            key = base64.b64decode(cfg.encrypt, validate=True)
+        except (binascii.Error, ValueError):
+            raise ConfigError("-encrypt: not valid base64 (generate a key with 'mesh keygen')") from None
+        if len(key) not in (16, 24, 32):
+            raise ConfigError("-encrypt: key must be 16, 24 or 32 bytes (generate one with 'mesh keygen')")
+    if cfg.default_query_time <= 0 or cfg.max_query_time <= 0:
+        raise ConfigError("query times must be positive")
+    if cfg.log_level.lower() not in ("trace", "debug", "info", "warn", "warning", "error", "err"):
+        raise ConfigError(f"-log-level: unknown level {cfg.log_level!r}")
+    if not cfg.datacenter or not cfg.datacenter.replace("-", "").replace("_", "").isalnum():
+        raise ConfigError(f"-datacenter: invalid name {cfg.datacenter!r}")
+    return cfg

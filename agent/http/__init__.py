@@ -1,0 +1,1 @@
+"""mesh.agent.http package."""

@@ -1,0 +1,74 @@
+"""The aiohttp application: routes, Consul's error conventions, common headers.
+
+Errors are text/plain with Consul's status codes: 400 bad input, 404 unknown object
+or path, 405 wrong method, 413 oversized body, 500 "No cluster leader" and other
+server-side failures. An unexpected exception is logged and answered with a 500; it
+never takes the listener down.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
+
+from ..logging import get_logger
+from ..metrics import HTTP
+from ..raft import NoLeader, RaftError
+from . import catalog, system
+
+__all__ = ["build_app"]
+
+log = get_logger("http")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _text(status: int, message: str) -> web.Response:
+    return web.Response(status=status, text=message.rstrip("\n") + "\n", content_type="text/plain")
+
+
+@web.middleware
+async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    started = time.perf_counter()
+    route = request.match_info.route.resource.canonical if request.match_info.route.resource else "unmatched"
+    try:
+        resp = await handler(request)
+    except InvalidRequest as exc:
+        resp = _text(400, str(exc))
+    except NotFound as exc:
+        resp = _text(404, str(exc))
+    except NoLeader as exc:
+        resp = _text(500, str(exc))
+    except RaftError as exc:
+        resp = _text(500, str(exc))
+    except MeshError as exc:
+        resp = _text(500, str(exc))
+    except web.HTTPException as exc:
+        if exc.status == 405:
+            resp = _text(405, f"method {request.method} not allowed")
+        elif exc.status == 404:
+            resp = _text(404, f"Invalid URL path: not a recognized HTTP API endpoint: {request.path}")
+        elif exc.status >= 400:
+            resp = _text(exc.status, exc.text or exc.reason)
+        else:
+            raise
+    except Exception:
+        log.exception("http_handler_failed", method=request.method, path=request.path)
+        resp = _text(500, "Internal error: see the agent's log")
+    resp.headers.setdefault("X-Consul-Default-ACL-Policy", "allow")
+    HTTP.requests.labels(route, str(resp.status)).inc()
+    HTTP.seconds.labels(route).observe(time.perf_counter() - started)
+    return resp
+
+
+def build_app(agent: Any) -> web.Application:
+    app = web.Application(middlewares=[errors], client_max_size=1 << 30, handler_args={"max_field_size": 16384})
+    app["agent"] = agent
+    app.add_routes(catalog.routes)
+    app.add_routes(system.routes)
+    return app

@@ -1,0 +1,155 @@
+"""Query options and blocking reads, shared by every read endpoint.
+
+Consul's rules (../shared/reference/consul.md §2): `?index` blocks until the result's
+index is greater, for `?wait` (Go duration, default 5 min, capped at 10 min) plus up
+to wait/16 of jitter, then answers with the current data and index. `X-Consul-Index`
+is never 0. `?stale` reads any server; the default read needs a server that knows a
+leader (a leader whose lease lapsed does not count); `?consistent` runs a barrier first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from mesh.catalog.durations import parse_duration
+from mesh.catalog.errors import InvalidRequest
+from mesh.catalog.filter import Predicate, compile_filter
+from mesh.catalog.store import Store
+
+from ..metrics import HTTP
+from ..raft import NoLeader
+
+__all__ = ["QueryOptions", "parse_options", "blocking_read", "json_response", "read_json", "flag"]
+
+T = TypeVar("T")
+
+MAX_BODY = 512 * 1024
+
+
+def flag(request: web.Request, name: str) -> bool:
+    """Consul's boolean params: present means true, unless it says false."""
+    if name not in request.query:
+        return False
+    return request.query[name].lower() not in ("false", "0", "no")
+
+
+@dataclass(frozen=True)
+class QueryOptions:
+    min_index: int = 0
+    wait: float = 300.0
+    stale: bool = False
+    consistent: bool = False
+    datacenter: str = ""
+    filter: Predicate | None = None
+    node_meta: dict[str, str] | None = None
+    tags: tuple[str, ...] = ()
+    pretty: bool = False
+
+
+def parse_options(request: web.Request) -> QueryOptions:
+    agent = request.app["agent"]
+    q = request.query
+    min_index = 0
+    if "index" in q and q["index"] != "":
+        try:
+            min_index = int(q["index"])
+        except ValueError:
+            raise InvalidRequest(f"Invalid index: {q['index']!r}") from None
+        if min_index < 0:
+            raise InvalidRequest("Invalid index: negative")
+    wait = agent.cfg.default_query_time
+    if "wait" in q:
+        raw = q["wait"]
+        if raw and raw[-1].isdigit():
+            raise InvalidRequest(f"Invalid wait time: {raw!r} (needs a unit, e.g. 10s)")
+        wait = parse_duration(raw, what="wait time")
+    wait = min(wait, agent.cfg.max_query_time)
+    stale, consistent = flag(request, "stale"), flag(request, "consistent")
+    if stale and consistent:
+        raise InvalidRequest("Cannot specify ?stale with ?consistent, conflicting semantics.")
+    node_meta: dict[str, str] = {}
+    for item in q.getall("node-meta", []):
+        key, sep, value = item.partition(":")
+        if not sep or not key:
+            raise InvalidRequest(f"Invalid node-meta {item!r}: expected key:value")
+        node_meta[key] = value
+    return QueryOptions(
+        min_index=min_index,
+        wait=wait,
+        stale=stale,
+        consistent=consistent,
+        datacenter=q.get("dc", ""),
+        filter=compile_filter(q.get("filter")),
+        node_meta=node_meta,
+        tags=tuple(q.getall("tag", [])),
+        pretty="pretty" in q,
+    )
+
+
+async def blocking_read(
+    request: web.Request,
+    opts: QueryOptions,
+    keys: Iterable[str],
+    run: Callable[[Store], tuple[int, T]],
+) -> tuple[int, T]:
+    """Run `run(store)` under the state lock, blocking per `opts` on `keys`."""
+    agent = request.app["agent"]
+    agent.check_datacenter(opts.datacenter)
+    raft = agent.server.raft
+    if raft is None or not raft.started:
+        raise NoLeader()
+    if opts.consistent:
+        await raft.barrier()
+    elif not opts.stale and not raft.has_leader():
+        raise NoLeader()
+    keys = list(keys)
+
+    def once() -> tuple[int, T]:
+        with raft.lock:
+            return run(agent.server.fsm.store)
+
+    index, result = once()
+    if opts.min_index and index <= opts.min_index:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + opts.wait + random.random() * opts.wait / 16
+        HTTP.blocking.inc()
+        try:
+            while index <= opts.min_index:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await agent.watch.wait(keys, remaining)
+                index, result = once()
+        finally:
+            HTTP.blocking.dec()
+    return index, result
+
+
+def json_response(request: web.Request, body: Any, *, index: int | None = None, status: int = 200) -> web.Response:
+    pretty = "pretty" in request.query
+    text = json.dumps(body, indent=4 if pretty else None, separators=None if pretty else (",", ":"))
+    resp = web.Response(text=text, content_type="application/json", status=status)
+    if index is not None:
+        request.app["agent"].set_read_headers(resp, index)
+    return resp
+
+
+async def read_json(request: web.Request, *, optional: bool = False) -> Any:
+    body = await request.content.read(MAX_BODY + 1)
+    if len(body) > MAX_BODY:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body), text=f"Request body too large (limit {MAX_BODY} bytes)")
+    if not body.strip():
+        if optional:
+            return None
+        raise InvalidRequest("Request decode failed: empty body")
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"Request decode failed: {exc}") from None

@@ -1,0 +1,201 @@
+"""/v1/status, /v1/operator/raft, /v1/snapshot, /v1/agent/{self,members,leave,metrics}."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+
+from aiohttp import web
+
+from mesh import __version__
+from mesh.catalog.commands import MessageType
+from mesh.catalog.errors import InvalidRequest, NotFound
+from mesh.catalog.fsm import FSM
+
+from ..metrics import render_json, render_prometheus
+from ..raft import MembershipError
+from .query import blocking_read, json_response, parse_options
+
+__all__ = ["routes", "SNAPSHOT_MAGIC"]
+
+routes = web.RouteTableDef()
+
+SNAPSHOT_MAGIC = b"MESHSNAP1\n"
+MAX_SNAPSHOT = 1 << 30
+
+
+@routes.get("/v1/status/leader")
+async def status_leader(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    agent.check_datacenter(request.query.get("dc", ""))
+    return json_response(request, agent.server.leader_rpc_address())
+
+
+@routes.get("/v1/status/peers")
+async def status_peers(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    agent.check_datacenter(request.query.get("dc", ""))
+    raft = agent.server.raft
+    voters = raft.voters() if raft else []
+    return json_response(request, [agent.server.rpc_address_of(v) for v in voters])
+
+
+@routes.get("/v1/operator/raft/configuration")
+async def raft_configuration(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    opts = parse_options(request)
+    server = agent.server
+
+    def run(store: object) -> tuple[int, dict[str, object]]:
+        raft = server.raft
+        leader = raft.leader
+        servers = [
+            {
+                "ID": server.id_of(v),
+                "Node": server.node_of(v),
+                "Address": server.rpc_address_of(v),
+                "Leader": v == leader,
+                "ProtocolVersion": "3",
+                "Voter": True,
+                "RaftAddress": v,
+            }
+            for v in raft.voters()
+        ]
+        return max(1, raft.commit_index), {"Servers": servers, "Index": raft.commit_index}
+
+    index, result = await blocking_read(request, opts, ["servers"], run)
+    return json_response(request, result, index=index)
+
+
+@routes.delete("/v1/operator/raft/peer")
+async def raft_remove_peer(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    server = agent.server
+    address, peer_id = request.query.get("address", ""), request.query.get("id", "")
+    if not address and not peer_id:
+        raise InvalidRequest("Must specify either ?id with the server's ID or ?address with IP:port of peer")
+    raft_address = None
+    for voter in server.raft.voters():
+        if voter == address or server.rpc_address_of(voter) == address or (peer_id and server.id_of(voter) == peer_id):
+            raft_address = voter
+    if raft_address is None:
+        raise NotFound(f"address {address or peer_id!r} was not found in the Raft configuration")
+    try:
+        if server.raft.is_leader:
+            await server._rpc_remove({"raft": raft_address, "deregister": False})
+        else:
+            await server._forward("Server.Remove", {"raft": raft_address, "deregister": False})
+    except MembershipError as exc:
+        raise InvalidRequest(str(exc)) from None
+    return json_response(request, None)
+
+
+@routes.get("/v1/snapshot")
+async def snapshot_save(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    opts = parse_options(request)
+    index, data = await blocking_read(request, opts, [], lambda s: (0, agent.server.fsm.snapshot()))
+    index = agent.server.raft.applied_index
+    body = gzip.compress(SNAPSHOT_MAGIC + hashlib.sha256(data).digest() + data, compresslevel=3)
+    resp = web.Response(body=body, content_type="application/octet-stream")
+    agent.set_read_headers(resp, index)
+    return resp
+
+
+def decode_snapshot(body: bytes) -> bytes:
+    try:
+        raw = gzip.decompress(body)
+    except (OSError, EOFError) as exc:
+        raise InvalidRequest(f"Snapshot is not a mesh snapshot (not gzip: {exc})") from None
+    if not raw.startswith(SNAPSHOT_MAGIC):
+        raise InvalidRequest("Snapshot is not a mesh snapshot (bad header)")
+    digest, data = raw[len(SNAPSHOT_MAGIC):len(SNAPSHOT_MAGIC) + 32], raw[len(SNAPSHOT_MAGIC) + 32:]
+    if hashlib.sha256(data).digest() != digest:
+        raise InvalidRequest("Snapshot is corrupt (checksum mismatch)")
+    FSM.from_snapshot(data)  # validates before anything is replicated
+    return data
+
+
+@routes.put("/v1/snapshot")
+async def snapshot_restore(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    body = await request.content.read(MAX_SNAPSHOT + 1)
+    if len(body) > MAX_SNAPSHOT:
+        raise web.HTTPRequestEntityTooLarge(max_size=MAX_SNAPSHOT, actual_size=len(body))
+    data = decode_snapshot(body)
+    await agent.server.raft.apply(MessageType.RESTORE, data, timeout=60)
+    return json_response(request, None)
+
+
+@routes.get("/v1/agent/self")
+async def agent_self(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    cfg = agent.cfg
+    return json_response(request, {
+        "Config": {
+            "Datacenter": cfg.datacenter,
+            "PrimaryDatacenter": cfg.datacenter,
+            "NodeName": cfg.node_name,
+            "NodeID": agent.node_id,
+            "Server": cfg.server,
+            "Revision": "",
+            "Version": __version__,
+            "BuildDate": "",
+        },
+        "DebugConfig": {
+            "BindAddr": cfg.bind_addr,
+            "AdvertiseAddrLAN": cfg.advertise(),
+            "ClientAddrs": [cfg.client_addr],
+            "DataDir": cfg.data_dir,
+            "Datacenter": cfg.datacenter,
+            "DevMode": cfg.dev,
+            "NodeName": cfg.node_name,
+            "HTTPPort": agent.ports["http"],
+            "DNSPort": agent.ports["dns"],
+            "ServerPort": agent.ports["server"],
+            "RaftPort": agent.ports["raft"],
+            "BootstrapExpect": cfg.bootstrap_expect,
+            "RetryJoinLAN": list(cfg.retry_join),
+            "ServerMode": cfg.server,
+            "DNSDomain": cfg.domain,
+        },
+        "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
+        "Member": agent.self_member(),
+        "Meta": {},
+        "Stats": {"raft": agent.server.raft.status() if agent.server.raft else {}},
+    })
+
+
+@routes.get("/v1/agent/members")
+async def agent_members(request: web.Request) -> web.Response:
+    return json_response(request, request.app["agent"].members())
+
+
+@routes.put("/v1/agent/leave")
+async def agent_leave(request: web.Request) -> web.Response:
+    await request.app["agent"].leave()
+    return json_response(request, None)
+
+
+@routes.get("/v1/agent/metrics")
+async def agent_metrics(request: web.Request) -> web.Response:
+    accept = request.headers.get("Accept", "")
+    if request.query.get("format") == "prometheus" or "openmetrics" in accept or accept.startswith("text/plain"):
+        return web.Response(body=render_prometheus(), headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
+    return json_response(request, render_json())
+
+
+@routes.get("/v1/agent/version")
+async def agent_version(request: web.Request) -> web.Response:
+    return json_response(request, {"SKU": "oss", "HumanVersion": __version__, "BuildDate": "", "FIPS": ""})
+
+
+@routes.get("/")
+async def root(request: web.Request) -> web.Response:
+    return web.Response(text="Consul Agent: mesh " + __version__)
+
+
+def member_status(alive: bool, left: bool) -> int:
+    """Serf member status codes: 1 alive, 3 left, 4 failed."""
+    return 3 if left else (1 if alive else 4)
+

@@ -1,0 +1,96 @@
+"""Prometheus metrics of the agent, and their JSON rendering for /v1/agent/metrics.
+
+One registry per process (an agent is one process). Names are `mesh_<subsystem>_*`;
+the JSON form mirrors Consul's `{Timestamp, Gauges, Counters, Samples}` with dotted names.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "render_prometheus", "render_json"]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+
+class _Raft:
+    def __init__(self) -> None:
+        self.apply_seconds = Histogram(
+            "mesh_raft_apply_seconds", "Time from submitting a command to its commit and local apply",
+            registry=REGISTRY, buckets=_LATENCY_BUCKETS,
+        )
+        self.applies = Counter("mesh_raft_apply_total", "Commands applied through Raft, by result", ["result"], registry=REGISTRY)
+        self.batch_size = Histogram(
+            "mesh_raft_batch_commands", "Commands per group-committed Raft entry",
+            registry=REGISTRY, buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
+        )
+        self.fsm_apply_seconds = Histogram(
+            "mesh_fsm_apply_seconds", "FSM apply time per command type", ["type"],
+            registry=REGISTRY, buckets=_LATENCY_BUCKETS,
+        )
+        self.commit_index = Gauge("mesh_raft_commit_index", "Raft commit index", registry=REGISTRY)
+        self.applied_index = Gauge("mesh_raft_applied_index", "Last Raft index applied to the FSM", registry=REGISTRY)
+        self.term = Gauge("mesh_raft_term", "Raft term", registry=REGISTRY)
+        self.is_leader = Gauge("mesh_raft_leader", "1 when this server is the Raft leader", registry=REGISTRY)
+        self.peers = Gauge("mesh_raft_peers", "Voters in the Raft configuration", registry=REGISTRY)
+        self.last_contact = Gauge("mesh_raft_last_contact_seconds", "Seconds since the leader was last heard from", registry=REGISTRY)
+        self.leader_changes = Counter("mesh_raft_leader_changes_total", "Leadership changes seen", registry=REGISTRY)
+        self.tick_errors = Counter("mesh_raft_tick_errors_total", "Exceptions raised in pysyncobj's tick thread", registry=REGISTRY)
+        self.truncations = Counter(
+            "mesh_raft_unsafe_truncations_total", "Already-applied entries pysyncobj reported truncating", registry=REGISTRY
+        )
+        self.recoveries = Counter("mesh_raft_watchdog_recoveries_total", "Times the watchdog moved broken Raft data aside", registry=REGISTRY)
+        self.snapshots = Counter("mesh_raft_snapshots_total", "Snapshots written, by result", ["result"], registry=REGISTRY)
+        self.snapshot_seconds = Gauge("mesh_raft_last_snapshot_seconds", "Time to encode and write the last snapshot", registry=REGISTRY)
+        self.watchdog_runs = Counter("mesh_raft_watchdog_runs_total", "Watchdog loop iterations", registry=REGISTRY)
+
+
+class _Http:
+    def __init__(self) -> None:
+        self.requests = Counter("mesh_http_requests_total", "HTTP API requests by route and status code", ["route", "code"], registry=REGISTRY)
+        self.seconds = Histogram("mesh_http_request_seconds", "HTTP API request time (blocking waits included)", ["route"], registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+        self.blocking = Gauge("mesh_http_blocking_queries", "Blocking queries waiting", registry=REGISTRY)
+
+
+class _Rpc:
+    def __init__(self) -> None:
+        self.requests = Counter("mesh_rpc_requests_total", "Server RPC requests by method and result", ["method", "result"], registry=REGISTRY)
+        self.join_attempts = Counter("mesh_join_attempts_total", "Attempts to contact -retry-join addresses", registry=REGISTRY)
+
+
+RAFT = _Raft()
+HTTP = _Http()
+RPC = _Rpc()
+
+
+def render_prometheus() -> bytes:
+    return generate_latest(REGISTRY)
+
+
+def render_json() -> dict[str, Any]:
+    """Consul's /v1/agent/metrics shape built from the same registry."""
+    gauges: list[dict[str, Any]] = []
+    counters: list[dict[str, Any]] = []
+    samples: list[dict[str, Any]] = []
+    for family in REGISTRY.collect():
+        name = family.name.replace("_", ".")
+        for sample in family.samples:
+            labels = {k: v for k, v in sample.labels.items() if k != "le"}
+            if family.type == "gauge":
+                gauges.append({"Name": name, "Value": sample.value, "Labels": labels})
+            elif family.type == "counter" and sample.name.endswith("_total"):
+                counters.append({"Name": name, "Count": int(sample.value), "Sum": sample.value, "Labels": labels})
+            elif family.type == "histogram" and sample.name.endswith("_count"):
+                samples.append({"Name": name, "Count": int(sample.value), "Labels": labels})
+            elif family.type == "histogram" and sample.name.endswith("_sum"):
+                for s in samples:
+                    if s["Name"] == name and s["Labels"] == labels:
+                        s["Sum"] = sample.value
+                        s["Mean"] = sample.value / s["Count"] if s["Count"] else 0
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S +0000 UTC", time.gmtime())
+    return {"Timestamp": stamp, "Gauges": gauges, "Points": [], "Counters": counters, "Samples": samples}

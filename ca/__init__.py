@@ -1,0 +1,1 @@
+"""mesh.ca package."""

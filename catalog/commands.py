@@ -1,0 +1,154 @@
+"""Raft commands: a type byte and a msgpack body, the only way cluster state changes.
+
+Wire form of one command: ``type byte | msgpack([version, request_id, body])``. The
+high bit of the type byte is IGNORE_UNKNOWN: a server that does not know the type
+skips such a command instead of stopping, so new optional commands can be rolled
+out one server at a time (Consul's precedent). The request ID makes a command
+idempotent: a write that timed out and is sent again applies once.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+from .errors import FatalStateError
+from .structs import Check, Node, ServerInfo, Service, row_from_wire, row_to_wire
+
+__all__ = [
+    "IGNORE_UNKNOWN",
+    "CODEC_VERSION",
+    "MessageType",
+    "Command",
+    "RegisterRequest",
+    "DeregisterRequest",
+    "encode",
+    "decode",
+    "encode_batch",
+    "decode_batch",
+]
+
+IGNORE_UNKNOWN = 0x80
+CODEC_VERSION = 1
+
+
+class MessageType(enum.IntEnum):
+    REGISTER = 0
+    DEREGISTER = 1
+    BARRIER = 2
+    SERVER_UPSERT = 3
+    SERVER_REMOVE = 4
+    RESTORE = 5
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterRequest:
+    """/v1/catalog/register, validated and normalized (see catalog.requests)."""
+
+    node: Node
+    service: Service | None = None
+    checks: tuple[Check, ...] = ()
+    skip_node_update: bool = False
+
+    def to_wire(self) -> list[Any]:
+        return [
+            row_to_wire(self.node),
+            row_to_wire(self.service) if self.service else None,
+            [row_to_wire(c) for c in self.checks],
+            self.skip_node_update,
+        ]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> RegisterRequest:
+        node, service, checks, skip = data
+        return cls(
+            node=row_from_wire(Node, node),
+            service=row_from_wire(Service, service) if service else None,
+            checks=tuple(row_from_wire(Check, c) for c in checks),
+            skip_node_update=bool(skip),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class DeregisterRequest:
+    node: str
+    service_id: str = ""
+    check_id: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [self.node, self.service_id, self.check_id]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> DeregisterRequest:
+        return cls(*data)
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    type: int
+    body: Any = None
+    request_id: bytes = b""
+    version: int = CODEC_VERSION
+    flags: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _body_to_wire(msg_type: int, body: Any) -> Any:
+    if isinstance(body, RegisterRequest | DeregisterRequest):
+        return body.to_wire()
+    if isinstance(body, ServerInfo):
+        return row_to_wire(body)
+    return body
+
+
+def _body_from_wire(msg_type: int, body: Any) -> Any:
+    if msg_type == MessageType.REGISTER:
+        return RegisterRequest.from_wire(body)
+    if msg_type == MessageType.DEREGISTER:
+        return DeregisterRequest.from_wire(body)
+    if msg_type == MessageType.SERVER_UPSERT:
+        return row_from_wire(ServerInfo, body)
+    return body
+
+
+def encode(msg_type: int, body: Any = None, request_id: bytes = b"", flags: int = 0) -> bytes:
+    """One command as bytes; `flags` may carry IGNORE_UNKNOWN."""
+    payload = msgpack.packb(
+        [CODEC_VERSION, request_id, _body_to_wire(msg_type, body)], use_bin_type=True
+    )
+    return bytes([(int(msg_type) & 0x7F) | flags]) + payload
+
+
+def decode(data: bytes) -> Command:
+    """Bytes back to a Command. A command of an unknown type decodes with body None;
+    whether that is fatal is the FSM's decision (IGNORE_UNKNOWN)."""
+    if not data:
+        raise FatalStateError("empty command")
+    type_byte = data[0]
+    msg_type = type_byte & 0x7F
+    flags = type_byte & IGNORE_UNKNOWN
+    try:
+        version, request_id, body = msgpack.unpackb(data[1:], raw=False, strict_map_key=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise FatalStateError(f"undecodable command of type {msg_type}: {exc}") from exc
+    if msg_type in MessageType.__members__.values():
+        body = _body_from_wire(msg_type, body)
+    return Command(type=msg_type, body=body, request_id=request_id, version=version, flags=flags)
+
+
+def encode_batch(commands: list[bytes]) -> bytes:
+    """Group commit: many encoded commands in one Raft entry."""
+    return msgpack.packb(commands, use_bin_type=True)
+
+
+def decode_batch(data: bytes) -> list[bytes]:
+    try:
+        out = msgpack.unpackb(data, raw=False)
+    except (ValueError, msgpack.UnpackException) as exc:
+        raise FatalStateError(f"undecodable batch: {exc}") from exc
+    if not isinstance(out, list):
+        raise FatalStateError("batch is not a list")
+    return out

@@ -1,0 +1,219 @@
+"""The finite state machine: applies committed Raft entries to the store.
+
+Deterministic: apply reads no clock, randomness, environment or network, so every
+server that applies the same log reaches the same `state_hash()`. Validation failures
+are results (`{"Error": ...}`), never exceptions: pysyncobj retries an applied method
+that raises, forever. Only a log that cannot be decoded, or a command type this
+version does not know and may not skip, is fatal.
+
+One Raft entry is a batch of commands (group commit); each carries a request ID, and
+the dedupe table remembers the result of the last DEDUPE_LIMIT request IDs so a
+command sent again after a timeout applies once and answers the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from .commands import (
+    IGNORE_UNKNOWN,
+    Command,
+    DeregisterRequest,
+    MessageType,
+    RegisterRequest,
+    decode,
+    decode_batch,
+)
+from .errors import CatalogError, FatalStateError, InvalidRequest
+from .store import Store
+from .structs import HEALTH_STATES, Check, Node, ServerInfo, Service, row_from_wire, row_to_wire
+
+__all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
+
+SNAPSHOT_VERSION = 1
+DEDUPE_LIMIT = 65536
+
+
+class FSM:
+    def __init__(self) -> None:
+        self.store = Store()
+        self.dedupe: dict[bytes, tuple[int, Any]] = {}
+        self.last_index = 0
+        self.applied_by_type: dict[int, int] = {}
+        self._handlers: dict[int, Callable[[int, Command], Any]] = {
+            MessageType.REGISTER: self._register,
+            MessageType.DEREGISTER: self._deregister,
+            MessageType.BARRIER: lambda index, cmd: None,
+            MessageType.SERVER_UPSERT: self._server_upsert,
+            MessageType.SERVER_REMOVE: self._server_remove,
+            MessageType.RESTORE: self._restore_command,
+        }
+
+    # ---- apply ---------------------------------------------------------------
+    def apply_batch(self, index: int, payload: bytes) -> list[Any]:
+        """Apply one Raft entry (a batch of encoded commands) at `index`."""
+        results = [self.apply(index, raw) for raw in decode_batch(payload)]
+        self.last_index = max(self.last_index, index)
+        return results
+
+    def apply(self, index: int, raw: bytes) -> Any:
+        cmd = decode(raw)
+        if cmd.request_id and cmd.request_id in self.dedupe:
+            return self.dedupe[cmd.request_id][1]
+        handler = self._handlers.get(cmd.type)
+        if handler is None:
+            if cmd.flags & IGNORE_UNKNOWN:
+                return None
+            raise FatalStateError(f"unknown command type {cmd.type} at index {index}")
+        try:
+            result = handler(index, cmd)
+        except CatalogError as exc:
+            if isinstance(exc, FatalStateError):
+                raise
+            result = {"Error": str(exc)}
+        self.applied_by_type[cmd.type] = self.applied_by_type.get(cmd.type, 0) + 1
+        if cmd.request_id:
+            self.dedupe[cmd.request_id] = (index, result)
+            while len(self.dedupe) > DEDUPE_LIMIT:
+                del self.dedupe[next(iter(self.dedupe))]
+        return result
+
+    def _register(self, index: int, cmd: Command) -> Any:
+        req: RegisterRequest = cmd.body
+        store = self.store
+        self._validate_register(req)
+        if not (req.skip_node_update and store.node(req.node.node) is not None):
+            store.ensure_node(index, req.node)
+        if req.service is not None:
+            store.ensure_service(index, req.node.node, req.service)
+        for check in req.checks:
+            store.ensure_check(index, req.node.node, check)
+        return True
+
+    def _validate_register(self, req: RegisterRequest) -> None:
+        """Everything that could fail, checked before the store is touched: no half-writes."""
+        store = self.store
+        if req.node.id:
+            for other in store.nodes.values():
+                if other.id == req.node.id and other.node.lower() != req.node.node.lower():
+                    raise InvalidRequest(
+                        f"Error updating node: node ID {req.node.id!r} conflicts with node {other.node!r}"
+                    )
+        known = set(store.node_services(req.node.node))
+        if req.service is not None:
+            known.add(req.service.id)
+        for check in req.checks:
+            if check.status not in HEALTH_STATES:
+                raise InvalidRequest(f"Invalid check status: {check.status!r}")
+            if check.service_id and check.service_id not in known:
+                raise InvalidRequest(
+                    f"Missing service registration for check {check.check_id!r}: "
+                    f"service {check.service_id!r} is not on node {req.node.node!r}"
+                )
+
+    def _deregister(self, index: int, cmd: Command) -> Any:
+        req: DeregisterRequest = cmd.body
+        if req.service_id:
+            self.store.delete_service(index, req.node, req.service_id)
+        if req.check_id:
+            self.store.delete_check(index, req.node, req.check_id)
+        if not req.service_id and not req.check_id:
+            self.store.delete_node(index, req.node)
+        return True
+
+    def _server_upsert(self, index: int, cmd: Command) -> Any:
+        self.store.upsert_server(index, cmd.body)
+        return True
+
+    def _server_remove(self, index: int, cmd: Command) -> Any:
+        self.store.remove_server(index, str(cmd.body))
+        return True
+
+    def _restore_command(self, index: int, cmd: Command) -> Any:
+        """A user's snapshot restore: replace the catalog, keep the Raft bookkeeping.
+
+        Every watch key moves to `index` so blocking queries notice, and the servers
+        table is kept: it describes the running cluster, not the restored data."""
+        servers = self.store.servers
+        restored = FSM.from_snapshot(bytes(cmd.body))
+        self.store = restored.store
+        self.store.servers = servers
+        for key in list(self.store.indexes) + ["nodes", "services", "checks", "servers"]:
+            self.store.indexes[key] = index
+            self.store.touched.add(key)
+        self.store.touched.add("*")
+        return True
+
+    # ---- snapshots -----------------------------------------------------------
+    def snapshot_state(self) -> tuple[Store, dict[bytes, tuple[int, Any]], int]:
+        """The parts a snapshot needs, copied: call under the apply lock, encode outside it."""
+        return self.store.copy(), dict(self.dedupe), self.last_index
+
+    @staticmethod
+    def encode_snapshot(store: Store, dedupe: dict[bytes, tuple[int, Any]], last_index: int) -> bytes:
+        body = {
+            "v": SNAPSHOT_VERSION,
+            "index": last_index,
+            "nodes": [row_to_wire(n) for n in store.nodes.values()],
+            "services": [row_to_wire(s) for per in store.services.values() for s in per.values()],
+            "checks": [row_to_wire(c) for per in store.checks.values() for c in per.values()],
+            "servers": [row_to_wire(s) for s in store.servers.values()],
+            "indexes": store.indexes,
+            "dedupe": [[k, v[0], v[1]] for k, v in dedupe.items()],
+        }
+        return msgpack.packb(body, use_bin_type=True)
+
+    def snapshot(self) -> bytes:
+        return self.encode_snapshot(*self.snapshot_state())
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> FSM:
+        try:
+            body = msgpack.unpackb(data, raw=False, strict_map_key=False)
+        except (ValueError, msgpack.UnpackException) as exc:
+            raise CatalogError(f"not a mesh snapshot: {exc}") from exc
+        if not isinstance(body, dict) or body.get("v") != SNAPSHOT_VERSION:
+            raise CatalogError("not a mesh snapshot (unknown format version)")
+        fsm = cls()
+        store = fsm.store
+        try:
+            for values in body["nodes"]:
+                node = row_from_wire(Node, values)
+                store.nodes[node.node.lower()] = node
+            for values in body["services"]:
+                svc = row_from_wire(Service, values)
+                key = svc.node.lower()
+                store.services.setdefault(key, {})[svc.id] = svc
+                store.service_names.setdefault(svc.service.lower(), {})[(key, svc.id)] = None
+            for values in body["checks"]:
+                check = row_from_wire(Check, values)
+                store.checks.setdefault(check.node.lower(), {})[check.check_id] = check
+            for values in body["servers"]:
+                server = row_from_wire(ServerInfo, values)
+                store.servers[server.raft_address] = server
+            store.indexes = dict(body["indexes"])
+            fsm.dedupe = {bytes(k): (i, r) for k, i, r in body["dedupe"]}
+            fsm.last_index = int(body["index"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CatalogError(f"corrupt mesh snapshot: {exc}") from exc
+        return fsm
+
+    def restore(self, data: bytes) -> None:
+        other = FSM.from_snapshot(data)
+        self.store, self.dedupe, self.last_index = other.store, other.dedupe, other.last_index
+        self.store.touched.add("*")
+
+    def state_hash(self) -> str:
+        """Digest of the whole replicated state, equal on servers that applied the same log."""
+        return hashlib.sha256(self.snapshot()).hexdigest()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FSM):
+            return NotImplemented
+        return self.store == other.store and self.dedupe == other.dedupe and self.last_index == other.last_index
+
+    __hash__ = None  # type: ignore[assignment]

@@ -1,0 +1,243 @@
+"""The catalog state store: tables of nodes, services, checks and servers, with indexes.
+
+Pure and single-threaded: the caller (the Raft adapter) serializes access. Every
+mutation takes the Raft index it is applied at and records which watch keys it touched:
+
+- table keys ``nodes``, ``services``, ``checks``, ``servers``: the max index of the table;
+- fine keys ``service.<name>`` and ``node.<name>`` (lower-case), so a blocking query on
+  one service wakes only for changes that touch that service: its instances, their
+  checks, and the node-level checks of the nodes it runs on.
+
+Names match case-insensitively, as in Consul (memdb lower-cases its indexes); rows keep
+the case they were registered with.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import replace
+
+from .errors import InvalidRequest
+from .structs import HEALTH_STATES, Check, Node, ServerInfo, Service
+
+__all__ = ["Store"]
+
+
+class Store:
+    def __init__(self) -> None:
+        self.nodes: dict[str, Node] = {}
+        self.services: dict[str, dict[str, Service]] = {}  # node key -> service id -> row
+        self.checks: dict[str, dict[str, Check]] = {}  # node key -> check id -> row
+        self.service_names: dict[str, dict[tuple[str, str], None]] = {}  # name -> instances
+        self.servers: dict[str, ServerInfo] = {}  # raft address -> row
+        self.indexes: dict[str, int] = {}
+        self.touched: set[str] = set()
+
+    # ---- indexes -------------------------------------------------------------
+    def index(self, *keys: str) -> int:
+        """Max index over the given watch keys (0 when none has changed yet)."""
+        return max((self.indexes.get(k, 0) for k in keys), default=0)
+
+    def _touch(self, index: int, *keys: str) -> None:
+        for key in keys:
+            if self.indexes.get(key, 0) < index:
+                self.indexes[key] = index
+            self.touched.add(key)
+
+    def drain_touched(self) -> set[str]:
+        touched, self.touched = self.touched, set()
+        return touched
+
+    # ---- reads ---------------------------------------------------------------
+    def node(self, name: str) -> Node | None:
+        return self.nodes.get(name.lower())
+
+    def node_services(self, name: str) -> dict[str, Service]:
+        return self.services.get(name.lower(), {})
+
+    def node_checks(self, name: str) -> dict[str, Check]:
+        return self.checks.get(name.lower(), {})
+
+    def instances(self, service_name: str) -> Iterator[tuple[Node, Service]]:
+        """(node, service) pairs of one service name, in node then ID order."""
+        keys = self.service_names.get(service_name.lower(), {})
+        for node_key, service_id in sorted(keys):
+            node = self.nodes.get(node_key)
+            service = self.services.get(node_key, {}).get(service_id)
+            if node is not None and service is not None:
+                yield node, service
+
+    def service_checks(self, node_name: str, service_id: str) -> list[Check]:
+        return [c for c in self.node_checks(node_name).values() if c.service_id == service_id]
+
+    def node_level_checks(self, node_name: str) -> list[Check]:
+        return [c for c in self.node_checks(node_name).values() if not c.service_id]
+
+    def all_checks(self) -> Iterator[Check]:
+        for node_key in sorted(self.checks):
+            yield from self.checks[node_key].values()
+
+    # ---- writes --------------------------------------------------------------
+    def _services_on_node_keys(self, node_key: str) -> list[str]:
+        return sorted({"service." + s.service.lower() for s in self.services.get(node_key, {}).values()})
+
+    def ensure_node(self, index: int, node: Node) -> None:
+        key = node.node.lower()
+        if node.id:
+            for other_key, other in self.nodes.items():
+                if other.id == node.id and other_key != key:
+                    raise InvalidRequest(
+                        f"Error updating node: node ID {node.id!r} conflicts with node {other.node!r}"
+                    )
+        existing = self.nodes.get(key)
+        if existing is not None:
+            candidate = replace(node, create_index=existing.create_index, modify_index=existing.modify_index)
+            if candidate.same_content(existing):
+                return
+            row = replace(node, create_index=existing.create_index, modify_index=index)
+        else:
+            row = replace(node, create_index=index, modify_index=index)
+        self.nodes[key] = row
+        self._touch(index, "nodes", "node." + key, *self._services_on_node_keys(key))
+
+    def ensure_service(self, index: int, node_name: str, service: Service) -> None:
+        key = node_name.lower()
+        if key not in self.nodes:
+            raise InvalidRequest(f"Missing node registration for {node_name!r}")
+        per_node = self.services.setdefault(key, {})
+        existing = per_node.get(service.id)
+        service = replace(service, node=self.nodes[key].node)
+        if existing is not None:
+            candidate = replace(service, create_index=existing.create_index, modify_index=existing.modify_index)
+            if candidate.same_content(existing):
+                return
+            row = replace(service, create_index=existing.create_index, modify_index=index)
+            if existing.service.lower() != service.service.lower():
+                self._unlink_name(existing, key, index)
+        else:
+            row = replace(service, create_index=index, modify_index=index)
+        per_node[service.id] = row
+        self.service_names.setdefault(row.service.lower(), {})[(key, row.id)] = None
+        self._touch(index, "services", "node." + key, "service." + row.service.lower())
+        # checks carry the service name and tags: keep them current
+        for check in list(self.checks.get(key, {}).values()):
+            if check.service_id == row.id and (
+                check.service_name != row.service or check.service_tags != row.tags
+            ):
+                self.checks[key][check.check_id] = replace(
+                    check, service_name=row.service, service_tags=row.tags, modify_index=index
+                )
+                self._touch(index, "checks")
+
+    def _unlink_name(self, service: Service, node_key: str, index: int) -> None:
+        name = service.service.lower()
+        members = self.service_names.get(name)
+        if members is not None:
+            members.pop((node_key, service.id), None)
+            if not members:
+                del self.service_names[name]
+        self._touch(index, "service." + name)
+
+    def ensure_check(self, index: int, node_name: str, check: Check) -> None:
+        key = node_name.lower()
+        if key not in self.nodes:
+            raise InvalidRequest(f"Missing node registration for {node_name!r}")
+        if check.status not in HEALTH_STATES:
+            raise InvalidRequest(f"Invalid check status: {check.status!r}")
+        service_keys: list[str]
+        if check.service_id:
+            service = self.services.get(key, {}).get(check.service_id)
+            if service is None:
+                raise InvalidRequest(
+                    f"Missing service registration for check {check.check_id!r}: "
+                    f"service {check.service_id!r} is not on node {node_name!r}"
+                )
+            check = replace(check, service_name=service.service, service_tags=service.tags)
+            service_keys = ["service." + service.service.lower()]
+        else:
+            check = replace(check, service_name="", service_tags=())
+            service_keys = self._services_on_node_keys(key)
+        check = replace(check, node=self.nodes[key].node)
+        per_node = self.checks.setdefault(key, {})
+        existing = per_node.get(check.check_id)
+        if existing is not None:
+            candidate = replace(check, create_index=existing.create_index, modify_index=existing.modify_index)
+            if candidate.same_content(existing):
+                return
+            row = replace(check, create_index=existing.create_index, modify_index=index)
+        else:
+            row = replace(check, create_index=index, modify_index=index)
+        per_node[check.check_id] = row
+        self._touch(index, "checks", "node." + key, *service_keys)
+
+    def delete_check(self, index: int, node_name: str, check_id: str) -> None:
+        key = node_name.lower()
+        check = self.checks.get(key, {}).pop(check_id, None)
+        if check is None:
+            return
+        if check.service_id:
+            keys = ["service." + check.service_name.lower()]
+        else:
+            keys = self._services_on_node_keys(key)
+        self._touch(index, "checks", "node." + key, *keys)
+
+    def delete_service(self, index: int, node_name: str, service_id: str) -> None:
+        key = node_name.lower()
+        service = self.services.get(key, {}).pop(service_id, None)
+        if service is None:
+            return
+        for check in [c for c in self.checks.get(key, {}).values() if c.service_id == service_id]:
+            self.delete_check(index, node_name, check.check_id)
+        self._unlink_name(service, key, index)
+        self._touch(index, "services", "node." + key)
+
+    def delete_node(self, index: int, node_name: str) -> None:
+        key = node_name.lower()
+        if key not in self.nodes:
+            return
+        for service_id in list(self.services.get(key, {})):
+            self.delete_service(index, node_name, service_id)
+        for check_id in list(self.checks.get(key, {})):
+            self.delete_check(index, node_name, check_id)
+        self.services.pop(key, None)
+        self.checks.pop(key, None)
+        del self.nodes[key]
+        self._touch(index, "nodes", "node." + key)
+
+    def upsert_server(self, index: int, info: ServerInfo) -> None:
+        existing = self.servers.get(info.raft_address)
+        create = existing.create_index if existing else index
+        candidate = replace(info, create_index=create, modify_index=existing.modify_index if existing else index)
+        if existing is not None and candidate == existing:
+            return
+        self.servers[info.raft_address] = replace(info, create_index=create, modify_index=index)
+        self._touch(index, "servers")
+
+    def remove_server(self, index: int, raft_address: str) -> None:
+        if self.servers.pop(raft_address, None) is not None:
+            self._touch(index, "servers")
+
+    # ---- whole-state ---------------------------------------------------------
+    def copy(self) -> Store:
+        """A consistent copy sharing the (immutable) rows: cheap enough for the Raft thread."""
+        other = Store()
+        other.nodes = dict(self.nodes)
+        other.services = {k: dict(v) for k, v in self.services.items()}
+        other.checks = {k: dict(v) for k, v in self.checks.items()}
+        other.service_names = {k: dict(v) for k, v in self.service_names.items()}
+        other.servers = dict(self.servers)
+        other.indexes = dict(self.indexes)
+        return other
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Store):
+            return NotImplemented
+        return (
+            self.nodes == other.nodes
+            and {k: v for k, v in self.services.items() if v} == {k: v for k, v in other.services.items() if v}
+            and {k: v for k, v in self.checks.items() if v} == {k: v for k, v in other.checks.items() if v}
+            and self.servers == other.servers
+            and self.indexes == other.indexes
+        )
+
+    __hash__ = None  # type: ignore[assignment]

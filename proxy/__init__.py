@@ -1,0 +1,1 @@
+"""mesh.proxy package."""
