@@ -67,6 +67,30 @@ async def raft_configuration(request: web.Request) -> web.Response:
     return json_response(request, result, index=index)
 
 
+@routes.get("/v1/operator/raft/state")
+async def raft_state(request: web.Request) -> web.Response:
+    """mesh extension: this server's view of Raft and a digest of its replicated state,
+    so operators (and tests) can check that servers agree."""
+    agent = request.app["agent"]
+    raft = agent.server.raft
+    if raft is None or not raft.started:
+        return json_response(request, {"Started": False})
+    with raft.lock:
+        state_hash = agent.server.fsm.state_hash()
+        last_index = agent.server.fsm.last_index
+    return json_response(request, {
+        "Started": True,
+        "Leader": raft.leader or "",
+        "IsLeader": raft.is_leader,
+        "AppliedIndex": raft.applied_index,
+        "CommitIndex": raft.commit_index,
+        "FSMIndex": last_index,
+        "StateHash": state_hash,
+        "LastContactMs": int(min(raft.last_contact(), 1e9) * 1000),
+        "Status": raft.status(),
+    })
+
+
 @routes.delete("/v1/operator/raft/peer")
 async def raft_remove_peer(request: web.Request) -> web.Response:
     agent = request.app["agent"]

@@ -1,0 +1,203 @@
+"""Real `mesh agent` processes on 127.0.0.1 for integration and cluster tests.
+
+Ports come from the kernel (bind to port 0, release, hand to the agent); processes get
+their own process group and are killed by recorded PID; each agent logs to a file whose
+tail is attached to failures. `retry` polls a condition instead of sleeping.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+KEY = base64.b64encode(b"k" * 32).decode()
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def retry(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
+    """Call fn until it returns a truthy value without raising; return that value."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = fn()
+            if value:
+                return value
+        except Exception as exc:  # noqa: BLE001 - the condition is allowed to fail meanwhile
+            last = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}: last error {last!r}")
+
+
+class HTTPError(Exception):
+    def __init__(self, status: int, body: str, headers: dict[str, str]) -> None:
+        super().__init__(f"HTTP {status}: {body}")
+        self.status, self.body, self.headers = status, body, headers
+
+
+@dataclass
+class Agent:
+    name: str
+    data_dir: str
+    http_port: int
+    server_port: int
+    raft_port: int
+    args: list[str]
+    log_path: str
+    proc: subprocess.Popen[bytes] | None = None
+    extra_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def http(self) -> str:
+        return f"127.0.0.1:{self.http_port}"
+
+    @property
+    def rpc(self) -> str:
+        return f"127.0.0.1:{self.server_port}"
+
+    def start(self) -> Agent:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mesh.agent.cli.main", "agent", *self.args],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd="/",
+            env={**os.environ, **self.extra_env},
+        )
+        log.close()
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            assert self.proc is not None
+            os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            with open(self.log_path, "rb") as f:
+                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
+                timeout: float = 15) -> tuple[Any, dict[str, str]]:
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        req = urllib.request.Request(f"http://{self.http}{path}", data=data, method=method)
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                payload = resp.read()
+                headers = dict(resp.headers)
+                if resp.headers.get_content_type() == "application/json":
+                    return (json.loads(payload) if payload else None), headers
+                return payload, headers
+        except urllib.error.HTTPError as exc:
+            raise HTTPError(exc.code, exc.read().decode("utf-8", "replace"), dict(exc.headers)) from None
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)[0]
+
+    def put(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("PUT", path, body, **kw)[0]
+
+    def leader(self) -> str:
+        return str(self.get("/v1/status/leader", timeout=3))
+
+
+class Cluster:
+    """N servers with -bootstrap-expect N, each with its own ports and data-dir."""
+
+    def __init__(self, tmp_path: Any, size: int = 3, extra_args: list[str] | None = None) -> None:
+        self.tmp = str(tmp_path)
+        self.agents: list[Agent] = []
+        self.size = size
+        self.extra_args = extra_args or []
+        for i in range(size):
+            self.agents.append(self._make(f"s{i + 1}"))
+
+    def _make(self, name: str, join_to: list[Agent] | None = None, expect: int | None = None) -> Agent:
+        data_dir = os.path.join(self.tmp, name)
+        os.makedirs(data_dir, exist_ok=True)
+        agent = Agent(name, data_dir, free_port(), free_port(), free_port(), [], os.path.join(self.tmp, f"{name}.log"))
+        return agent
+
+    def _args(self, agent: Agent, peers: list[Agent], expect: int) -> list[str]:
+        args = ["-server", "-node", agent.name, "-data-dir", agent.data_dir, "-bind", "127.0.0.1",
+                "-http-port", str(agent.http_port), "-server-port", str(agent.server_port),
+                "-raft-port", str(agent.raft_port), "-dns-port", "-1", "-encrypt", KEY, "-log-level", "debug"]
+        if expect:
+            args += ["-bootstrap-expect", str(expect)]
+        for p in peers:
+            if p is not agent:
+                args += ["-retry-join", p.rpc]
+        return args + self.extra_args
+
+    def start(self) -> Cluster:
+        for agent in self.agents:
+            agent.args = self._args(agent, self.agents, self.size)
+            agent.start()
+        self.wait_leader()
+        return self
+
+    def add_server(self) -> Agent:
+        agent = self._make(f"s{len(self.agents) + 1}")
+        agent.args = self._args(agent, [a for a in self.agents if a.alive()], 0)
+        self.agents.append(agent)
+        return agent.start()
+
+    def live(self) -> list[Agent]:
+        return [a for a in self.agents if a.alive()]
+
+    def wait_leader(self, timeout: float = 20, among: list[Agent] | None = None) -> Agent:
+        """Every live agent agrees on one leader, and that leader is live; returns it."""
+        among = among or self.live()
+
+        def agreed() -> Agent | None:
+            leaders = {a.leader() for a in among}
+            if len(leaders) != 1 or "" in leaders:
+                return None
+            (rpc,) = leaders
+            for a in among:
+                if a.rpc == rpc:
+                    return a
+            return None
+
+        return retry(agreed, timeout, 0.1, "one agreed leader")
+
+    def stop(self) -> None:
+        for a in self.agents:
+            a.kill()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {a.name} ---\n{a.log_tail()}" for a in self.agents)
