@@ -18,7 +18,9 @@ from typing import Any
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest, MeshError
 
-__all__ = ["ConfigError", "AgentConfig", "parse_args", "load_file", "FLAGS"]
+__all__ = ["ConfigError", "AgentConfig", "parse_args", "load_file", "FLAGS", "KEY_HINT"]
+
+KEY_HINT = "generate a key with 'mesh keygen'"
 
 
 class ConfigError(MeshError):
@@ -142,7 +144,7 @@ def _coerce(key: str, kind: str, value: Any, where: str) -> Any:
 def _hcl_unwrap(value: Any) -> Any:
     """python-hcl2 turns each block into a list of dicts; a lone block becomes a dict."""
     if isinstance(value, dict):
-        return {k: _hcl_unwrap(v) for k, v in value.items()}
+        return {k: _hcl_unwrap(v) for k, v in value.items() if k != "__is_block__"}
     if isinstance(value, list):
         return [_hcl_unwrap(v) for v in value]
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
@@ -312,9 +314,9 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         try:
             key = base64.b64decode(cfg.encrypt, validate=True)
         except (binascii.Error, ValueError):
-            raise ConfigError("-encrypt: not valid base64 (generate a key with 'mesh keygen')") from None
+            raise ConfigError(f"-encrypt: not valid base64 ({KEY_HINT})") from None
         if len(key) not in (16, 24, 32):
-            raise ConfigError("-encrypt: key must be 16, 24 or 32 bytes (generate one with 'mesh keygen')")
+            raise ConfigError(f"-encrypt: key must be 16, 24 or 32 bytes ({KEY_HINT})")
     if cfg.default_query_time <= 0 or cfg.max_query_time <= 0:
         raise ConfigError("query times must be positive")
     if cfg.log_level.lower() not in ("trace", "debug", "info", "warn", "warning", "error", "err"):

@@ -26,7 +26,7 @@ from mesh.catalog.store import Store
 from ..metrics import HTTP
 from ..raft import NoLeader
 
-__all__ = ["QueryOptions", "parse_options", "blocking_read", "json_response", "read_json", "flag"]
+__all__ = ["QueryOptions", "parse_options", "blocking_read", "json_response", "read_json", "read_body", "flag"]
 
 T = TypeVar("T")
 
@@ -141,10 +141,25 @@ def json_response(request: web.Request, body: Any, *, index: int | None = None, 
     return resp
 
 
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 past `limit` without reading the rest."""
+    too_large = web.HTTPRequestEntityTooLarge(
+        max_size=limit, actual_size=request.content_length or limit + 1,
+        text=f"Request body too large (limit {limit} bytes)")
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(65536):
+        total += len(chunk)
+        if total > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def read_json(request: web.Request, *, optional: bool = False) -> Any:
-    body = await request.content.read(MAX_BODY + 1)
-    if len(body) > MAX_BODY:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY, actual_size=len(body), text=f"Request body too large (limit {MAX_BODY} bytes)")
+    body = await read_body(request, MAX_BODY)
     if not body.strip():
         if optional:
             return None

@@ -14,7 +14,7 @@ from mesh.catalog.fsm import FSM
 
 from ..metrics import render_json, render_prometheus
 from ..raft import MembershipError
-from .query import blocking_read, json_response, parse_options
+from .query import blocking_read, json_response, parse_options, read_body
 
 __all__ = ["routes", "SNAPSHOT_MAGIC"]
 
@@ -143,9 +143,7 @@ def decode_snapshot(body: bytes) -> bytes:
 @routes.put("/v1/snapshot")
 async def snapshot_restore(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    body = await request.content.read(MAX_SNAPSHOT + 1)
-    if len(body) > MAX_SNAPSHOT:
-        raise web.HTTPRequestEntityTooLarge(max_size=MAX_SNAPSHOT, actual_size=len(body))
+    body = await read_body(request, MAX_SNAPSHOT)
     data = decode_snapshot(body)
     await agent.server.raft.apply(MessageType.RESTORE, data, timeout=60)
     return json_response(request, None)

@@ -1,0 +1,80 @@
+"""Agent flags and config files: Consul's spelling, precedence, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mesh.agent.config import KEY_HINT, ConfigError, parse_args
+
+KEY = "a2tra2tra2tra2tra2tra2tra2tra2tra2tra2tra2s="
+SERVER = ["-server", "-bootstrap-expect", "3", "-data-dir", "/tmp/x", "-encrypt", KEY, "-bind", "127.0.0.1"]
+
+
+def test_flags_in_both_spellings():
+    cfg = parse_args([*SERVER, "-node=s1", "-http-port", "0", "-dns-port=-1", "-retry-join", "10.0.0.1:8300",
+                      "-retry-join=10.0.0.2:8300", "-raft-fsync=false"])
+    assert cfg.node_name == "s1" and cfg.http_port == 0 and cfg.dns_port == -1
+    assert cfg.retry_join == ("10.0.0.1:8300", "10.0.0.2:8300")
+    assert cfg.raft_fsync is False and cfg.bootstrap_expect == 3 and cfg.server
+
+
+def test_dev_needs_no_data_dir_or_key():
+    cfg = parse_args(["-dev"])
+    assert cfg.dev and cfg.server and cfg.bootstrap_expect == 1 and cfg.bind_addr == "127.0.0.1"
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-dev", "-nope"], "flag provided but not defined: -nope"),
+        (["-dev", "-http-port", "abc"], "invalid number"),
+        (["-dev", "-http-port", "70000"], "out of range"),
+        (["-dev", "-http-port"], "flag needs an argument"),
+        (["-server", "-bootstrap-expect", "3", "-data-dir", "/tmp/x", "-bind", "127.0.0.1"], "-encrypt"),
+        (["-server", "-bootstrap-expect", "3", "-bind", "127.0.0.1", "-encrypt", KEY], "-data-dir is required"),
+        ([*SERVER, "-bind", "nonsense"], "not an IP address"),
+        (["-dev", "-encrypt", "!!!"], "base64"),
+        (["-dev", "-retry-interval", "10"], "duration"),
+        (["-dev", "-log-level", "loud"], "log-level"),
+        (["-dev", "stray"], "unexpected argument"),
+    ],
+)
+def test_bad_flags_one_clear_line(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_json_and_hcl_files_and_precedence(tmp_path):
+    (tmp_path / "a.json").write_text(json.dumps({
+        "server": True, "bootstrap_expect": 3, "data_dir": "/tmp/d", "encrypt": KEY, "bind_addr": "127.0.0.1",
+        "retry_join": ["10.0.0.1:8300"], "ports": {"http": 9500, "dns": -1}, "node_name": "from-json"}))
+    (tmp_path / "b.hcl").write_text('datacenter = "east"\nretry_join = ["10.0.0.2:8300"]\nports {\n  server = 9300\n}\n')
+    cfg = parse_args(["-config-dir", str(tmp_path), "-node", "from-flag"])
+    assert cfg.datacenter == "east" and cfg.http_port == 9500 and cfg.server_port == 9300 and cfg.dns_port == -1
+    assert cfg.retry_join == ("10.0.0.1:8300", "10.0.0.2:8300")
+    assert cfg.node_name == "from-flag"  # flags win over files
+
+
+@pytest.mark.parametrize(
+    "name, text, message",
+    [
+        ("bad.json", "{nope", "invalid JSON"),
+        ("bad.hcl", "ports {", "invalid HCL"),
+        ("x.json", '{"no_such_key": 1}', "unknown configuration key"),
+        ("x.json", '{"ports": {"gopher": 1}}', "unknown port"),
+        ("x.json", '{"bootstrap_expect": "three"}', "invalid number"),
+        ("x.yaml", "a: 1", "must end in .json or .hcl"),
+    ],
+)
+def test_bad_config_files(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        parse_args(["-dev", "-config-file", str(path)])
+
+
+def test_key_hint_mentions_keygen():
+    assert "mesh keygen" in KEY_HINT
