@@ -50,6 +50,8 @@ class AgentConfig:
     log_level: str = "info"
     log_json: bool = False
     raft_fsync: bool = True
+    raft_snapshot_threshold: int = 16384
+    raft_snapshot_interval: float = 300.0
     domain: str = "consul."
     default_query_time: float = 300.0
     max_query_time: float = 600.0
@@ -84,6 +86,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "log-level": ("log_level", "str"),
     "log-json": ("log_json", "bool"),
     "raft-fsync": ("raft_fsync", "bool"),
+    "raft-snapshot-threshold": ("raft_snapshot_threshold", "int"),
+    "raft-snapshot-interval": ("raft_snapshot_interval", "duration"),
     "domain": ("domain", "str"),
     "default-query-time": ("default_query_time", "duration"),
     "max-query-time": ("max_query_time", "duration"),
@@ -95,7 +99,7 @@ FLAGS: dict[str, tuple[str, str]] = {
 _FILE_KEYS = {"bind": "bind_addr", "client": "client_addr", "node": "node_name", "advertise": "advertise_addr",
               "start_join": "retry_join", "join": "retry_join"}
 _PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port"}
-_KINDS = {"retry_interval": "duration", "default_query_time": "duration", "max_query_time": "duration",
+_KINDS = {"retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
           "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
@@ -317,6 +321,10 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
             raise ConfigError(f"-encrypt: not valid base64 ({KEY_HINT})") from None
         if len(key) not in (16, 24, 32):
             raise ConfigError(f"-encrypt: key must be 16, 24 or 32 bytes ({KEY_HINT})")
+    if cfg.raft_snapshot_threshold < 2:
+        raise ConfigError("-raft-snapshot-threshold must be at least 2")
+    if cfg.raft_snapshot_interval <= 0:
+        raise ConfigError("-raft-snapshot-interval must be positive")
     if cfg.default_query_time <= 0 or cfg.max_query_time <= 0:
         raise ConfigError("query times must be positive")
     if cfg.log_level.lower() not in ("trace", "debug", "info", "warn", "warning", "error", "err"):

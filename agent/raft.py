@@ -104,8 +104,8 @@ class RaftConfig:
     attempt_timeout: float = 2.0
     max_batch_commands: int = 4096
     max_batch_bytes: int = 1 << 20
-    compaction_min_entries: int = 20000
-    compaction_min_time: float = 600.0
+    compaction_min_entries: int = 16384
+    compaction_min_time: float = 300.0
     fast_elections: bool = False  # -dev: one server, elect at once
     watchdog_interval: float = 1.0
     stuck_after: float = 15.0
@@ -214,6 +214,8 @@ class Raft:
         self._partners: list[str] = []
         self._stopping = False
         self._log_handler = _PysyncobjLogWatcher(self)
+        # Fault injection for the watchdog's test: the first node raises in this many ticks.
+        self._injected_tick_errors = int(os.environ.get("MESH_FAULT_TICK_ERRORS", "0") or 0)
 
     # ---- lifecycle --------------------------------------------------------------
     @property
@@ -242,6 +244,8 @@ class Raft:
         logging.getLogger("pysyncobj").addHandler(self._log_handler)
         self._partners = sorted(p for p in partners if p != self.config.self_address)
         self._node = self._create_node(self._partners)
+        if self._injected_tick_errors:
+            self._node.addOnTickCallback(self._inject_tick_error)
         self._persist_peers()
         self._tasks.append(self._loop.create_task(self._flusher(), name="raft-flusher"))
         self._tasks.append(self._loop.create_task(self._watchdog(), name="raft-watchdog"))
@@ -277,6 +281,11 @@ class Raft:
                 serializeChecker=self._serialize_checker,
             )
         return SyncObjConf(**kwargs)
+
+    def _inject_tick_error(self) -> None:
+        if self._injected_tick_errors > 0:
+            self._injected_tick_errors -= 1
+            raise RuntimeError("injected tick fault (MESH_FAULT_TICK_ERRORS)")
 
     def _create_node(self, partners: list[str]) -> _Node:
         return _Node(self, self.config.self_address, partners, self._conf())
@@ -661,6 +670,7 @@ class Raft:
         partners = sorted(n.id for n in node.otherNodes)
         log.error("raft_watchdog_recovering", reason=reason, peers=partners)
         RAFT.recoveries.inc()
+        self._injected_tick_errors = 0
         self._node = None
         await asyncio.to_thread(node.destroy_synchronous)
         aside = f"{self.raft_dir}.broken-{int(time.time())}"

@@ -74,6 +74,8 @@ class ServerRole:
                 password=self.cfg.encrypt or None,
                 fsync=self.cfg.raft_fsync,
                 fast_elections=self.cfg.dev,
+                compaction_min_entries=self.cfg.raft_snapshot_threshold,
+                compaction_min_time=self.cfg.raft_snapshot_interval,
             ),
             self.fsm,
             self._on_change,
