@@ -15,10 +15,18 @@ the case they were registered with.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import replace
 
 from .errors import InvalidRequest
-from .structs import HEALTH_STATES, Check, Node, ServerInfo, Service
+from .structs import (
+    HEALTH_STATES,
+    Check,
+    Node,
+    ServerInfo,
+    Service,
+    evolve,
+    same_content,
+    with_index,
+)
 
 __all__ = ["Store"]
 
@@ -91,12 +99,11 @@ class Store:
                     )
         existing = self.nodes.get(key)
         if existing is not None:
-            candidate = replace(node, create_index=existing.create_index, modify_index=existing.modify_index)
-            if candidate.same_content(existing):
+            if same_content(node, existing):
                 return
-            row = replace(node, create_index=existing.create_index, modify_index=index)
+            row = with_index(node, existing.create_index, index)
         else:
-            row = replace(node, create_index=index, modify_index=index)
+            row = with_index(node, index, index)
         self.nodes[key] = row
         self._touch(index, "nodes", "node." + key, *self._services_on_node_keys(key))
 
@@ -106,16 +113,16 @@ class Store:
             raise InvalidRequest(f"Missing node registration for {node_name!r}")
         per_node = self.services.setdefault(key, {})
         existing = per_node.get(service.id)
-        service = replace(service, node=self.nodes[key].node)
+        if service.node != self.nodes[key].node:
+            service = evolve(service, node=self.nodes[key].node)
         if existing is not None:
-            candidate = replace(service, create_index=existing.create_index, modify_index=existing.modify_index)
-            if candidate.same_content(existing):
+            if same_content(service, existing):
                 return
-            row = replace(service, create_index=existing.create_index, modify_index=index)
+            row = with_index(service, existing.create_index, index)
             if existing.service.lower() != service.service.lower():
                 self._unlink_name(existing, key, index)
         else:
-            row = replace(service, create_index=index, modify_index=index)
+            row = with_index(service, index, index)
         per_node[service.id] = row
         self.service_names.setdefault(row.service.lower(), {})[(key, row.id)] = None
         self._touch(index, "services", "node." + key, "service." + row.service.lower())
@@ -124,7 +131,7 @@ class Store:
             if check.service_id == row.id and (
                 check.service_name != row.service or check.service_tags != row.tags
             ):
-                self.checks[key][check.check_id] = replace(
+                self.checks[key][check.check_id] = evolve(
                     check, service_name=row.service, service_tags=row.tags, modify_index=index
                 )
                 self._touch(index, "checks")
@@ -152,21 +159,20 @@ class Store:
                     f"Missing service registration for check {check.check_id!r}: "
                     f"service {check.service_id!r} is not on node {node_name!r}"
                 )
-            check = replace(check, service_name=service.service, service_tags=service.tags)
+            check = evolve(check, service_name=service.service, service_tags=service.tags,
+                           node=self.nodes[key].node)
             service_keys = ["service." + service.service.lower()]
         else:
-            check = replace(check, service_name="", service_tags=())
+            check = evolve(check, service_name="", service_tags=(), node=self.nodes[key].node)
             service_keys = self._services_on_node_keys(key)
-        check = replace(check, node=self.nodes[key].node)
         per_node = self.checks.setdefault(key, {})
         existing = per_node.get(check.check_id)
         if existing is not None:
-            candidate = replace(check, create_index=existing.create_index, modify_index=existing.modify_index)
-            if candidate.same_content(existing):
+            if same_content(check, existing):
                 return
-            row = replace(check, create_index=existing.create_index, modify_index=index)
+            row = with_index(check, existing.create_index, index)
         else:
-            row = replace(check, create_index=index, modify_index=index)
+            row = with_index(check, index, index)
         per_node[check.check_id] = row
         self._touch(index, "checks", "node." + key, *service_keys)
 
@@ -206,11 +212,10 @@ class Store:
 
     def upsert_server(self, index: int, info: ServerInfo) -> None:
         existing = self.servers.get(info.raft_address)
-        create = existing.create_index if existing else index
-        candidate = replace(info, create_index=create, modify_index=existing.modify_index if existing else index)
-        if existing is not None and candidate == existing:
+        if existing is not None and same_content(info, existing):
             return
-        self.servers[info.raft_address] = replace(info, create_index=create, modify_index=index)
+        create = existing.create_index if existing else index
+        self.servers[info.raft_address] = with_index(info, create, index)
         self._touch(index, "servers")
 
     def remove_server(self, index: int, raft_address: str) -> None:

@@ -143,17 +143,18 @@ def json_response(request: web.Request, body: Any, *, index: int | None = None, 
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refused with 413 past `limit` without reading the rest."""
-    too_large = web.HTTPRequestEntityTooLarge(
-        max_size=limit, actual_size=request.content_length or limit + 1,
-        text=f"Request body too large (limit {limit} bytes)")
+    def too_large() -> web.HTTPRequestEntityTooLarge:
+        return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or limit + 1,
+                                             text=f"Request body too large (limit {limit} bytes)")
+
     if request.content_length is not None and request.content_length > limit:
-        raise too_large
+        raise too_large()
     chunks: list[bytes] = []
     total = 0
     while chunk := await request.content.read(65536):
         total += len(chunk)
         if total > limit:
-            raise too_large
+            raise too_large()
         chunks.append(chunk)
     return b"".join(chunks)
 
