@@ -102,6 +102,12 @@ class Agent:
                  rpc=self.server.rpc_address, raft=self.server.raft_address)
 
     async def shutdown(self) -> None:
+        raft = self.server.raft
+        if raft is not None and raft.is_leader and len(raft.voters()) > 1 and not self._leaving:
+            # a planned stop of the leader: hand over first, so writes pause for one
+            # round trip instead of an election timeout
+            moved = await raft.transfer_leadership(timeout=3.0)
+            log.info("leadership_transferred" if moved else "leadership_transfer_failed")
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -124,8 +130,10 @@ class Agent:
         if dc and dc != self.cfg.datacenter:
             raise MeshError("No path to datacenter")
 
-    def set_read_headers(self, resp: web.StreamResponse, index: int) -> None:
+    def set_read_headers(self, resp: web.StreamResponse, index: int, consistency: str = "") -> None:
         raft = self.server.raft
+        if consistency:
+            resp.headers["X-Consul-Effective-Consistency"] = consistency
         resp.headers["X-Consul-Index"] = str(max(1, index))
         known = bool(raft and raft.has_leader())
         resp.headers["X-Consul-KnownLeader"] = "true" if known else "false"

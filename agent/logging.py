@@ -43,4 +43,6 @@ def configure(level: str = "info", json: bool = False) -> None:
 
 
 def get_logger(component: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger().bind(component=component)
+    """A lazy logger: modules create theirs at import, before `configure` runs, so it
+    must not bind (and freeze) the default configuration then."""
+    return structlog.get_logger(component=component)  # type: ignore[no-any-return]

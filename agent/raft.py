@@ -498,18 +498,17 @@ class Raft:
     def _apply_on_raft_thread(self, index: int, payload: bytes) -> Any:
         if self._fatal:
             return FatalStateError(self._fatal)
-        started = time.perf_counter()
         try:
             with self.lock:
-                results = self.fsm.apply_batch(index, payload)
+                results = self.fsm.apply_batch(index, payload, time.perf_counter, _observe_apply)
                 changed = self.fsm.store.drain_touched()
         except FatalStateError as exc:
             # Never raise into pysyncobj (it would retry forever); stop serving instead.
             self._fatal = f"cannot apply the Raft log at index {index}: {exc}"
             log.critical("fsm_fatal", index=index, error=str(exc))
             return exc
-        RAFT.fsm_apply_seconds.labels("batch").observe(time.perf_counter() - started)
         RAFT.applied_index.set(index)
+        log.debug("raft_applied", index=index, commands=len(results))
         if changed and self._loop is not None:
             self._loop.call_soon_threadsafe(self._on_change, changed, index)
         return results
@@ -714,6 +713,13 @@ class Raft:
         self._tick_errors.clear()
         self._node = self._create_node(partners)
         log.warning("raft_watchdog_recovered", moved_to=aside)
+
+
+_TYPE_NAMES = {int(t): t.name.lower() for t in MessageType}
+
+
+def _observe_apply(msg_type: int, seconds: float) -> None:
+    RAFT.fsm_apply_seconds.labels(_TYPE_NAMES.get(msg_type, str(msg_type))).observe(seconds)
 
 
 def _resolve(fut: asyncio.Future[Any], value: Any) -> None:

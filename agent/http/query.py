@@ -132,12 +132,18 @@ async def blocking_read(
     return index, result
 
 
+def consistency(request: web.Request) -> str:
+    if "consistent" in request.query:
+        return "consistent"
+    return "stale" if "stale" in request.query else "leader"
+
+
 def json_response(request: web.Request, body: Any, *, index: int | None = None, status: int = 200) -> web.Response:
     pretty = "pretty" in request.query
     text = json.dumps(body, indent=4 if pretty else None, separators=None if pretty else (",", ":"))
     resp = web.Response(text=text, content_type="application/json", status=status)
     if index is not None:
-        request.app["agent"].set_read_headers(resp, index)
+        request.app["agent"].set_read_headers(resp, index, consistency(request))
     return resp
 
 

@@ -243,3 +243,37 @@ def test_single_server_writes_do_not_wait_for_a_tick(dev):
     for i in range(100):
         dev.put("/v1/catalog/register", {"Node": f"quick-{i}", "Address": "10.0.0.1"})
     assert time.monotonic() - t0 < 3
+
+
+def test_raft_and_rpc_ports_bind_only_the_bind_address(dev):
+    # the agent binds 127.0.0.1; another loopback address reaches a 0.0.0.0 listener,
+    # not one bound to 127.0.0.1
+    for port in (dev.raft_port, dev.server_port):
+        with socket.socket() as ok:
+            ok.settimeout(2)
+            ok.connect(("127.0.0.1", port))
+        with socket.socket() as other, pytest.raises(OSError):
+            other.settimeout(2)
+            other.connect(("127.0.0.2", port))
+
+
+def test_effective_consistency_header(dev):
+    for query, mode in (("", "leader"), ("?stale", "stale"), ("?consistent", "consistent")):
+        _, headers = dev.request("GET", f"/v1/catalog/nodes{query}")
+        assert headers["X-Consul-Effective-Consistency"] == mode
+
+
+def test_log_json(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "mesh.agent.cli.main", "agent", "-dev", "-log-json",
+                             "-http-port", "0", "-server-port", "0", "-raft-port", "0", "-dns-port", "-1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd="/")
+    try:
+        line = b""
+        deadline = time.monotonic() + 10
+        while b"agent_started" not in line and time.monotonic() < deadline:
+            line = proc.stdout.readline()
+        event = json.loads(line)
+        assert event["event"] == "agent_started" and event["component"] == "agent" and "http" in event
+    finally:
+        proc.kill()
+        proc.wait()
