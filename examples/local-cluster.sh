@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Three mesh servers on 127.0.0.1 with their own ports and data-dirs.
+#   examples/local-cluster.sh start    # HTTP APIs on 8500, 8510, 8520
+#   examples/local-cluster.sh status
+#   examples/local-cluster.sh stop     # stops the processes it started (by PID)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESH=${MESH:-$( [ -x .venv/bin/mesh ] && echo .venv/bin/mesh || echo mesh )}
+DIR=${MESH_CLUSTER_DIR:-/tmp/mesh-local-cluster}
+
+start() {
+  mkdir -p "$DIR"
+  [ -f "$DIR/key" ] || "$MESH" keygen > "$DIR/key"
+  local key; key=$(cat "$DIR/key")
+  for i in 0 1 2; do
+    local name="s$((i + 1))" http=$((8500 + 10 * i)) rpc=$((8300 + 10 * i)) raft=$((8301 + 10 * i))
+    local joins=()
+    for j in 0 1 2; do [ "$j" = "$i" ] || joins+=(-retry-join "127.0.0.1:$((8300 + 10 * j))"); done
+    if [ -f "$DIR/$name.pid" ] && kill -0 "$(cat "$DIR/$name.pid")" 2>/dev/null; then
+      echo "$name already running"; continue
+    fi
+    "$MESH" agent -server -bootstrap-expect 3 -node "$name" -data-dir "$DIR/$name" -bind 127.0.0.1 \
+      -encrypt "$key" -http-port "$http" -server-port "$rpc" -raft-port "$raft" -dns-port -1 \
+      "${joins[@]}" > "$DIR/$name.log" 2>&1 &
+    echo $! > "$DIR/$name.pid"
+    echo "started $name (pid $!, http 127.0.0.1:$http, log $DIR/$name.log)"
+  done
+  for _ in $(seq 1 100); do
+    leader=$(curl -sf 127.0.0.1:8500/v1/status/leader 2>/dev/null || true)
+    if [ -n "$leader" ] && [ "$leader" != '""' ]; then echo "leader: $leader"; return 0; fi
+    sleep 0.1
+  done
+  echo "no leader yet; see $DIR/*.log" >&2
+  return 1
+}
+
+stop() {
+  for name in s1 s2 s3; do
+    if [ -f "$DIR/$name.pid" ]; then
+      kill "$(cat "$DIR/$name.pid")" 2>/dev/null || true
+      rm -f "$DIR/$name.pid"
+      echo "stopped $name"
+    fi
+  done
+}
+
+case "${1:-}" in
+  start) start ;;
+  stop) stop ;;
+  status) "$MESH" operator raft list-peers -http-addr 127.0.0.1:8500 ;;
+  clean) stop; rm -rf "$DIR" ;;
+  *) echo "usage: $0 start|status|stop|clean" >&2; exit 1 ;;
+esac
