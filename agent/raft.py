@@ -631,17 +631,25 @@ class Raft:
         await self._membership("remove", address)
 
     async def transfer_leadership(self, timeout: float = 5.0) -> bool:
+        """Hand leadership to the most caught-up follower (Raft TimeoutNow).
+
+        pysyncobj refuses while no follower has the whole log, which is common under
+        writes, so the request is repeated until it takes or `timeout` passes."""
         node = self._node
         if node is None or not node._isLeader() or not node.otherNodes:
             return False
-        node.transferLeadership()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
+        next_try = 0.0
         while loop.time() < deadline:
-            if not node._isLeader() and self.leader not in (None, self.config.self_address):
-                return True
-            await asyncio.sleep(0.05)
-        return False
+            if not node._isLeader():
+                if self.leader not in (None, self.config.self_address):
+                    return True
+            elif loop.time() >= next_try:
+                node.transferLeadership()
+                next_try = loop.time() + 0.3
+            await asyncio.sleep(0.02)
+        return not node._isLeader()
 
     def _persist_peers(self, node: _Node | None = None) -> None:
         node = node or self._node

@@ -179,6 +179,8 @@ class ServerRole:
         if not raft.is_leader:
             return await self._forward("Server.Remove", args)  # type: ignore[no-any-return]
         address = str(args.get("raft", ""))
+        if address == self.raft_address:
+            raise MembershipError("the leader cannot remove itself: transfer leadership first")
         with raft.lock:
             info = self.fsm.store.servers.get(address)
         await raft.remove_peer(address)
@@ -286,27 +288,29 @@ class ServerRole:
 
     # ---- leave -------------------------------------------------------------------------
     async def leave(self) -> None:
-        """Graceful leave: hand leadership over, leave the Raft configuration, deregister."""
+        """Graceful leave: hand leadership over, leave the Raft configuration, deregister.
+
+        A leader cannot remove itself from the configuration, so it first makes another
+        server leader, then asks that one to remove it."""
         raft = self.raft
         self.left = True
         if raft is None or not raft.started:
             return
         if len(raft.voters()) == 1:
             return
-        if raft.is_leader:
-            moved = await raft.transfer_leadership()
-            log.info("leadership_transferred" if moved else "leadership_transfer_failed")
-        deadline = asyncio.get_running_loop().time() + 15
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 20
         args = {"raft": self.raft_address, "deregister": True}
-        while asyncio.get_running_loop().time() < deadline:
+        while loop.time() < deadline:
+            if raft.is_leader:
+                moved = await raft.transfer_leadership(timeout=min(5.0, deadline - loop.time()))
+                log.info("leadership_transferred" if moved else "leadership_transfer_retry")
+                continue
             try:
-                if raft.is_leader:
-                    await self._rpc_remove(args)
-                else:
-                    await self._forward("Server.Remove", args)
+                await self._forward("Server.Remove", args)
                 log.info("left_cluster")
                 return
             except (MeshError, MembershipError) as exc:
                 log.warning("leave_retry", error=str(exc))
-                await asyncio.sleep(0.5)
-        raise MeshError("could not leave the cluster within 15s")
+                await asyncio.sleep(0.3)
+        raise MeshError("could not leave the cluster within 20s")
