@@ -1,13 +1,15 @@
 """The composition root: builds an agent's components from its config and runs them.
 
-Start order: Raft and the server RPC listener, then the HTTP API (so the API never
-answers before there is state behind it). Stop order (uvicorn's): stop accepting HTTP,
-drain with a deadline, then the server role, Raft last.
+Start order: Raft and the server RPC listener (servers), local definitions, the HTTP
+API, then anti-entropy and heartbeats. Stop order (uvicorn's): stop accepting HTTP,
+drain with a deadline, stop the loops and check runners, then the server role, Raft
+last.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 import socket
 import uuid
@@ -15,11 +17,20 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.catalog.errors import MeshError
+from mesh.catalog.commands import MessageType, encode
+from mesh.catalog.errors import InvalidRequest, MeshError
+from mesh.catalog.structs import Check, Node, Service
 
-from .config import AgentConfig
+from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
+from .config import AgentConfig, reload_config
 from .http.app import build_app
+from .local.anti_entropy import AntiEntropy
+from .local.checks import CheckManager
+from .local.definitions import ServiceDefinition, parse_check, parse_service_definition
+from .local.loader import parse_config_definitions
+from .local.state import LocalState
 from .logging import get_logger
+from .metrics import AGENT
 from .server import ServerRole
 from .watch import WatchHub
 
@@ -61,6 +72,8 @@ def _load_node_id(cfg: AgentConfig) -> str:
 
 
 class Agent:
+    """One agent process: a server (Raft member) or a client, with local services."""
+
     def __init__(self, cfg: AgentConfig) -> None:
         self.cfg = cfg
         if cfg.data_dir and not cfg.dev:
@@ -70,22 +83,63 @@ class Agent:
                 raise StartupError(f"cannot create -data-dir {cfg.data_dir}: {exc.strerror}") from None
         self.node_id = _load_node_id(cfg)
         self.watch = WatchHub()
-        self.server = ServerRole(cfg, self.node_id, self.watch.notify)
+        self.server: ServerRole | None = None
+        self.pool: ServerPool | None = None
+        self.backend: Backend
+        if cfg.server:
+            self.server = ServerRole(cfg, self.node_id, self.watch)
+            self.backend = LocalBackend(self.server)
+        else:
+            self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt)
+            self.backend = RemoteBackend(self.pool)
         self.ports: dict[str, int] = {"http": cfg.http_port, "dns": cfg.dns_port, "server": cfg.server_port,
                                       "raft": cfg.raft_port}
+        self.local = LocalState(self._node_row(), None if cfg.dev else cfg.data_dir, self._local_changed)
+        self.checks = CheckManager(self)
+        self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
+        self.local_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._leaving = False
 
+    def _node_row(self) -> Node:
+        address = self.cfg.advertise()
+        return Node(node=self.cfg.node_name, address=address, id=self.node_id, datacenter=self.cfg.datacenter,
+                    tagged_addresses={"lan": address, "lan_ipv4": address, "wan": address, "wan_ipv4": address},
+                    meta=self.cfg.node_meta_map())
+
+    def _ae_view(self) -> tuple[Node, dict[str, Service], dict[str, Check]]:
+        return self.local.node, self.local.service_rows(), self.local.check_rows()
+
+    def _local_changed(self) -> None:
+        self.ae.trigger()
+        self.local_changed.set()
+        self.local_changed = asyncio.Event()
+        AGENT.services.set(len(self.local.services))
+        AGENT.checks.set(len(self.local.checks))
+
+    @property
+    def is_server(self) -> bool:
+        return self.server is not None
+
     async def start(self) -> None:
         cfg = self.cfg
-        raft_port = cfg.raft_port or _free_port(cfg.bind_addr)
-        try:
-            await self.server.start(raft_port)
-        except OSError as exc:
-            raise StartupError(f"cannot bind the server port {cfg.bind_addr}:{cfg.server_port}: {exc.strerror}") from None
-        self.ports["server"] = self.server.rpc.port
-        self.ports["raft"] = raft_port
+        loop = asyncio.get_running_loop()
+        if self.server is not None:
+            raft_port = cfg.raft_port or _free_port(cfg.bind_addr)
+            try:
+                await self.server.start(raft_port)
+            except OSError as exc:
+                raise StartupError(f"cannot bind the server port {cfg.bind_addr}:{cfg.server_port}: {exc.strerror}") from None
+            self.ports["server"] = self.server.rpc.port
+            self.ports["raft"] = raft_port
+            consul = Service(id="consul", service="consul", port=self.server.rpc.port)
+            self.local.add_service(consul, [], "internal")
+        else:
+            self.ports["server"] = -1
+            self.ports["raft"] = -1
+        self.load_definitions(initial=True)
         if cfg.http_port >= 0:
             self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
             await self._runner.setup()
@@ -97,12 +151,91 @@ class Agent:
             server = site._server
             assert server is not None
             self.ports["http"] = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
+        self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
+        if self.pool is not None:
+            self._tasks.append(loop.create_task(self._refresh_servers_loop(), name="server-refresh"))
         log.info("agent_started", node=cfg.node_name, node_id=self.node_id, datacenter=cfg.datacenter,
                  server=cfg.server, dev=cfg.dev, http=f"{cfg.client_addr}:{self.ports['http']}",
-                 rpc=self.server.rpc_address, raft=self.server.raft_address)
+                 rpc=self.server.rpc_address if self.server else "", raft=self.server.raft_address if self.server else "",
+                 services=len(self.local.services))
 
+    # ---- definitions (config files and persisted registrations) ----------------------------
+    def load_definitions(self, initial: bool = False) -> None:
+        """Services and checks from config files (and, at start, those registered
+        through the API before a restart). Raises ConfigError naming the field."""
+        services, checks = parse_config_definitions(self.cfg.definitions)
+        self.local.replace_config(services, checks)
+        if initial:
+            persisted = self.local.load_persisted()
+            for raw in persisted["services"]:
+                try:
+                    self.register_service(raw, source="api")
+                except MeshError as exc:
+                    log.warning("persisted_service_skipped", error=str(exc))
+            for raw in persisted["checks"]:
+                try:
+                    self.register_check(raw, source="api")
+                except MeshError as exc:
+                    log.warning("persisted_check_skipped", error=str(exc))
+        self.checks.sync()
+
+    def reload(self) -> None:
+        """SIGHUP / `mesh reload`: re-read config files; on a bad file keep running as before."""
+        if not self.cfg.config_files:
+            self.load_definitions()
+            return
+        new_cfg = reload_config(self.cfg)
+        self.cfg = new_cfg
+        self.load_definitions()
+        log.info("agent_reloaded", files=list(self.cfg.config_files))
+
+    def register_service(self, raw: Any, source: str = "api", replace_checks: bool = False) -> ServiceDefinition:
+        defn = parse_service_definition(raw)
+        for c in defn.checks:
+            self.checks.validate(c)
+        self.local.add_service(defn.service, list(defn.checks), source, raw if source == "api" else None,
+                               replace_checks=replace_checks)
+        self.checks.sync()
+        return defn
+
+    def register_check(self, raw: Any, source: str = "api") -> Any:
+        defn = parse_check(raw, what="check")
+        if defn.service_id and defn.service_id not in self.local.services:
+            raise InvalidRequest(f"ServiceID {defn.service_id!r} does not exist")
+        if defn.service_id:
+            defn = dataclasses.replace(defn, service_name=self.local.services[defn.service_id].service.service)
+        self.checks.validate(defn)
+        self.local.add_check(defn, source, raw if source == "api" else None)
+        self.checks.sync()
+        return defn
+
+    # ---- liveness ------------------------------------------------------------------------
+    def heartbeat_info(self) -> dict[str, Any]:
+        node = self.local.node
+        return {"node": node.node, "id": node.id, "address": node.address, "tagged": node.tagged_addresses,
+                "meta": node.meta, "role": "server" if self.is_server else "client"}
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            try:
+                await self.backend.heartbeat(self.heartbeat_info())
+                AGENT.heartbeats.labels("ok").inc()
+            except MeshError as exc:
+                AGENT.heartbeats.labels("failed").inc()
+                log.debug("heartbeat_failed", error=str(exc))
+            await asyncio.sleep(self.cfg.heartbeat_interval)
+
+    async def _refresh_servers_loop(self) -> None:
+        assert self.pool is not None
+        while True:
+            await self.pool.refresh()
+            await asyncio.sleep(30 if self.pool.healthy else 2)
+
+    # ---- lifecycle -------------------------------------------------------------------------
     async def shutdown(self) -> None:
-        raft = self.server.raft
+        server = self.server
+        raft = server.raft if server else None
         if raft is not None and raft.is_leader and len(raft.voters()) > 1 and not self._leaving:
             # a planned stop of the leader: hand over first, so writes pause for one
             # round trip instead of an election timeout
@@ -111,7 +244,18 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        await self.server.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except (asyncio.CancelledError, Exception):  # noqa: PERF203 - shutting down
+                pass
+        await self.checks.stop()
+        if server is not None:
+            await server.stop()
+        if self.pool is not None:
+            await self.pool.close()
         log.info("agent_stopped")
 
     def request_stop(self) -> None:
@@ -122,49 +266,111 @@ class Agent:
         if self._leaving:
             return
         self._leaving = True
-        await self.server.leave()
+        # stop telling the servers we are here before saying goodbye
+        for task in self._tasks:
+            if task.get_name() in ("heartbeat", "anti-entropy"):
+                task.cancel()
+        if self.server is not None:
+            await self.server.leave()
+        else:
+            await self.backend.leave(self.heartbeat_info())
         asyncio.get_running_loop().call_later(0.2, self.request_stop)
 
-    # ---- helpers the HTTP handlers use -----------------------------------------------
+    # ---- helpers the HTTP handlers use -------------------------------------------------------
     def check_datacenter(self, dc: str) -> None:
         if dc and dc != self.cfg.datacenter:
             raise MeshError("No path to datacenter")
 
-    def set_read_headers(self, resp: web.StreamResponse, index: int, consistency: str = "") -> None:
-        raft = self.server.raft
+    async def apply(self, msg_type: MessageType, body: Any) -> Any:
+        """Commit a catalog command through whichever backend this agent has."""
+        raw = encode(msg_type, body, uuid.uuid4().bytes)
+        result = await self.backend.apply(raw)
+        if isinstance(result, dict) and "Error" in result:
+            raise InvalidRequest(str(result["Error"]))
+        return result
+
+    def set_read_headers(self, resp: web.StreamResponse, index: int, consistency: str = "",
+                         known_leader: bool | None = None, last_contact_ms: int | None = None) -> None:
         if consistency:
             resp.headers["X-Consul-Effective-Consistency"] = consistency
         resp.headers["X-Consul-Index"] = str(max(1, index))
-        known = bool(raft and raft.has_leader())
-        resp.headers["X-Consul-KnownLeader"] = "true" if known else "false"
-        contact = raft.last_contact() if raft else 0.0
-        resp.headers["X-Consul-LastContact"] = str(int(contact * 1000)) if contact != float("inf") else "0"
+        if known_leader is None or last_contact_ms is None:
+            raft = self.server.raft if self.server else None
+            known_leader = bool(raft and raft.has_leader())
+            contact = raft.last_contact() if raft else 0.0
+            last_contact_ms = int(contact * 1000) if contact != float("inf") else 0
+        resp.headers["X-Consul-KnownLeader"] = "true" if known_leader else "false"
+        resp.headers["X-Consul-LastContact"] = str(last_contact_ms)
 
     def self_member(self) -> dict[str, Any]:
-        return self._member(self.cfg.node_name, self.server.raft_address, self.server.rpc_address, self.node_id, True)
+        if self.server is not None:
+            return self._member(self.cfg.node_name, self.server.raft_address, self.server.rpc_address, self.node_id,
+                                "alive", "server")
+        return self._member(self.cfg.node_name, f"{self.cfg.advertise()}:0", "", self.node_id, "alive", "client")
 
-    def _member(self, name: str, raft_address: str, rpc_address: str, node_id: str, alive: bool) -> dict[str, Any]:
+    def _member(self, name: str, raft_address: str, rpc_address: str, node_id: str, status: str,
+                role: str) -> dict[str, Any]:
         host, _, raft_port = raft_address.rpartition(":")
         rpc_port = rpc_address.rpartition(":")[2]
+        tags = {"role": "consul" if role == "server" else "node", "dc": self.cfg.datacenter, "id": node_id,
+                "vsn": "2", "build": "mesh"}
+        if role == "server":
+            tags.update({"port": rpc_port, "raft_vsn": "3", "expect": str(self.cfg.bootstrap_expect)})
         return {
             "Name": name,
             "Addr": host,
             "Port": int(raft_port) if raft_port.isdigit() else 0,
-            "Tags": {"role": "consul", "dc": self.cfg.datacenter, "port": rpc_port, "id": node_id, "vsn": "2",
-                     "raft_vsn": "3", "build": "mesh", "expect": str(self.cfg.bootstrap_expect)},
-            "Status": 1 if alive else 4,
+            "Tags": tags,
+            "Status": {"alive": 1, "leaving": 2, "left": 3, "failed": 4}.get(status, 0),
             "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
             "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
         }
 
-    def members(self) -> list[dict[str, Any]]:
-        raft = self.server.raft
-        out = [self.self_member()]
-        if raft is None or not raft.started:
-            return out
-        for voter in raft.voters():
-            if voter == self.server.raft_address:
-                continue
-            out.append(self._member(self.server.node_of(voter), voter, self.server.rpc_address_of(voter),
-                                    self.server.id_of(voter), raft.peer_connected(voter)))
+    async def join(self, address: str) -> None:
+        """PUT /v1/agent/join/:address: learn servers from another agent's server port."""
+        if ":" not in address:
+            address = f"{address}:8300"
+        if self.pool is not None:
+            self.pool.add(address)
+            await self.pool.refresh()
+            return
+        assert self.server is not None
+        try:
+            reply = await self.server.client.call(address, "Server.Hello", self.server.hello_info(), timeout=3)
+        except MeshError as exc:
+            raise MeshError(f"failed to join {address}: {exc}") from None
+        self.server.learn(reply.get("servers", []))
+
+    async def status_leader(self) -> str:
+        if self.server is not None:
+            return self.server.leader_rpc_address()
+        assert self.pool is not None
+        return str(await self.pool.call("Status.Leader", {}, timeout=3, deadline=5))
+
+    async def status_peers(self) -> list[str]:
+        if self.server is not None:
+            raft = self.server.raft
+            return [self.server.rpc_address_of(v) for v in raft.voters()] if raft else []
+        assert self.pool is not None
+        return list(await self.pool.call("Server.List", {}, timeout=3, deadline=5))
+
+    async def raft_configuration(self) -> dict[str, Any]:
+        if self.server is not None:
+            return self.server.raft_configuration()
+        assert self.pool is not None
+        return dict(await self.pool.call("Operator.Raft", {}, timeout=3, deadline=5))
+
+    async def members(self) -> list[dict[str, Any]]:
+        """Every agent the servers know, from the catalog's serfHealth and the leader's
+        memory of recent leaves; only this agent when no server answers."""
+        try:
+            found = await self.backend.members()
+        except MeshError:
+            return [self.self_member()]
+        out = []
+        for m in found:
+            address = m["raft"] if m.get("raft") else f"{m['address']}:0"
+            out.append(self._member(m["node"], address, m.get("rpc", ""), m.get("id", ""), m["status"], m["role"]))
+        if not any(m["Name"] == self.cfg.node_name for m in out):
+            out.insert(0, self.self_member())
         return out

@@ -18,7 +18,7 @@ from typing import Any
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest, MeshError
 
-__all__ = ["ConfigError", "AgentConfig", "parse_args", "load_file", "FLAGS", "KEY_HINT"]
+__all__ = ["ConfigError", "AgentConfig", "parse_args", "reload_config", "load_file", "FLAGS", "KEY_HINT"]
 
 KEY_HINT = "generate a key with 'mesh keygen'"
 
@@ -53,9 +53,22 @@ class AgentConfig:
     raft_snapshot_threshold: int = 16384
     raft_snapshot_interval: float = 300.0
     domain: str = "consul."
+    liveness_timeout: float = 10.0
+    reconnect_timeout: float = 72 * 3600.0
+    heartbeat_interval: float = 1.0
+    enable_script_checks: bool = False
+    ae_interval: float = 60.0
+    node_meta: tuple[tuple[str, str], ...] = ()
     default_query_time: float = 300.0
     max_query_time: float = 600.0
     config_files: tuple[str, ...] = field(default=(), compare=False)
+    # raw `service`/`services`/`check`/`checks` blocks with the file they came from;
+    # parsed and validated by the agent (agent.local.definitions)
+    definitions: tuple[tuple[str, dict[str, Any]], ...] = field(default=(), compare=False)
+    argv: tuple[str, ...] = field(default=(), compare=False)
+
+    def node_meta_map(self) -> dict[str, str]:
+        return dict(self.node_meta)
 
     def advertise(self) -> str:
         return self.advertise_addr or self.bind_addr
@@ -91,6 +104,13 @@ FLAGS: dict[str, tuple[str, str]] = {
     "domain": ("domain", "str"),
     "default-query-time": ("default_query_time", "duration"),
     "max-query-time": ("max_query_time", "duration"),
+    "liveness-timeout": ("liveness_timeout", "duration"),
+    "reconnect-timeout": ("reconnect_timeout", "duration"),
+    "heartbeat-interval": ("heartbeat_interval", "duration"),
+    "enable-script-checks": ("enable_script_checks", "bool"),
+    "enable-local-script-checks": ("enable_script_checks", "bool"),
+    "ae-interval": ("ae_interval", "duration"),
+    "node-meta": ("node_meta", "meta"),
     "config-file": ("config_files", "files"),
     "config-dir": ("config_files", "dir"),
 }
@@ -99,15 +119,17 @@ FLAGS: dict[str, tuple[str, str]] = {
 _FILE_KEYS = {"bind": "bind_addr", "client": "client_addr", "node": "node_name", "advertise": "advertise_addr",
               "start_join": "retry_join", "join": "retry_join"}
 _PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port"}
-_KINDS = {"retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
+_KINDS = {"node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
+          "ae_interval": "duration", "retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
           "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
-_ACCEPTED_LATER = {"services", "service", "checks", "check", "ui", "ui_config", "telemetry", "acl", "connect",
-                   "enable_script_checks", "enable_local_script_checks", "recursors", "dns_config", "alt_domain",
+_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl", "connect", "recursors", "dns_config", "alt_domain",
                    "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses", "tls",
-                   "reconnect_timeout", "primary_datacenter", "node_meta", "disable_host_node_id", "limits"}
+                   "primary_datacenter", "disable_host_node_id", "limits"}
+# service and check definitions: kept raw here, parsed by agent.local.definitions
+_DEFINITION_KEYS = {"services", "service", "checks", "check"}
 
 
 def _coerce(key: str, kind: str, value: Any, where: str) -> Any:
@@ -132,6 +154,13 @@ def _coerce(key: str, kind: str, value: Any, where: str) -> Any:
             return number
         if kind == "duration":
             return parse_duration(value, what=where)
+        if kind == "meta":
+            if isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+                return tuple(value.items())
+            if isinstance(value, str) and ":" in value:
+                k, _, v = value.partition(":")
+                return ((k, v),)
+            raise ConfigError(f"{where}: expected key:value")
         if kind == "list":
             if isinstance(value, str):
                 return (value,)
@@ -200,12 +229,17 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
         if key in _ACCEPTED_LATER:
             values.setdefault("_later", {})[key] = value
             continue
+        if key in _DEFINITION_KEYS:
+            values["definitions"] = tuple(values.get("definitions", ())) + ((path, {key: value}),)
+            continue
+        if key == "enable_local_script_checks":
+            key = "enable_script_checks"
         names = {f.name for f in fields(AgentConfig)} - {"config_files"}
         if key not in names:
             raise ConfigError(f"{path}: unknown configuration key {raw_key!r}")
         kind = _KINDS.get(key) or ("bool" if isinstance(AgentConfig.__dataclass_fields__[key].default, bool) else "str")
         coerced = _coerce(key, kind, value, f"{path}: {raw_key}")
-        if kind == "list":
+        if kind in ("list", "meta"):
             values[key] = tuple(values.get(key, ())) + coerced
         else:
             values[key] = coerced
@@ -251,19 +285,28 @@ def parse_args(argv: list[str]) -> AgentConfig:
                 flag_values["bootstrap_expect"] = 1
         elif kind == "list":
             flag_values[key] = tuple(flag_values.get(key, ())) + (value,)
+        elif kind == "meta":
+            flag_values[key] = tuple(flag_values.get(key, ())) + _coerce(key, kind, value, f"-{name}")
         else:
             flag_values[key] = _coerce(key, kind, value, f"-{name}")
     values: dict[str, Any] = {}
     for path in files:
         _apply_file(values, load_file(path), path)
     for key, value in flag_values.items():
-        if key == "retry_join":
+        if key in ("retry_join", "node_meta"):
             values[key] = tuple(values.get(key, ())) + value
         else:
             values[key] = value
     values.pop("_later", None)
-    cfg = AgentConfig(**values, config_files=tuple(files))
+    cfg = AgentConfig(**values, config_files=tuple(files), argv=tuple(argv))
     return _finish(cfg)
+
+
+def reload_config(cfg: AgentConfig) -> AgentConfig:
+    """SIGHUP: the running config with service and check definitions read again from
+    the same files. Other settings (ports, addresses) need a restart, as in Consul."""
+    fresh = parse_args(list(cfg.argv))
+    return replace(cfg, definitions=fresh.definitions, log_level=fresh.log_level)
 
 
 def _default_bind() -> str:
@@ -321,6 +364,10 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
             raise ConfigError(f"-encrypt: not valid base64 ({KEY_HINT})") from None
         if len(key) not in (16, 24, 32):
             raise ConfigError(f"-encrypt: key must be 16, 24 or 32 bytes ({KEY_HINT})")
+    if not cfg.server and not cfg.retry_join:
+        raise ConfigError("a client agent needs -retry-join HOST:PORT of a server")
+    if cfg.liveness_timeout <= cfg.heartbeat_interval:
+        raise ConfigError("-liveness-timeout must be longer than -heartbeat-interval")
     if cfg.raft_snapshot_threshold < 2:
         raise ConfigError("-raft-snapshot-threshold must be at least 2")
     if cfg.raft_snapshot_interval <= 0:

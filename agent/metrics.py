@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "render_prometheus", "render_json"]
+__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "render_prometheus", "render_json"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -63,6 +63,29 @@ class _Rpc:
         self.join_attempts = Counter("mesh_join_attempts_total", "Attempts to contact -retry-join addresses", registry=REGISTRY)
 
 
+class _Agent:
+    def __init__(self) -> None:
+        self.heartbeats = Counter("mesh_agent_heartbeats_total", "Heartbeats sent to the servers, by result", ["result"], registry=REGISTRY)
+        self.services = Gauge("mesh_agent_local_services", "Services defined on this agent", registry=REGISTRY)
+        self.checks = Gauge("mesh_agent_local_checks", "Checks defined on this agent", registry=REGISTRY)
+
+
+class _AntiEntropy:
+    def __init__(self) -> None:
+        self.runs = Counter("mesh_anti_entropy_runs_total", "Anti-entropy sync rounds", registry=REGISTRY)
+        self.failures = Counter("mesh_anti_entropy_failures_total", "Anti-entropy rounds that failed", registry=REGISTRY)
+        self.writes = Counter("mesh_anti_entropy_writes_total", "Catalog writes anti-entropy made", registry=REGISTRY)
+
+
+class _Leader:
+    def __init__(self) -> None:
+        self.liveness_runs = Counter("mesh_leader_liveness_runs_total", "Leader liveness loop iterations", registry=REGISTRY)
+        self.nodes_failed = Counter("mesh_leader_nodes_failed_total", "Nodes marked failed (serfHealth critical)", registry=REGISTRY)
+
+
+AGENT = _Agent()
+AE = _AntiEntropy()
+LEADER = _Leader()
 RAFT = _Raft()
 HTTP = _Http()
 RPC = _Rpc()

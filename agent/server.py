@@ -16,35 +16,69 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
+from dataclasses import dataclass
 from typing import Any
 
-from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest
-from mesh.catalog.errors import MeshError
+from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, decode
+from mesh.catalog.errors import InvalidRequest, MeshError
 from mesh.catalog.fsm import FSM
-from mesh.catalog.structs import PASSING, Check, Node, ServerInfo, Service
+from mesh.catalog.structs import CRITICAL, PASSING, Check, Node, ServerInfo
 
+from . import liveness
 from .config import AgentConfig
 from .logging import get_logger
-from .metrics import RPC
+from .metrics import LEADER, RPC
+from .queries import QUERIES
 from .raft import MembershipError, NoLeader, Raft, RaftConfig
 from .rpc import RPCClient, RPCError, RPCServer
+from .watch import WatchHub
 
-__all__ = ["ServerRole", "SERF_CHECK_ID"]
+__all__ = ["ServerRole", "ReadOptions", "ReadResult", "CLIENT_WRITABLE"]
 
 log = get_logger("server")
 
-SERF_CHECK_ID = "serfHealth"
+# the commands an agent may send through Catalog.Apply
+CLIENT_WRITABLE = {MessageType.REGISTER, MessageType.DEREGISTER, MessageType.BARRIER}
+
+
+@dataclass(frozen=True)
+class ReadOptions:
+    min_index: int = 0
+    wait: float = 300.0
+    stale: bool = False
+    consistent: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"i": self.min_index, "w": self.wait, "s": self.stale, "c": self.consistent}
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> ReadOptions:
+        return cls(int(d.get("i", 0)), float(d.get("w", 300.0)), bool(d.get("s")), bool(d.get("c")))
+
+
+@dataclass(frozen=True)
+class ReadResult:
+    index: int
+    value: Any
+    known_leader: bool
+    last_contact_ms: int
 
 
 class ServerRole:
-    def __init__(self, cfg: AgentConfig, node_id: str, on_change: Any) -> None:
+    def __init__(self, cfg: AgentConfig, node_id: str, hub: WatchHub) -> None:
         self.cfg = cfg
         self.node_id = node_id
+        self.hub = hub
         self.fsm = FSM()
         self.rpc = RPCServer(cfg.bind_addr, cfg.server_port, cfg.encrypt)
         self.client = RPCClient(cfg.encrypt)
         self.raft: Raft | None = None
-        self._on_change = on_change
+        self._on_change = hub.notify
+        self._last_seen: dict[str, float] = {}
+        self._failed_since: dict[str, float] = {}
+        self._registering: set[str] = set()
+        self.recently_left: dict[str, dict[str, Any]] = {}
         self._known: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.rpc_address = ""
@@ -55,6 +89,14 @@ class ServerRole:
             ("Server.Join", self._rpc_join),
             ("Server.Remove", self._rpc_remove),
             ("Status.Ping", self._rpc_ping),
+            ("Server.List", self._rpc_server_list),
+            ("Read", self._rpc_read),
+            ("Catalog.Apply", self._rpc_apply),
+            ("Node.Heartbeat", self._rpc_heartbeat),
+            ("Node.Leave", self._rpc_node_leave),
+            ("Internal.Members", self._rpc_members),
+            ("Status.Leader", self._rpc_status_leader),
+            ("Operator.Raft", self._rpc_operator_raft),
         ):
             self.rpc.register(method, handler)
 
@@ -64,7 +106,7 @@ class ServerRole:
         advertise = self.cfg.advertise()
         self.rpc_address = f"{advertise}:{rpc_port}"
         self.raft_address = f"{advertise}:{raft_port}"
-        self._known[self.raft_address] = self._self_info()
+        self._known[self.raft_address] = self.hello_info()
         data_dir = None if self.cfg.dev else self.cfg.data_dir
         self.raft = Raft(
             RaftConfig(
@@ -89,7 +131,8 @@ class ServerRole:
             self.raft.start([])
         else:
             self._tasks.append(loop.create_task(self._bootstrap(), name="server-bootstrap"))
-        self._tasks.append(loop.create_task(self._register_self_loop(), name="server-register"))
+        self._tasks.append(loop.create_task(self._server_table_loop(), name="server-table"))
+        self._tasks.append(loop.create_task(self._leader_loop(), name="leader-duties"))
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -104,7 +147,7 @@ class ServerRole:
         if self.raft is not None:
             await self.raft.stop()
 
-    def _self_info(self) -> dict[str, Any]:
+    def hello_info(self) -> dict[str, Any]:
         return {"node": self.cfg.node_name, "id": self.node_id, "rpc": self.rpc_address, "raft": self.raft_address,
                 "dc": self.cfg.datacenter, "expect": self.cfg.bootstrap_expect}
 
@@ -118,14 +161,14 @@ class ServerRole:
                     return
                 RPC.join_attempts.inc()
                 try:
-                    reply = await self.client.call(address, "Server.Hello", self._self_info(), timeout=3)
+                    reply = await self.client.call(address, "Server.Hello", self.hello_info(), timeout=3)
                 except RPCError as exc:
                     log.debug("join_attempt_failed", address=address, error=str(exc))
                     continue
-                self._learn(reply.get("servers", []))
+                self.learn(reply.get("servers", []))
                 if reply.get("running") and not self.raft.started:
                     try:
-                        peers = await self.client.call(address, "Server.Join", self._self_info(), timeout=15)
+                        peers = await self.client.call(address, "Server.Join", self.hello_info(), timeout=15)
                     except RPCError as exc:
                         log.warning("join_failed", address=address, error=str(exc))
                         continue
@@ -143,7 +186,7 @@ class ServerRole:
                 return
             await asyncio.sleep(min(self.cfg.retry_interval, 0.25 * 2 ** min(attempt, 5)) * (0.8 + 0.4 * random.random()))
 
-    def _learn(self, servers: list[dict[str, Any]]) -> None:
+    def learn(self, servers: list[dict[str, Any]]) -> None:
         for info in servers:
             if isinstance(info, dict) and isinstance(info.get("raft"), str):
                 if info.get("dc", self.cfg.datacenter) != self.cfg.datacenter:
@@ -151,7 +194,7 @@ class ServerRole:
                 self._known.setdefault(info["raft"], info)
 
     async def _rpc_hello(self, args: dict[str, Any]) -> dict[str, Any]:
-        self._learn([args])
+        self.learn([args])
         raft = self.raft
         return {
             "servers": list(self._known.values()),
@@ -237,54 +280,244 @@ class ServerRole:
         leader = self.raft.leader
         return self.rpc_address_of(leader) if leader else ""
 
-    # ---- self-registration ---------------------------------------------------------------
-    def registration(self) -> RegisterRequest:
-        cfg = self.cfg
-        address = cfg.advertise()
-        port = int(self.rpc_address.rsplit(":", 1)[1])
-        node = Node(
-            node=cfg.node_name, address=address, id=self.node_id, datacenter=cfg.datacenter,
-            tagged_addresses={"lan": address, "lan_ipv4": address, "wan": address, "wan_ipv4": address},
-        )
-        service = Service(id="consul", service="consul", port=port, address="")
-        serf = Check(check_id=SERF_CHECK_ID, name="Serf Health Status", status=PASSING,
-                     output="Agent alive and reachable")
-        return RegisterRequest(node=node, service=service, checks=(serf,))
-
-    def _registered(self) -> bool:
-        assert self.raft is not None
-        want = self.registration()
-        with self.raft.lock:
-            store = self.fsm.store
-            node = store.node(want.node.node)
-            info = store.servers.get(self.raft_address)
-            svc = store.node_services(want.node.node).get("consul")
-            serf = store.node_checks(want.node.node).get(SERF_CHECK_ID)
-        return bool(
-            node and node.id == want.node.id and node.address == want.node.address and info
-            and info.rpc_address == self.rpc_address and svc and svc.port == want.service.port  # type: ignore[union-attr]
-            and serf and serf.status == PASSING
-        )
-
-    async def _register_self_loop(self) -> None:
-        """Keep this server's own catalog entries true: register once a leader is known,
-        and re-assert every 30 s (a user may deregister them through the catalog)."""
+    # ---- the servers table -------------------------------------------------------------
+    async def _server_table_loop(self) -> None:
+        """Keep this server's row (Raft address -> node, RPC address) in the replicated
+        servers table; re-checked every 30 s."""
         while True:
             raft = self.raft
             if raft is not None and raft.started and raft.has_leader() and not self.left:
-                if not self._registered():
+                with raft.lock:
+                    row = self.fsm.store.servers.get(self.raft_address)
+                want = ServerInfo(self.raft_address, self.cfg.node_name, self.node_id, self.rpc_address)
+                if row is None or (row.node, row.node_id, row.rpc_address) != (want.node, want.node_id, want.rpc_address):
                     try:
-                        await raft.apply(MessageType.SERVER_UPSERT, ServerInfo(
-                            self.raft_address, self.cfg.node_name, self.node_id, self.rpc_address))
-                        await raft.apply(MessageType.REGISTER, self.registration())
-                        log.info("server_registered", node=self.cfg.node_name)
+                        await raft.apply(MessageType.SERVER_UPSERT, want)
                     except MeshError as exc:
-                        log.debug("server_register_retry", error=str(exc))
+                        log.debug("server_table_retry", error=str(exc))
                         await asyncio.sleep(0.5)
                         continue
-                await asyncio.sleep(30 if self._registered() else 0.5)
+                await asyncio.sleep(30)
             else:
                 await asyncio.sleep(0.2)
+
+    # ---- reads ----------------------------------------------------------------------------
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
+        """A named query against this server's state, blocking per `opts`."""
+        q = QUERIES.get(name)
+        if q is None:
+            raise InvalidRequest(f"unknown query {name!r}")
+        raft = self._require_raft()
+        if opts.consistent:
+            await raft.barrier()
+        elif not opts.stale and not raft.has_leader():
+            raise NoLeader()
+        keys = q.keys(params)
+
+        def once() -> tuple[int, Any]:
+            with raft.lock:
+                return q.run(self.fsm.store, params)
+
+        index, value = once()
+        if opts.min_index and index <= opts.min_index:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + opts.wait + random.random() * opts.wait / 16
+            while index <= opts.min_index:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                await self.hub.wait(keys, remaining)
+                index, value = once()
+        contact = raft.last_contact()
+        return ReadResult(index, value, raft.has_leader(), int(contact * 1000) if contact != float("inf") else 0)
+
+    async def _rpc_read(self, args: dict[str, Any]) -> dict[str, Any]:
+        result = await self.read(str(args.get("q")), dict(args.get("p") or {}), ReadOptions.from_wire(args.get("o") or {}))
+        return {"i": result.index, "r": result.value, "kl": result.known_leader, "lc": result.last_contact_ms}
+
+    async def _rpc_server_list(self, args: dict[str, Any]) -> list[str]:
+        raft = self.raft
+        if raft is None or not raft.started:
+            return [self.rpc_address]
+        return [self.rpc_address_of(v) for v in raft.voters()]
+
+    # ---- writes from agents -------------------------------------------------------------------
+    async def apply_raw(self, raw: bytes) -> Any:
+        raft = self._require_raft()
+        cmd = decode(raw)
+        if cmd.type not in CLIENT_WRITABLE:
+            raise InvalidRequest(f"command type {cmd.type} may not be sent by an agent")
+        return await raft.apply_raw(raw)
+
+    async def _rpc_apply(self, args: dict[str, Any]) -> Any:
+        raw = args.get("raw")
+        if not isinstance(raw, bytes):
+            raise InvalidRequest("Catalog.Apply needs the encoded command")
+        return await self.apply_raw(raw)
+
+    # ---- liveness (the leader's duty) -----------------------------------------------------------
+    async def heartbeat(self, info: dict[str, Any]) -> None:
+        """A node is alive: remember it (on the leader) and make its serfHealth passing."""
+        raft = self._require_raft()
+        if not raft.is_leader:
+            await self._forward("Node.Heartbeat", info)
+            return
+        name = str(info.get("node", ""))
+        if not name:
+            raise InvalidRequest("heartbeat without a node name")
+        key = name.lower()
+        left = self.recently_left.get(key)
+        if left is not None and time.time() - float(left.get("left_at", 0)) < 5:
+            return  # a heartbeat that overtook the node's own leave
+        self._last_seen[key] = time.monotonic()
+        self._failed_since.pop(key, None)
+        self.recently_left.pop(key, None)
+        with raft.lock:
+            store = self.fsm.store
+            node = store.node(name)
+            serf = store.node_checks(name).get(liveness.SERF_CHECK_ID)
+        if node is not None and serf is not None and serf.status == PASSING:
+            return
+        if key in self._registering:
+            return
+        self._registering.add(key)
+        try:
+            req = RegisterRequest(
+                node=Node(node=name, address=str(info.get("address", "")), id=str(info.get("id", "")),
+                          datacenter=self.cfg.datacenter, tagged_addresses=dict(info.get("tagged") or {}),
+                          meta=dict(info.get("meta") or {})),
+                checks=(self._serf_check(PASSING),),
+                skip_node_update=node is not None,
+            )
+            result = await raft.apply(MessageType.REGISTER, req)
+            if isinstance(result, dict) and "Error" in result:
+                raise InvalidRequest(str(result["Error"]))
+        finally:
+            self._registering.discard(key)
+
+    async def _rpc_heartbeat(self, args: dict[str, Any]) -> bool:
+        await self.heartbeat(args)
+        return True
+
+    @staticmethod
+    def _serf_check(status: str) -> Check:
+        return Check(check_id=liveness.SERF_CHECK_ID, name=liveness.SERF_CHECK_NAME, status=status,
+                     output=liveness.ALIVE_OUTPUT if status == PASSING else liveness.DEAD_OUTPUT)
+
+    async def _leader_loop(self) -> None:
+        """Liveness and reaping, on the leader only; runs once a second."""
+        was_leader = False
+        while True:
+            await asyncio.sleep(1.0)
+            LEADER.liveness_runs.inc()
+            raft = self.raft
+            if raft is None or not raft.started or not raft.is_leader or not raft.lease_valid():
+                was_leader = False
+                continue
+            now = time.monotonic()
+            with raft.lock:
+                store = self.fsm.store
+                if not was_leader:
+                    # a new leader knows no heartbeats yet: everyone starts alive
+                    self._last_seen = {k: now for k in store.checks if liveness.SERF_CHECK_ID in store.checks[k]}
+                    self._failed_since = {}
+                was_leader = True
+                self._last_seen[self.cfg.node_name.lower()] = now
+                changes = liveness.liveness_plan(store, self._last_seen, now, self.cfg.liveness_timeout,
+                                                 always_alive=self.cfg.node_name)
+            for node, status in changes:
+                if status == CRITICAL:
+                    self._failed_since.setdefault(node.lower(), now)
+                    LEADER.nodes_failed.inc()
+                    log.warning("node_failed", node=node)
+                else:
+                    self._failed_since.pop(node.lower(), None)
+                    log.info("node_alive", node=node)
+                req = RegisterRequest(node=Node(node=node, address=""), checks=(self._serf_check(status),),
+                                      skip_node_update=True)
+                try:
+                    await raft.apply(MessageType.REGISTER, req)
+                except MeshError as exc:
+                    log.warning("liveness_update_failed", node=node, error=str(exc))
+            with raft.lock:
+                reaped = liveness.reap_plan(self.fsm.store, self._failed_since, now, self.cfg.reconnect_timeout)
+            for node in reaped:
+                log.info("node_reaped", node=node)
+                try:
+                    await raft.apply(MessageType.DEREGISTER, DeregisterRequest(node=node))
+                    self._failed_since.pop(node.lower(), None)
+                    self._last_seen.pop(node.lower(), None)
+                except MeshError as exc:
+                    log.warning("reap_failed", node=node, error=str(exc))
+
+    async def node_leave(self, info: dict[str, Any]) -> None:
+        """A client agent leaves gracefully: deregister its node at once."""
+        raft = self._require_raft()
+        if not raft.is_leader:
+            await self._forward("Node.Leave", info)
+            return
+        name = str(info.get("node", ""))
+        if not name:
+            raise InvalidRequest("leave without a node name")
+        self._last_seen.pop(name.lower(), None)
+        self._failed_since.pop(name.lower(), None)
+        self.recently_left[name.lower()] = dict(info, left_at=time.time())
+        await raft.apply(MessageType.DEREGISTER, DeregisterRequest(node=name))
+
+    async def _rpc_node_leave(self, args: dict[str, Any]) -> bool:
+        await self.node_leave(args)
+        return True
+
+    async def members(self) -> list[dict[str, Any]]:
+        """Every node with its serfHealth: alive, failed, or left (the leader's memory)."""
+        raft = self._require_raft()
+        if not raft.is_leader and self.leader_rpc_address():
+            try:
+                return list(await self.client.call(self.leader_rpc_address(), "Internal.Members", {}, timeout=5))
+            except RPCError:
+                pass
+        out = []
+        with raft.lock:
+            store = self.fsm.store
+            servers = {s.node.lower(): s for s in store.servers.values()}
+            for key in sorted(store.nodes):
+                node = store.nodes[key]
+                serf = store.checks.get(key, {}).get(liveness.SERF_CHECK_ID)
+                if serf is None:
+                    continue  # registered through the catalog API, not an agent
+                server = servers.get(key)
+                out.append({
+                    "node": node.node, "address": node.address, "id": node.id,
+                    "status": "alive" if serf.status == PASSING else "failed",
+                    "role": "server" if server else "client",
+                    "rpc": server.rpc_address if server else "", "raft": server.raft_address if server else "",
+                    "dc": node.datacenter,
+                })
+        for key, info in sorted(self.recently_left.items()):
+            if not any(m["node"].lower() == key for m in out):
+                out.append({"node": info.get("node", key), "address": info.get("address", ""), "id": info.get("id", ""),
+                            "status": "left", "role": info.get("role", "client"), "rpc": "", "raft": "",
+                            "dc": self.cfg.datacenter})
+        return out
+
+    async def _rpc_members(self, args: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self.members()
+
+    def raft_configuration(self) -> dict[str, Any]:
+        raft = self._require_raft()
+        leader = raft.leader
+        servers = [
+            {"ID": self.id_of(v), "Node": self.node_of(v), "Address": self.rpc_address_of(v), "Leader": v == leader,
+             "ProtocolVersion": "3", "Voter": True, "RaftAddress": v}
+            for v in raft.voters()
+        ]
+        return {"Servers": servers, "Index": raft.commit_index}
+
+    async def _rpc_status_leader(self, args: dict[str, Any]) -> str:
+        return self.leader_rpc_address()
+
+    async def _rpc_operator_raft(self, args: dict[str, Any]) -> dict[str, Any]:
+        return self.raft_configuration()
 
     # ---- leave -------------------------------------------------------------------------
     async def leave(self) -> None:
@@ -308,6 +541,7 @@ class ServerRole:
                 continue
             try:
                 await self._forward("Server.Remove", args)
+                self.recently_left[self.cfg.node_name.lower()] = {"node": self.cfg.node_name, "role": "server"}
                 log.info("left_cluster")
                 return
             except (MeshError, MembershipError) as exc:

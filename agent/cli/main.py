@@ -31,6 +31,10 @@ Commands:
   snapshot save FILE         save a snapshot of the replicated state
   snapshot restore FILE      restore a snapshot into the cluster
   catalog datacenters|nodes|services
+  services register FILE     register the services in a definition file with the agent
+  services deregister -id=ID deregister a service from the agent
+  reload                     reload the agent's config files (service and check definitions)
+  maint -enable|-disable     node (or -service=ID) maintenance mode
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
@@ -165,6 +169,84 @@ async def _catalog(argv: list[str]) -> int:
     return 0
 
 
+async def _services(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("register", "deregister"):
+        raise UsageError("usage: mesh services register FILE | deregister -id=ID")
+    flags, rest = _parse(argv[1:], {"id": "str", "name": "str", "port": "str", "address": "str", "tag": "str"})
+    async with _client(flags) as c:
+        if argv[0] == "deregister":
+            ids = [flags["id"]] if flags.get("id") else []
+            if not ids and rest:
+                ids = [d.get("ID") or d.get("id") or d.get("Name") or d.get("name") for d in _definitions(rest)]
+            if not ids:
+                raise UsageError("deregister needs -id=ID or a definition file")
+            for sid in ids:
+                await c.put(f"/v1/agent/service/deregister/{sid}")
+                print(f"Deregistered service: {sid}")
+            return 0
+        if flags.get("name"):
+            body: dict[str, Any] = {"Name": flags["name"]}
+            if flags.get("port"):
+                body["Port"] = int(flags["port"]) if flags["port"].isdigit() else flags["port"]
+            if flags.get("address"):
+                body["Address"] = flags["address"]
+            if flags.get("id"):
+                body["ID"] = flags["id"]
+            definitions = [body]
+        else:
+            if not rest:
+                raise UsageError("register needs a definition file (JSON or HCL) or -name")
+            definitions = _definitions(rest)
+        for d in definitions:
+            await c.put("/v1/agent/service/register", d)
+            print(f"Registered service: {d.get('Name') or d.get('name')}")
+    return 0
+
+
+def _definitions(paths: list[str]) -> list[dict[str, Any]]:
+    """Service blocks from definition files, as the agent's config files hold them."""
+    from mesh.agent.config import ConfigError, load_file
+
+    out: list[dict[str, Any]] = []
+    for path in paths:
+        try:
+            data = load_file(path)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        single = data.get("service")
+        if isinstance(single, list):
+            out.extend(single)
+        elif isinstance(single, dict):
+            out.append(single)
+        many = data.get("services")
+        if isinstance(many, list):
+            out.extend(many)
+        if not single and not many:
+            raise UsageError(f"{path}: no service or services block")
+    return out
+
+
+async def _reload(argv: list[str]) -> int:
+    flags, _ = _parse(argv, {})
+    async with _client(flags) as c:
+        await c.put("/v1/agent/reload")
+    print("Configuration reload triggered")
+    return 0
+
+
+async def _maint(argv: list[str]) -> int:
+    flags, _ = _parse(argv, {"enable": "bool", "disable": "bool", "service": "str", "reason": "str"})
+    if flags.get("enable") == flags.get("disable"):
+        raise UsageError("use one of -enable or -disable")
+    params = {"enable": "true" if flags.get("enable") else "false", "reason": flags.get("reason", "")}
+    path = f"/v1/agent/service/maintenance/{flags['service']}" if flags.get("service") else "/v1/agent/maintenance"
+    async with _client(flags) as c:
+        await c.request("PUT", path, params=params)
+    what = f"service {flags['service']}" if flags.get("service") else "node"
+    print(f"{'Maintenance mode enabled' if flags.get('enable') else 'Maintenance mode disabled'} for {what}")
+    return 0
+
+
 def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -175,14 +257,12 @@ def _run_agent(argv: list[str]) -> int:
     from mesh.agent.agent import Agent, StartupError
     from mesh.agent.config import ConfigError, parse_args
     from mesh.agent.logging import configure, get_logger
+    from mesh.catalog.errors import MeshError
 
     try:
         cfg = parse_args(argv)
     except ConfigError as exc:
         print(f"==> {exc}", file=sys.stderr)
-        return 1
-    if not cfg.server:
-        print("==> client agents (without -server) are not available yet in this version", file=sys.stderr)
         return 1
     configure(cfg.log_level, cfg.log_json)
     log = get_logger("cli")
@@ -191,13 +271,21 @@ def _run_agent(argv: list[str]) -> int:
         try:
             agent = Agent(cfg)
             await agent.start()
-        except (StartupError, OSError) as exc:
+        except (StartupError, ConfigError, OSError) as exc:
             log.error("agent_start_failed", error=str(exc))
             print(f"==> {exc}", file=sys.stderr)
             return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, agent.request_stop)
+
+        def reload() -> None:
+            try:
+                agent.reload()
+            except MeshError as exc:
+                log.error("reload_failed", error=str(exc))
+
+        loop.add_signal_handler(signal.SIGHUP, reload)
         await agent.stopped.wait()
         log.info("agent_stopping")
         await agent.shutdown()
@@ -227,6 +315,9 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "operator": _operator,
     "snapshot": _snapshot,
     "catalog": _catalog,
+    "services": _services,
+    "reload": _reload,
+    "maint": _maint,
 }
 _SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}
 

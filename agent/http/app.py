@@ -19,7 +19,7 @@ from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 from ..logging import get_logger
 from ..metrics import HTTP
 from ..raft import NoLeader, RaftError
-from . import catalog, system
+from . import agent_api, catalog, health, system
 
 __all__ = ["build_app"]
 
@@ -70,5 +70,7 @@ def build_app(agent: Any) -> web.Application:
     app = web.Application(middlewares=[errors], client_max_size=1 << 30, handler_args={"max_field_size": 16384})
     app["agent"] = agent
     app.add_routes(catalog.routes)
+    app.add_routes(health.routes)
     app.add_routes(system.routes)
+    app.add_routes(agent_api.routes)
     return app

@@ -9,10 +9,7 @@ leader (a leader whose lease lapsed does not count); `?consistent` runs a barrie
 
 from __future__ import annotations
 
-import asyncio
 import json
-import random
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -21,14 +18,14 @@ from aiohttp import web
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import Predicate, compile_filter
-from mesh.catalog.store import Store
 
 from ..metrics import HTTP
-from ..raft import NoLeader
+from ..server import ReadOptions, ReadResult
 
-__all__ = ["QueryOptions", "parse_options", "blocking_read", "json_response", "read_json", "read_body", "flag"]
+__all__ = ["QueryOptions", "parse_options", "read", "read_response", "json_response", "read_json", "read_body", "flag"]
 
 T = TypeVar("T")
+_SAME: Any = object()
 
 MAX_BODY = 512 * 1024
 
@@ -93,43 +90,33 @@ def parse_options(request: web.Request) -> QueryOptions:
     )
 
 
-async def blocking_read(
-    request: web.Request,
-    opts: QueryOptions,
-    keys: Iterable[str],
-    run: Callable[[Store], tuple[int, T]],
-) -> tuple[int, T]:
-    """Run `run(store)` under the state lock, blocking per `opts` on `keys`."""
+async def read(request: web.Request, name: str, params: dict[str, Any] | None = None) -> ReadResult:
+    """Run the named query (agent.queries) through this agent's backend, with the
+    request's blocking and consistency options."""
     agent = request.app["agent"]
+    opts = parse_options(request)
     agent.check_datacenter(opts.datacenter)
-    raft = agent.server.raft
-    if raft is None or not raft.started:
-        raise NoLeader()
-    if opts.consistent:
-        await raft.barrier()
-    elif not opts.stale and not raft.has_leader():
-        raise NoLeader()
-    keys = list(keys)
-
-    def once() -> tuple[int, T]:
-        with raft.lock:
-            return run(agent.server.fsm.store)
-
-    index, result = once()
-    if opts.min_index and index <= opts.min_index:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + opts.wait + random.random() * opts.wait / 16
+    full = dict(params or {})
+    full.setdefault("filter", request.query.get("filter"))
+    full.setdefault("node_meta", opts.node_meta or {})
+    full.setdefault("tags", list(opts.tags))
+    blocking = bool(opts.min_index)
+    if blocking:
         HTTP.blocking.inc()
-        try:
-            while index <= opts.min_index:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                await agent.watch.wait(keys, remaining)
-                index, result = once()
-        finally:
+    try:
+        return await agent.backend.read(  # type: ignore[no-any-return]
+            name, full, ReadOptions(opts.min_index, opts.wait, opts.stale, opts.consistent))
+    finally:
+        if blocking:
             HTTP.blocking.dec()
-    return index, result
+
+
+def read_response(request: web.Request, result: ReadResult, body: Any = _SAME, status: int = 200) -> web.Response:
+    """The JSON answer to a read, with X-Consul-Index and the leader headers."""
+    resp = json_response(request, result.value if body is _SAME else body, status=status)
+    request.app["agent"].set_read_headers(resp, result.index, consistency(request), result.known_leader,
+                                          result.last_contact_ms)
+    return resp
 
 
 def consistency(request: web.Request) -> str:

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+from typing import Any
 
 from aiohttp import web
 
 from mesh import __version__
 from mesh.catalog.commands import MessageType
-from mesh.catalog.errors import InvalidRequest, NotFound
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 from mesh.catalog.fsm import FSM
 
 from ..metrics import render_json, render_prometheus
 from ..raft import MembershipError
-from .query import blocking_read, json_response, parse_options, read_body
+from .query import json_response, parse_options, read_body
 
 __all__ = ["routes", "SNAPSHOT_MAGIC"]
 
@@ -24,60 +25,49 @@ SNAPSHOT_MAGIC = b"MESHSNAP1\n"
 MAX_SNAPSHOT = 1 << 30
 
 
+def _server(request: web.Request) -> Any:
+    server = request.app["agent"].server
+    if server is None:
+        raise MeshError(f"{request.path} is served by servers: point -http-addr at a server agent")
+    return server
+
+
 @routes.get("/v1/status/leader")
 async def status_leader(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     agent.check_datacenter(request.query.get("dc", ""))
-    return json_response(request, agent.server.leader_rpc_address())
+    return json_response(request, await agent.status_leader())
 
 
 @routes.get("/v1/status/peers")
 async def status_peers(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     agent.check_datacenter(request.query.get("dc", ""))
-    raft = agent.server.raft
-    voters = raft.voters() if raft else []
-    return json_response(request, [agent.server.rpc_address_of(v) for v in voters])
+    return json_response(request, await agent.status_peers())
 
 
 @routes.get("/v1/operator/raft/configuration")
 async def raft_configuration(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = parse_options(request)
-    server = agent.server
-
-    def run(store: object) -> tuple[int, dict[str, object]]:
-        raft = server.raft
-        leader = raft.leader
-        servers = [
-            {
-                "ID": server.id_of(v),
-                "Node": server.node_of(v),
-                "Address": server.rpc_address_of(v),
-                "Leader": v == leader,
-                "ProtocolVersion": "3",
-                "Voter": True,
-                "RaftAddress": v,
-            }
-            for v in raft.voters()
-        ]
-        return max(1, raft.commit_index), {"Servers": servers, "Index": raft.commit_index}
-
-    index, result = await blocking_read(request, opts, ["servers"], run)
-    return json_response(request, result, index=index)
+    agent.check_datacenter(opts.datacenter)
+    conf = await agent.raft_configuration()
+    resp = json_response(request, conf)
+    agent.set_read_headers(resp, conf["Index"], "", True, 0)
+    return resp
 
 
 @routes.get("/v1/operator/raft/state")
 async def raft_state(request: web.Request) -> web.Response:
     """mesh extension: this server's view of Raft and a digest of its replicated state,
     so operators (and tests) can check that servers agree."""
-    agent = request.app["agent"]
-    raft = agent.server.raft
+    server = _server(request)
+    raft = server.raft
     if raft is None or not raft.started:
         return json_response(request, {"Started": False})
     with raft.lock:
-        state_hash = agent.server.fsm.state_hash()
-        last_index = agent.server.fsm.last_index
+        state_hash = server.fsm.state_hash()
+        last_index = server.fsm.last_index
     return json_response(request, {
         "Started": True,
         "Leader": raft.leader or "",
@@ -93,8 +83,7 @@ async def raft_state(request: web.Request) -> web.Response:
 
 @routes.delete("/v1/operator/raft/peer")
 async def raft_remove_peer(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
-    server = agent.server
+    server = _server(request)
     address, peer_id = request.query.get("address", ""), request.query.get("id", "")
     if not address and not peer_id:
         raise InvalidRequest("Must specify either ?id with the server's ID or ?address with IP:port of peer")
@@ -117,9 +106,18 @@ async def raft_remove_peer(request: web.Request) -> web.Response:
 @routes.get("/v1/snapshot")
 async def snapshot_save(request: web.Request) -> web.Response:
     agent = request.app["agent"]
+    server = _server(request)
     opts = parse_options(request)
-    index, data = await blocking_read(request, opts, [], lambda s: (0, agent.server.fsm.snapshot()))
-    index = agent.server.raft.applied_index
+    raft = server.raft
+    if raft is None or not raft.started:
+        raise MeshError("No cluster leader")
+    if opts.consistent:
+        await raft.barrier()
+    elif not opts.stale and not raft.has_leader():
+        raise MeshError("No cluster leader")
+    with raft.lock:
+        data = server.fsm.snapshot()
+    index = raft.applied_index
     body = gzip.compress(SNAPSHOT_MAGIC + hashlib.sha256(data).digest() + data, compresslevel=3)
     resp = web.Response(body=body, content_type="application/octet-stream")
     agent.set_read_headers(resp, index)
@@ -142,10 +140,10 @@ def decode_snapshot(body: bytes) -> bytes:
 
 @routes.put("/v1/snapshot")
 async def snapshot_restore(request: web.Request) -> web.Response:
-    agent = request.app["agent"]
+    server = _server(request)
     body = await read_body(request, MAX_SNAPSHOT)
     data = decode_snapshot(body)
-    await agent.server.raft.apply(MessageType.RESTORE, data, timeout=60)
+    await server._require_raft().apply(MessageType.RESTORE, data, timeout=60)
     return json_response(request, None)
 
 
@@ -183,14 +181,14 @@ async def agent_self(request: web.Request) -> web.Response:
         },
         "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
         "Member": agent.self_member(),
-        "Meta": {},
-        "Stats": {"raft": agent.server.raft.status() if agent.server.raft else {}},
+        "Meta": agent.cfg.node_meta_map(),
+        "Stats": {"raft": agent.server.raft.status() if agent.server and agent.server.raft else {}},
     })
 
 
 @routes.get("/v1/agent/members")
 async def agent_members(request: web.Request) -> web.Response:
-    return json_response(request, request.app["agent"].members())
+    return json_response(request, await request.app["agent"].members())
 
 
 @routes.put("/v1/agent/leave")

@@ -141,6 +141,7 @@ class Cluster:
     def __init__(self, tmp_path: Any, size: int = 3, extra_args: list[str] | None = None) -> None:
         self.tmp = str(tmp_path)
         self.agents: list[Agent] = []
+        self.clients: list[Agent] = []
         self.size = size
         self.extra_args = extra_args or []
         for i in range(size):
@@ -176,6 +177,20 @@ class Cluster:
         self.agents.append(agent)
         return agent.start()
 
+    def add_client(self, name: str, extra: list[str] | None = None) -> Agent:
+        """A client agent (not started) that joins every server; `extra` flags appended."""
+        agent = self._make(name)
+        agent.server_port = 0
+        agent.raft_port = 0
+        args = ["-node", name, "-data-dir", agent.data_dir, "-bind", "127.0.0.1", "-http-port", str(agent.http_port),
+                "-dns-port", "-1", "-encrypt", KEY, "-log-level", "debug"]
+        for s in self.agents:
+            if s.server_port:
+                args += ["-retry-join", s.rpc]
+        agent.args = args + (extra or [])
+        self.clients.append(agent)
+        return agent
+
     def live(self) -> list[Agent]:
         return [a for a in self.agents if a.alive()]
 
@@ -196,8 +211,8 @@ class Cluster:
         return retry(agreed, timeout, 0.1, "one agreed leader")
 
     def stop(self) -> None:
-        for a in self.agents:
+        for a in self.agents + self.clients:
             a.kill()
 
     def logs(self) -> str:
-        return "\n".join(f"--- {a.name} ---\n{a.log_tail()}" for a in self.agents)
+        return "\n".join(f"--- {a.name} ---\n{a.log_tail()}" for a in self.agents + self.clients)

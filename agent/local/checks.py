@@ -1,0 +1,140 @@
+"""Runs the local checks: one runner task per check with a kind, kept in step with
+the local state (`sync()` after every change), plus the reaper for
+`deregister_critical_service_after`.
+
+Runner results go to LocalState.update_check, which wakes anti-entropy, so a status
+change reaches the catalog at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from mesh.catalog.errors import InvalidRequest, NotFound
+from mesh.catalog.structs import CRITICAL
+
+from ..checks.runners import SCRIPTS_DISABLED, TTLCheck, make_runner
+from ..logging import get_logger
+from ..server import ReadOptions
+from .definitions import CheckDefinition
+
+__all__ = ["CheckManager"]
+
+log = get_logger("checks")
+
+
+class CheckManager:
+    def __init__(self, agent: Any) -> None:
+        self._agent = agent
+        self._running: dict[str, tuple[CheckDefinition, Any, asyncio.Task[None]]] = {}
+        self._critical_since: dict[str, float] = {}
+        self._reaper: asyncio.Task[None] | None = None
+
+    def validate(self, defn: CheckDefinition) -> None:
+        if defn.kind == "script" and not self._agent.cfg.enable_script_checks:
+            raise InvalidRequest(SCRIPTS_DISABLED)
+
+    @staticmethod
+    def maintenance_definition(check_id: str, name: str, notes: str, service_id: str) -> CheckDefinition:
+        return CheckDefinition(check_id=check_id, name=name, notes=notes, service_id=service_id, kind="",
+                               status=CRITICAL)
+
+    def sync(self) -> None:
+        """Start runners for new or changed checks, stop those of removed ones."""
+        wanted = self._agent.local.checks
+        for cid in list(self._running):
+            defn, _, task = self._running[cid]
+            if cid not in wanted or wanted[cid].defn != defn:
+                task.cancel()
+                del self._running[cid]
+                self._critical_since.pop(cid, None)
+        for cid, local in wanted.items():
+            if cid in self._running or not local.defn.kind:
+                continue
+            try:
+                runner = make_runner(local.defn, self._on_update,
+                                     enable_script_checks=self._agent.cfg.enable_script_checks,
+                                     alias_fetch=self._alias_fetch(local.defn))
+            except InvalidRequest as exc:
+                log.warning("check_not_started", check=cid, error=str(exc))
+                continue
+            if runner is None:
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(cid, runner), name=f"check:{cid}")
+            self._running[cid] = (local.defn, runner, task)
+        if self._reaper is None and any(c.defn.deregister_critical_service_after for c in wanted.values()):
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_loop(), name="check-reaper")
+
+    async def _run(self, cid: str, runner: Any) -> None:
+        try:
+            await runner.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("check_runner_crashed", check=cid)
+
+    def _on_update(self, check_id: str, status: str, output: str) -> None:
+        if status == CRITICAL:
+            self._critical_since.setdefault(check_id, time.monotonic())
+        else:
+            self._critical_since.pop(check_id, None)
+        self._agent.local.update_check(check_id, status, output)
+
+    def ttl_update(self, check_id: str, status: str, output: str) -> None:
+        local = self._agent.local.checks.get(check_id)
+        if local is None:
+            raise NotFound(f"Unknown check ID {check_id!r}")
+        entry = self._running.get(check_id)
+        if entry is None or not isinstance(entry[1], TTLCheck):
+            raise InvalidRequest(f"CheckID {check_id!r} does not have associated TTL")
+        entry[1].update(status, output)
+
+    def _alias_fetch(self, defn: CheckDefinition) -> Any:
+        if defn.kind != "alias":
+            return None
+        agent = self._agent
+
+        async def fetch() -> list[str] | None:
+            node = defn.alias_node or agent.cfg.node_name
+            if node == agent.cfg.node_name and defn.alias_service:
+                if defn.alias_service not in agent.local.services:
+                    return None
+                return [c.status for c in agent.local.service_checks(defn.alias_service)]
+            result = await agent.backend.read("health.node", {"name": node}, ReadOptions(stale=True))
+            rows = result.value or []
+            if defn.alias_service:
+                rows = [r for r in rows if not r["ServiceID"] or r["ServiceID"] == defn.alias_service]
+                if not any(r["ServiceID"] == defn.alias_service for r in rows):
+                    return None
+            return [r["Status"] for r in rows] if rows else None
+
+        return fetch
+
+    async def _reap_loop(self) -> None:
+        """Deregister a service whose check stayed critical past its
+        deregister_critical_service_after."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for cid, since in list(self._critical_since.items()):
+                local = self._agent.local.checks.get(cid)
+                if local is None:
+                    self._critical_since.pop(cid, None)
+                    continue
+                limit = local.defn.deregister_critical_service_after
+                if limit and now - since > limit and local.defn.service_id:
+                    log.info("service_reaped", service=local.defn.service_id, check=cid)
+                    self._agent.local.remove_service(local.defn.service_id)
+                    self._critical_since.pop(cid, None)
+                    self.sync()
+
+    async def stop(self) -> None:
+        tasks = [t for _, _, t in self._running.values()]
+        if self._reaper is not None:
+            tasks.append(self._reaper)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._running.clear()

@@ -1,0 +1,217 @@
+"""What this agent owns: its node, the services and checks defined on it, their status.
+
+Sources: `config` (service/check blocks in config files, replaced on reload),
+`api` (registered through /v1/agent/*, persisted in the data-dir so a restart keeps
+them), `internal` (what the agent defines itself: the `consul` service on servers,
+maintenance checks). Every change bumps a version and calls `on_change`, which wakes
+anti-entropy and hash-blocking watchers. Pure apart from the persistence file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.catalog.structs import CRITICAL, Check, Node, Service, evolve, row_to_wire
+
+__all__ = ["LocalService", "LocalCheck", "LocalState", "NODE_MAINT_ID", "service_maint_id"]
+
+NODE_MAINT_ID = "_node_maintenance"
+_NODE_MAINT_DEFAULT = ("Maintenance mode is enabled for this node, but no reason was provided. "
+                       "This is a default message.")
+_SERVICE_MAINT_DEFAULT = ("Maintenance mode is enabled for this service, but no reason was provided. "
+                          "This is a default message.")
+
+
+def service_maint_id(service_id: str) -> str:
+    return "_service_maintenance:" + service_id
+
+
+@dataclass
+class LocalService:
+    service: Service
+    source: str
+    raw: Any = None  # the registration body, for persistence of api-registered services
+
+
+@dataclass
+class LocalCheck:
+    defn: Any  # agent.local.definitions.CheckDefinition
+    status: str
+    output: str
+    source: str
+    raw: Any = None
+
+    def row(self, node: str, service: Service | None) -> Check:
+        d = self.defn
+        return Check(
+            check_id=d.check_id, name=d.name, node=node, status=self.status, notes=d.notes, output=self.output,
+            service_id=d.service_id, service_name=service.service if service else "",
+            service_tags=service.tags if service else (), type=d.type_name(), definition=d.definition_api(),
+        )
+
+
+class LocalState:
+    def __init__(self, node: Node, data_dir: str | None, on_change: Callable[[], None] | None = None) -> None:
+        self.node = node
+        self.services: dict[str, LocalService] = {}
+        self.checks: dict[str, LocalCheck] = {}
+        self.version = 0
+        self._on_change = on_change
+        self._path = os.path.join(data_dir, "local", "state.json") if data_dir else None
+
+    # ---- changes -------------------------------------------------------------------
+    def _changed(self, persist: bool = False) -> None:
+        self.version += 1
+        if persist:
+            self.persist()
+        if self._on_change is not None:
+            self._on_change()
+
+    def add_service(self, service: Service, checks: list[Any], source: str, raw: Any = None,
+                    replace_checks: bool = False) -> list[str]:
+        """Register or replace a service and its checks. Returns check IDs it removed
+        (with `replace_checks`, the service's checks that the new definition lacks)."""
+        self.services[service.id] = LocalService(service, source, raw)
+        removed: list[str] = []
+        wanted = {c.check_id for c in checks}
+        if replace_checks:
+            for cid, existing in list(self.checks.items()):
+                if existing.defn.service_id == service.id and cid not in wanted and not cid.startswith("_"):
+                    del self.checks[cid]
+                    removed.append(cid)
+        for defn in checks:
+            self._put_check(defn, source, None)
+        self._changed(persist=source == "api")
+        return removed
+
+    def remove_service(self, service_id: str) -> list[str] | None:
+        """Remove a service and its checks; None when unknown. Returns the check IDs removed."""
+        if self.services.pop(service_id, None) is None:
+            return None
+        removed = [cid for cid, c in self.checks.items() if c.defn.service_id == service_id]
+        for cid in removed:
+            del self.checks[cid]
+        self._changed(persist=True)
+        return removed
+
+    def _put_check(self, defn: Any, source: str, raw: Any) -> None:
+        existing = self.checks.get(defn.check_id)
+        if existing is not None and existing.defn == defn:
+            existing.source, existing.raw = source, raw
+            return
+        # a re-registered check keeps its current status unless the definition sets one
+        status = defn.status
+        output = ""
+        self.checks[defn.check_id] = LocalCheck(defn, status, output, source, raw)
+
+    def add_check(self, defn: Any, source: str, raw: Any = None) -> None:
+        self._put_check(defn, source, raw)
+        self._changed(persist=source == "api")
+
+    def remove_check(self, check_id: str) -> bool:
+        if self.checks.pop(check_id, None) is None:
+            return False
+        self._changed(persist=True)
+        return True
+
+    def update_check(self, check_id: str, status: str, output: str) -> bool:
+        check = self.checks.get(check_id)
+        if check is None:
+            return False
+        if (check.status, check.output) == (status, output):
+            return True
+        check.status, check.output = status, output
+        self._changed()
+        return True
+
+    def replace_config(self, services: list[tuple[Service, list[Any]]], checks: list[Any]) -> None:
+        """Reload: config-defined services and checks become exactly these."""
+        for sid in [sid for sid, s in self.services.items() if s.source == "config"]:
+            del self.services[sid]
+        for cid in [cid for cid, c in self.checks.items() if c.source == "config"]:
+            del self.checks[cid]
+        for service, service_checks in services:
+            self.services[service.id] = LocalService(service, "config")
+            for defn in service_checks:
+                self._put_check(defn, "config", None)
+        for defn in checks:
+            self._put_check(defn, "config", None)
+        self._changed()
+
+    # ---- maintenance ----------------------------------------------------------------
+    def node_maintenance(self, enable: bool, reason: str, maint_defn: Callable[..., Any]) -> None:
+        if enable:
+            self._put_check(maint_defn(NODE_MAINT_ID, "Node Maintenance Mode", reason or _NODE_MAINT_DEFAULT, ""),
+                            "internal", None)
+            self.checks[NODE_MAINT_ID].status = CRITICAL
+        else:
+            self.checks.pop(NODE_MAINT_ID, None)
+        self._changed()
+
+    def service_maintenance(self, service_id: str, enable: bool, reason: str, maint_defn: Callable[..., Any]) -> bool:
+        if service_id not in self.services:
+            return False
+        cid = service_maint_id(service_id)
+        if enable:
+            self._put_check(maint_defn(cid, "Service Maintenance Mode", reason or _SERVICE_MAINT_DEFAULT, service_id),
+                            "internal", None)
+            self.checks[cid].status = CRITICAL
+        else:
+            self.checks.pop(cid, None)
+        self._changed()
+        return True
+
+    # ---- views ------------------------------------------------------------------------
+    def service_rows(self) -> dict[str, Service]:
+        return {sid: evolve(s.service, node=self.node.node) for sid, s in self.services.items()}
+
+    def check_rows(self) -> dict[str, Check]:
+        return {cid: c.row(self.node.node, self.services[c.defn.service_id].service
+                           if c.defn.service_id in self.services else None)
+                for cid, c in self.checks.items()}
+
+    def service_checks(self, service_id: str) -> list[Check]:
+        rows = self.check_rows()
+        node_level = [c for c in rows.values() if not c.service_id]
+        return node_level + [c for c in rows.values() if c.service_id == service_id]
+
+    def content_hash(self, service_id: str) -> str:
+        svc = self.services.get(service_id)
+        if svc is None:
+            return ""
+        data = json.dumps(row_to_wire(svc.service), sort_keys=True, default=str).encode()
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    # ---- persistence -------------------------------------------------------------------
+    def persist(self) -> None:
+        if self._path is None:
+            return
+        body = {
+            "services": [s.raw for s in self.services.values() if s.source == "api" and s.raw is not None],
+            "checks": [c.raw for c in self.checks.values() if c.source == "api" and c.raw is not None],
+        }
+        os.makedirs(os.path.dirname(self._path), exist_ok=True)
+        tmp = self._path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(body, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self._path)
+
+    def load_persisted(self) -> dict[str, list[Any]]:
+        """The persisted registration bodies; the agent parses and re-adds them."""
+        if self._path is None:
+            return {"services": [], "checks": []}
+        try:
+            with open(self._path) as f:
+                body = json.load(f)
+        except FileNotFoundError:
+            return {"services": [], "checks": []}
+        except (OSError, ValueError):
+            return {"services": [], "checks": []}
+        return {"services": list(body.get("services", [])), "checks": list(body.get("checks", []))}

@@ -1,0 +1,94 @@
+"""Named read queries: the same table serves a server's own HTTP handlers and the
+`Read` RPC that client agents call, so a query means the same thing everywhere.
+
+Parameters are plain msgpack-able values (names, tag lists, meta maps, the filter
+text); the filter is compiled where the query runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.catalog import health, query
+from mesh.catalog.errors import InvalidRequest
+from mesh.catalog.filter import compile_filter
+from mesh.catalog.store import Store
+from mesh.catalog.structs import row_to_wire
+
+__all__ = ["ReadQuery", "QUERIES", "node_state"]
+
+Params = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ReadQuery:
+    keys: Callable[[Params], list[str]]
+    run: Callable[[Store, Params], tuple[int, Any]]
+
+
+def _meta(p: Params) -> dict[str, str]:
+    return dict(p.get("node_meta") or {})
+
+
+def node_state(store: Store, name: str) -> tuple[int, dict[str, Any] | None]:
+    """One node's catalog entries as anti-entropy compares them: positional rows (they
+    cross the RPC as msgpack), plus the cluster size that scales the sync period."""
+    node = store.node(name)
+    index = store.index("nodes", "services", "checks")
+    if node is None:
+        return index, {"node": None, "cluster_size": len(store.nodes)}
+    return index, {
+        "node": row_to_wire(node),
+        "services": {k: row_to_wire(v) for k, v in store.node_services(name).items()},
+        "checks": {k: row_to_wire(v) for k, v in store.node_checks(name).items()},
+        "cluster_size": len(store.nodes),
+    }
+
+
+def _health_state(store: Store, p: Params) -> tuple[int, Any]:
+    try:
+        return health.health_state(store, p["state"], _meta(p), compile_filter(p.get("filter")))
+    except ValueError:
+        raise InvalidRequest(f"Invalid check state {p['state']!r}: must be any, passing, warning or critical") from None
+
+
+QUERIES: dict[str, ReadQuery] = {
+    "catalog.nodes": ReadQuery(
+        lambda p: ["nodes"], lambda s, p: query.catalog_nodes(s, _meta(p), compile_filter(p.get("filter")))
+    ),
+    "catalog.services": ReadQuery(
+        lambda p: ["services", "nodes"],
+        lambda s, p: query.catalog_services(s, _meta(p), compile_filter(p.get("filter"))),
+    ),
+    "catalog.service": ReadQuery(
+        lambda p: list(query.catalog_service_watch_keys(p["name"])),
+        lambda s, p: query.catalog_service(s, p["name"], list(p.get("tags") or []), _meta(p), compile_filter(p.get("filter"))),
+    ),
+    "catalog.node": ReadQuery(
+        lambda p: ["nodes", "services"], lambda s, p: query.catalog_node(s, p["name"], compile_filter(p.get("filter")))
+    ),
+    "catalog.node_services": ReadQuery(
+        lambda p: ["nodes", "services"],
+        lambda s, p: query.catalog_node_services(s, p["name"], compile_filter(p.get("filter"))),
+    ),
+    "health.node": ReadQuery(
+        lambda p: ["node." + p["name"].lower(), "checks"],
+        lambda s, p: health.health_node(s, p["name"], compile_filter(p.get("filter"))),
+    ),
+    "health.checks": ReadQuery(
+        lambda p: list(health.health_service_watch_keys(p["name"])),
+        lambda s, p: health.health_checks(s, p["name"], _meta(p), compile_filter(p.get("filter"))),
+    ),
+    "health.service": ReadQuery(
+        lambda p: list(health.health_service_watch_keys(p["name"])),
+        lambda s, p: health.health_service(
+            s, p["name"], list(p.get("tags") or []), bool(p.get("passing")), _meta(p), compile_filter(p.get("filter"))
+        ),
+    ),
+    "health.state": ReadQuery(lambda p: ["checks"], _health_state),
+    "internal.node_state": ReadQuery(
+        lambda p: ["node." + p["name"].lower()], lambda s, p: node_state(s, p["name"])
+    ),
+}
