@@ -221,10 +221,12 @@ class Agent:
             try:
                 await self.backend.heartbeat(self.heartbeat_info())
                 AGENT.heartbeats.labels("ok").inc()
+                delay = self.cfg.heartbeat_interval
             except MeshError as exc:
                 AGENT.heartbeats.labels("failed").inc()
                 log.debug("heartbeat_failed", error=str(exc))
-            await asyncio.sleep(self.cfg.heartbeat_interval)
+                delay = min(0.2, self.cfg.heartbeat_interval)  # e.g. no leader yet: try again soon
+            await asyncio.sleep(delay)
 
     async def _refresh_servers_loop(self) -> None:
         assert self.pool is not None
