@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python pyproject.toml
 deps: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/mesh agent -dev
+	$(BIN)/mesh agent -dev -config-dir examples/services
 
 test: $(STAMP)
 	$(BIN)/ruff check .

@@ -177,7 +177,7 @@ def _coerce(key: str, kind: str, value: Any, where: str) -> Any:
 def _hcl_unwrap(value: Any) -> Any:
     """python-hcl2 turns each block into a list of dicts; a lone block becomes a dict."""
     if isinstance(value, dict):
-        return {k: _hcl_unwrap(v) for k, v in value.items() if k != "__is_block__"}
+        return {k: _hcl_unwrap(v) for k, v in value.items() if not (k.startswith("__") and k.endswith("__"))}
     if isinstance(value, list):
         return [_hcl_unwrap(v) for v in value]
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Three mesh servers on 127.0.0.1 with their own ports and data-dirs.
-#   examples/local-cluster.sh start    # HTTP APIs on 8500, 8510, 8520
+# Three mesh servers and two client agents on 127.0.0.1, each with its own ports and
+# data-dir.
+#   examples/local-cluster.sh start    # servers' HTTP on 8500, 8510, 8520; clients' on 8530, 8540
+#                                      # (client c1 runs the services in examples/services)
 #   examples/local-cluster.sh status
 #   examples/local-cluster.sh stop     # stops the processes it started (by PID)
 set -euo pipefail
@@ -25,6 +27,19 @@ start() {
     echo $! > "$DIR/$name.pid"
     echo "started $name (pid $!, http 127.0.0.1:$http, log $DIR/$name.log)"
   done
+  for i in 0 1; do
+    local name="c$((i + 1))" http=$((8530 + 10 * i))
+    local extra=()
+    [ "$i" = 0 ] && extra=(-config-dir examples/services)
+    if [ -f "$DIR/$name.pid" ] && kill -0 "$(cat "$DIR/$name.pid")" 2>/dev/null; then
+      echo "$name already running"; continue
+    fi
+    "$MESH" agent -node "$name" -data-dir "$DIR/$name" -bind 127.0.0.1 -encrypt "$key" -http-port "$http" \
+      -dns-port -1 -retry-join 127.0.0.1:8300 -retry-join 127.0.0.1:8310 -retry-join 127.0.0.1:8320 \
+      "${extra[@]}" > "$DIR/$name.log" 2>&1 &
+    echo $! > "$DIR/$name.pid"
+    echo "started $name (pid $!, http 127.0.0.1:$http, log $DIR/$name.log)"
+  done
   for _ in $(seq 1 100); do
     leader=$(curl -sf 127.0.0.1:8500/v1/status/leader 2>/dev/null || true)
     if [ -n "$leader" ] && [ "$leader" != '""' ]; then echo "leader: $leader"; return 0; fi
@@ -35,9 +50,11 @@ start() {
 }
 
 stop() {
-  for name in s1 s2 s3; do
+  for name in c1 c2 s1 s2 s3; do
     if [ -f "$DIR/$name.pid" ]; then
-      kill "$(cat "$DIR/$name.pid")" 2>/dev/null || true
+      local pid; pid=$(cat "$DIR/$name.pid")
+      kill "$pid" 2>/dev/null || true
+      for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
       rm -f "$DIR/$name.pid"
       echo "stopped $name"
     fi
@@ -47,7 +64,7 @@ stop() {
 case "${1:-}" in
   start) start ;;
   stop) stop ;;
-  status) "$MESH" operator raft list-peers -http-addr 127.0.0.1:8500 ;;
+  status) "$MESH" operator raft list-peers -http-addr 127.0.0.1:8500; echo; "$MESH" members -http-addr 127.0.0.1:8500 ;;
   clean) stop; rm -rf "$DIR" ;;
   *) echo "usage: $0 start|status|stop|clean" >&2; exit 1 ;;
 esac

@@ -83,7 +83,8 @@ async def _members(argv: list[str]) -> int:
     status = {1: "alive", 2: "leaving", 3: "left", 4: "failed"}
     for m in members:
         tags = m.get("Tags", {})
-        rows.append((m["Name"], f"{m['Addr']}:{m['Port']}", status.get(m.get("Status"), "none"),
+        address = f"{m['Addr']}:{m['Port']}" if m.get("Port") else m["Addr"]
+        rows.append((m["Name"], address, status.get(m.get("Status"), "none"),
                      "server" if tags.get("role") == "consul" else "client", tags.get("build", ""),
                      str(m.get("ProtocolCur", 2)), tags.get("dc", "")))
     _table(rows)

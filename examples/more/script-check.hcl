@@ -1,0 +1,10 @@
+# Script checks run only on agents started with -enable-script-checks.
+service {
+  name = "batch"
+  port = 9000
+  check {
+    args     = ["/bin/sh", "-c", "test -d /tmp"]
+    interval = "30s"
+    timeout  = "5s"
+  }
+}

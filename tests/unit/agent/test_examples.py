@@ -1,0 +1,25 @@
+"""The example definitions the README and `make run` use stay valid."""
+
+from __future__ import annotations
+
+import pathlib
+
+import pytest
+
+from mesh.agent.config import load_file, parse_args
+from mesh.agent.local.loader import parse_config_definitions
+
+ROOT = pathlib.Path(__file__).resolve().parents[3]
+FILES = sorted((ROOT / "examples").glob("*/*.json")) + sorted((ROOT / "examples").glob("*/*.hcl"))
+
+
+@pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
+def test_example_definitions_parse(path):
+    services, checks = parse_config_definitions(((str(path), load_file(str(path))),))
+    assert services or checks
+
+
+def test_make_run_config_dir_loads():
+    cfg = parse_args(["-dev", "-config-dir", str(ROOT / "examples" / "services")])
+    services, _ = parse_config_definitions(cfg.definitions)
+    assert {s.id for s, _ in services} == {"web-1", "db-1", "cache-1"}
