@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import random
 import socket
 import uuid
 from typing import Any
@@ -102,6 +103,7 @@ class Agent:
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._leaving = False
+        self._rng = random.Random()
 
     def _node_row(self) -> Node:
         address = self.cfg.advertise()
@@ -219,9 +221,10 @@ class Agent:
     async def _heartbeat_loop(self) -> None:
         while True:
             try:
-                await self.backend.heartbeat(self.heartbeat_info())
+                suggested = await self.backend.heartbeat(self.heartbeat_info())
                 AGENT.heartbeats.labels("ok").inc()
-                delay = self.cfg.heartbeat_interval
+                # the leader stretches the interval in large clusters; jitter spreads agents out
+                delay = max(self.cfg.heartbeat_interval, suggested) * (0.9 + 0.2 * self._rng.random())
             except MeshError as exc:
                 AGENT.heartbeats.labels("failed").inc()
                 log.debug("heartbeat_failed", error=str(exc))

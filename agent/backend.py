@@ -32,7 +32,7 @@ class Backend(Protocol):
 
     async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult: ...
 
-    async def heartbeat(self, info: dict[str, Any]) -> None: ...
+    async def heartbeat(self, info: dict[str, Any]) -> float: ...
 
     async def leave(self, info: dict[str, Any]) -> None: ...
 
@@ -49,8 +49,8 @@ class LocalBackend:
     async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
         return await self.server.read(name, params, opts)
 
-    async def heartbeat(self, info: dict[str, Any]) -> None:
-        await self.server.heartbeat(info)
+    async def heartbeat(self, info: dict[str, Any]) -> float:
+        return await self.server.heartbeat(info)
 
     async def leave(self, info: dict[str, Any]) -> None:
         await self.server.node_leave(info)
@@ -143,8 +143,8 @@ class RemoteBackend:
         reply = await self.pool.call("Read", {"q": name, "p": params, "o": opts.to_wire()}, timeout=wait, deadline=wait)
         return ReadResult(int(reply["i"]), reply["r"], bool(reply["kl"]), int(reply["lc"]))
 
-    async def heartbeat(self, info: dict[str, Any]) -> None:
-        await self.pool.call("Node.Heartbeat", info, timeout=3, deadline=3)
+    async def heartbeat(self, info: dict[str, Any]) -> float:
+        return float(await self.pool.call("Node.Heartbeat", info, timeout=3, deadline=3) or 1.0)
 
     async def leave(self, info: dict[str, Any]) -> None:
         await self.pool.call("Node.Leave", info, timeout=5, deadline=10)

@@ -50,7 +50,7 @@ class AgentConfig:
     log_level: str = "info"
     log_json: bool = False
     raft_fsync: bool = True
-    raft_snapshot_threshold: int = 16384
+    raft_snapshot_threshold: int = 8192
     raft_snapshot_interval: float = 300.0
     domain: str = "consul."
     liveness_timeout: float = 10.0

@@ -16,12 +16,14 @@ from __future__ import annotations
 from mesh.catalog.store import Store
 from mesh.catalog.structs import CRITICAL, PASSING
 
-__all__ = ["SERF_CHECK_ID", "SERF_CHECK_NAME", "ALIVE_OUTPUT", "DEAD_OUTPUT", "liveness_plan", "reap_plan"]
+__all__ = ["SERF_CHECK_ID", "SERF_CHECK_NAME", "ALIVE_OUTPUT", "DEAD_OUTPUT", "HEARTBEAT_BUDGET", "liveness_plan", "reap_plan"]
 
 SERF_CHECK_ID = "serfHealth"
 SERF_CHECK_NAME = "Serf Health Status"
 ALIVE_OUTPUT = "Agent alive and reachable"
 DEAD_OUTPUT = "Agent not live or unreachable"
+# heartbeats per second the leader is willing to handle; agents slow down past it
+HEARTBEAT_BUDGET = 1000.0
 
 
 def liveness_plan(

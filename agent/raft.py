@@ -104,7 +104,8 @@ class RaftConfig:
     attempt_timeout: float = 2.0
     max_batch_commands: int = 4096
     max_batch_bytes: int = 1 << 20
-    compaction_min_entries: int = 16384
+    compaction_min_entries: int = 8192
+    compaction_max_bytes: int = 8 << 20  # also snapshot once the log since the last one holds this much
     compaction_min_time: float = 300.0
     fast_elections: bool = False  # -dev: one server, elect at once
     watchdog_interval: float = 1.0
@@ -240,6 +241,7 @@ class Raft:
         self._partners: list[str] = []
         self._stopping = False
         self._log_handler = _PysyncobjLogWatcher(self)
+        self._log_bytes = 0
         self._request_prefix = uuid.uuid4().bytes[:8]
         self._request_seq = 0
         # Fault injection for the watchdog's test: the first node raises in this many ticks.
@@ -498,6 +500,12 @@ class Raft:
     def _apply_on_raft_thread(self, index: int, payload: bytes) -> Any:
         if self._fatal:
             return FatalStateError(self._fatal)
+        # pysyncobj counts entries, not bytes, and keeps the whole log in memory: with
+        # group commit one entry can hold thousands of commands, so bound it by size too
+        self._log_bytes += len(payload)
+        if self._log_bytes > self.config.compaction_max_bytes and self._node is not None:
+            self._log_bytes = 0
+            self._node.forceLogCompaction()
         try:
             with self.lock:
                 results = self.fsm.apply_batch(index, payload, time.perf_counter, _observe_apply)
@@ -547,14 +555,11 @@ class Raft:
     def _write_snapshot(self, dump_file: str, state: Any, last: tuple[Any, ...], prev: tuple[Any, ...], members: list[str]) -> None:
         started = time.perf_counter()
         try:
-            fsm_bytes = FSM.encode_snapshot(*state)
-            blob = msgpack.packb(
-                {"v": 1, "last": list(last), "prev": list(prev), "cluster": members, "fsm": fsm_bytes},
-                use_bin_type=True,
-            )
             tmp = dump_file + ".writing"
             with open(tmp, "wb") as f:
-                f.write(blob)
+                header = {"v": 2, "last": list(last), "prev": list(prev), "cluster": members}
+                f.write(msgpack.packb(header, use_bin_type=True))
+                FSM.write_snapshot(f, *state)  # streamed: no second copy of the state in memory
                 f.flush()
                 if self.config.fsync:
                     os.fsync(f.fileno())
@@ -581,8 +586,11 @@ class Raft:
 
     def _deserialize(self, file_name: str) -> tuple[Any, Any, list[TCPNode]]:
         with open(file_name, "rb") as f:
-            body = msgpack.unpackb(f.read(), raw=False, strict_map_key=False)
-        restored = FSM.from_snapshot(body["fsm"])
+            objects = iter(msgpack.Unpacker(f, raw=False, strict_map_key=False, max_buffer_size=64 << 20))
+            header = next(objects)
+            if not isinstance(header, dict) or header.get("v") != 2:
+                raise FatalStateError(f"{file_name}: not a mesh Raft snapshot")
+            restored = FSM.read_snapshot(objects)
         with self.lock:
             self.fsm.store = restored.store
             self.fsm.dedupe = restored.dedupe
@@ -590,7 +598,7 @@ class Raft:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._on_change, {"*"}, restored.last_index)
         # tuples, not lists: pysyncobj compares them with its journal's tuples
-        return tuple(body["last"]), tuple(body["prev"]), [TCPNode(a) for a in body["cluster"]]
+        return tuple(header["last"]), tuple(header["prev"]), [TCPNode(a) for a in header["cluster"]]
 
     # ---- membership -----------------------------------------------------------------------
     async def _membership(self, op: str, address: str, timeout: float = 10.0) -> None:

@@ -1,11 +1,13 @@
 """Agent-to-server RPC: msgpack frames over TCP on the server port (default 8300).
 
 Frame: 4-byte big-endian length | 32-byte HMAC-SHA256 of the body | msgpack body.
-Request body `{"m": method, "a": args}`, response `{"r": result}` or `{"e": message}`.
+Request body `{"m": method, "a": args, "s": seq}`, response `{"s": seq, "r": result}` or
+`{"s": seq, "e": message}`. Connections are multiplexed: a client keeps one connection
+per server with any number of calls in flight (a 5-minute blocking read does not hold
+up heartbeats), and the server runs each request concurrently.
 With a cluster key (-encrypt) the MAC is keyed with it, so only holders of the key can
 call a server; without one (-dev) the MAC is over an empty key and only detects
-corruption. Connections are reused by the client and one request is in flight per
-connection at a time.
+corruption.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = ["RPCError", "RPCServer", "RPCClient", "Handler", "MAX_FRAME"]
 log = get_logger("rpc")
 
 MAX_FRAME = 64 << 20
+MAX_INFLIGHT = 4096  # concurrent requests per connection before the server stops reading
 _HEADER = struct.Struct(">I")
 
 Handler = Callable[[dict[str, Any]], Awaitable[Any]]
@@ -89,6 +92,9 @@ class RPCServer:
                 pass
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Requests on one connection run concurrently (a blocking read must not hold up
+        the heartbeats behind it); responses carry the request's sequence number."""
+        inflight: set[asyncio.Task[None]] = set()
         try:
             while True:
                 try:
@@ -98,47 +104,104 @@ class RPCServer:
                 except (RPCError, ValueError, msgpack.UnpackException) as exc:
                     log.warning("rpc_bad_frame", peer=writer.get_extra_info("peername"), error=str(exc))
                     return
-                method = request.get("m") if isinstance(request, dict) else None
-                handler = self._handlers.get(method) if isinstance(method, str) else None
-                if handler is None:
-                    response: dict[str, Any] = {"e": f"unknown RPC method {method!r}"}
-                    RPC.requests.labels(str(method)[:40], "unknown").inc()
-                else:
-                    try:
-                        response = {"r": await handler(request.get("a") or {})}
-                        RPC.requests.labels(method, "ok").inc()
-                    except MeshError as exc:
-                        response = {"e": str(exc)}
-                        RPC.requests.labels(method, "error").inc()
-                writer.write(_frame(self._key, response))
-                await writer.drain()
+                if len(inflight) >= MAX_INFLIGHT:
+                    await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.get_running_loop().create_task(self._handle(request, writer))
+                inflight.add(task)
+                task.add_done_callback(inflight.discard)
         finally:
+            for task in inflight:
+                task.cancel()
             writer.close()
+
+    async def _handle(self, request: Any, writer: asyncio.StreamWriter) -> None:
+        seq = request.get("s") if isinstance(request, dict) else None
+        method = request.get("m") if isinstance(request, dict) else None
+        handler = self._handlers.get(method) if isinstance(method, str) else None
+        if handler is None:
+            response: dict[str, Any] = {"e": f"unknown RPC method {method!r}"}
+            RPC.requests.labels(str(method)[:40], "unknown").inc()
+        else:
+            try:
+                response = {"r": await handler(request.get("a") or {})}
+                RPC.requests.labels(method, "ok").inc()
+            except MeshError as exc:
+                response = {"e": str(exc)}
+                RPC.requests.labels(method, "error").inc()
+        response["s"] = seq
+        if writer.is_closing():
+            return
+        writer.write(_frame(self._key, response))
+        try:
+            await writer.drain()
+        except ConnectionError:
+            pass
+
+
+class _Connection:
+    """One multiplexed connection: many calls in flight, matched by sequence number."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, key: bytes) -> None:
+        self.writer = writer
+        self._key = key
+        self._seq = 0
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._reader_task = asyncio.get_running_loop().create_task(self._read_loop(reader))
+
+    @property
+    def closed(self) -> bool:
+        return self.writer.is_closing() or self._reader_task.done()
+
+    async def _read_loop(self, reader: asyncio.StreamReader) -> None:
+        error: Exception = ConnectionResetError("connection closed")
+        try:
+            while True:
+                response = await _read_frame(reader, self._key)
+                fut = self._pending.pop(response.get("s"), None) if isinstance(response, dict) else None
+                if fut is not None and not fut.done():
+                    fut.set_result(response)
+        except (asyncio.IncompleteReadError, OSError, RPCError, ValueError, msgpack.UnpackException) as exc:
+            error = exc if isinstance(exc, Exception) else error
+        finally:
+            for fut in self._pending.values():
+                if not fut.done():
+                    fut.set_exception(ConnectionResetError(f"connection lost: {error}"))
+            self._pending.clear()
+            self.writer.close()
+
+    async def call(self, method: str, args: dict[str, Any]) -> Any:
+        self._seq += 1
+        seq = self._seq
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending[seq] = fut
+        try:
+            self.writer.write(_frame(self._key, {"m": method, "a": args, "s": seq}))
+            await self.writer.drain()
+            return await fut
+        finally:
+            self._pending.pop(seq, None)
+
+    def close(self) -> None:
+        self.writer.close()
+        self._reader_task.cancel()
 
 
 class RPCClient:
-    """Calls one method on one server address, reusing a connection per address."""
+    """Calls methods on servers over one multiplexed connection per address."""
 
     def __init__(self, encrypt: str, timeout: float = 5.0) -> None:
         self._key = _key(encrypt)
         self._timeout = timeout
-        self._conns: dict[str, tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Lock]] = {}
+        self._conns: dict[str, _Connection] = {}
+        self._connecting: dict[str, asyncio.Lock] = {}
 
     async def call(self, address: str, method: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         timeout = timeout or self._timeout
         try:
             async with asyncio.timeout(timeout):
-                reader, writer, lock = await self._conn(address)
-                async with lock:
-                    try:
-                        writer.write(_frame(self._key, {"m": method, "a": args or {}}))
-                        await writer.drain()
-                        response = await _read_frame(reader, self._key)
-                    except BaseException:
-                        self._drop(address)
-                        raise
+                conn = await self._conn(address)
+                response = await conn.call(method, args or {})
         except TimeoutError:
-            self._drop(address)
             raise RPCError(f"rpc {method} to {address}: timed out") from None
         except (OSError, asyncio.IncompleteReadError) as exc:
             self._drop(address)
@@ -149,22 +212,27 @@ class RPCClient:
             raise RPCError(str(response["e"]))
         return response.get("r")
 
-    async def _conn(self, address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, asyncio.Lock]:
+    async def _conn(self, address: str) -> _Connection:
         conn = self._conns.get(address)
-        if conn is not None and not conn[1].is_closing():
+        if conn is not None and not conn.closed:
             return conn
-        host, _, port = address.rpartition(":")
-        if not host or not port.isdigit():
-            raise RPCError(f"invalid server address {address!r} (expected HOST:PORT)")
-        reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
-        conn = (reader, writer, asyncio.Lock())
-        self._conns[address] = conn
-        return conn
+        lock = self._connecting.setdefault(address, asyncio.Lock())
+        async with lock:
+            conn = self._conns.get(address)
+            if conn is not None and not conn.closed:
+                return conn
+            host, _, port = address.rpartition(":")
+            if not host or not port.isdigit():
+                raise RPCError(f"invalid server address {address!r} (expected HOST:PORT)")
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            conn = _Connection(reader, writer, self._key)
+            self._conns[address] = conn
+            return conn
 
     def _drop(self, address: str) -> None:
         conn = self._conns.pop(address, None)
         if conn is not None:
-            conn[1].close()
+            conn.close()
 
     async def close(self) -> None:
         for address in list(self._conns):

@@ -15,8 +15,10 @@ to RPC addresses and node names.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +40,7 @@ __all__ = ["ServerRole", "ReadOptions", "ReadResult", "CLIENT_WRITABLE"]
 
 log = get_logger("server")
 
+READ_CACHE_SIZE = 64
 # the commands an agent may send through Catalog.Apply
 CLIENT_WRITABLE = {MessageType.REGISTER, MessageType.DEREGISTER, MessageType.BARRIER}
 
@@ -79,6 +82,7 @@ class ServerRole:
         self._failed_since: dict[str, float] = {}
         self._registering: set[str] = set()
         self.recently_left: dict[str, dict[str, Any]] = {}
+        self._read_cache: OrderedDict[tuple[str, str], tuple[Any, int, Any]] = OrderedDict()
         self._known: dict[str, dict[str, Any]] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.rpc_address = ""
@@ -313,10 +317,28 @@ class ServerRole:
         elif not opts.stale and not raft.has_leader():
             raise NoLeader()
         keys = q.keys(params)
+        cache_key = (name, json.dumps(params, sort_keys=True, default=str))
 
         def once() -> tuple[int, Any]:
+            # Watchers of one query wake together on a change; the first recomputes,
+            # the rest reuse its answer while nothing new has been applied.
             with raft.lock:
-                return q.run(self.fsm.store, params)
+                version = (id(self.fsm.store), self.fsm.last_index)
+                hit = self._read_cache.get(cache_key)
+                if hit is not None and hit[0] == version:
+                    self._read_cache.move_to_end(cache_key)
+                    return hit[1], hit[2]
+                index, value = q.run(self.fsm.store, params)
+            cache = self._read_cache
+            if cache and next(iter(cache.values()))[0] != version:
+                # answers from before the last apply are never served again: drop them
+                # all, so the cache holds only what the current wake-up computed
+                for key in [k for k, v in cache.items() if v[0] != version]:
+                    del cache[key]
+            cache[cache_key] = (version, index, value)
+            if len(cache) > READ_CACHE_SIZE:
+                cache.popitem(last=False)
+            return index, value
 
         index, value = once()
         if opts.min_index and index <= opts.min_index:
@@ -356,19 +378,27 @@ class ServerRole:
         return await self.apply_raw(raw)
 
     # ---- liveness (the leader's duty) -----------------------------------------------------------
-    async def heartbeat(self, info: dict[str, Any]) -> None:
-        """A node is alive: remember it (on the leader) and make its serfHealth passing."""
+    def heartbeat_interval(self) -> float:
+        """How often each agent should heartbeat: every second in small clusters, less
+        often in large ones so the leader handles at most HEARTBEAT_BUDGET per second,
+        and always a third of the liveness timeout at most."""
+        nodes = len(self._last_seen)
+        return max(self.cfg.heartbeat_interval,
+                   min(nodes / liveness.HEARTBEAT_BUDGET, self.cfg.liveness_timeout / 3))
+
+    async def heartbeat(self, info: dict[str, Any]) -> float:
+        """A node is alive: remember it (on the leader) and make its serfHealth passing.
+        Returns the interval the agent should use for its next heartbeat."""
         raft = self._require_raft()
         if not raft.is_leader:
-            await self._forward("Node.Heartbeat", info)
-            return
+            return float(await self._forward("Node.Heartbeat", info) or self.cfg.heartbeat_interval)
         name = str(info.get("node", ""))
         if not name:
             raise InvalidRequest("heartbeat without a node name")
         key = name.lower()
         left = self.recently_left.get(key)
         if left is not None and time.time() - float(left.get("left_at", 0)) < 5:
-            return  # a heartbeat that overtook the node's own leave
+            return self.heartbeat_interval()  # a heartbeat that overtook the node's own leave
         self._last_seen[key] = time.monotonic()
         self._failed_since.pop(key, None)
         self.recently_left.pop(key, None)
@@ -377,9 +407,9 @@ class ServerRole:
             node = store.node(name)
             serf = store.node_checks(name).get(liveness.SERF_CHECK_ID)
         if node is not None and serf is not None and serf.status == PASSING:
-            return
+            return self.heartbeat_interval()
         if key in self._registering:
-            return
+            return self.heartbeat_interval()
         self._registering.add(key)
         try:
             req = RegisterRequest(
@@ -394,10 +424,10 @@ class ServerRole:
                 raise InvalidRequest(str(result["Error"]))
         finally:
             self._registering.discard(key)
+        return self.heartbeat_interval()
 
-    async def _rpc_heartbeat(self, args: dict[str, Any]) -> bool:
-        await self.heartbeat(args)
-        return True
+    async def _rpc_heartbeat(self, args: dict[str, Any]) -> float:
+        return await self.heartbeat(args)
 
     @staticmethod
     def _serf_check(status: str) -> Check:

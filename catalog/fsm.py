@@ -14,8 +14,9 @@ command sent again after a timeout applies once and answers the same.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from typing import Any
+import io
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 import msgpack
 
@@ -34,8 +35,8 @@ from .structs import HEALTH_STATES, Check, Node, ServerInfo, Service, row_from_w
 
 __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
 
-SNAPSHOT_VERSION = 1
-DEDUPE_LIMIT = 65536
+SNAPSHOT_VERSION = 2
+DEDUPE_LIMIT = 16384
 
 
 class FSM:
@@ -170,53 +171,82 @@ class FSM:
         return self.store.copy(), dict(self.dedupe), self.last_index
 
     @staticmethod
+    def write_snapshot(out: BinaryIO, store: Store, dedupe: dict[bytes, tuple[int, Any]], last_index: int) -> None:
+        """Stream the state as a sequence of msgpack objects: a header, then one object
+        per row. Nothing the size of the whole state is built in memory, so a snapshot
+        of a large catalog does not raise the server's peak memory."""
+        packer = msgpack.Packer(use_bin_type=True)
+        out.write(packer.pack({"v": SNAPSHOT_VERSION, "index": last_index, "indexes": store.indexes}))
+        for node in store.nodes.values():
+            out.write(packer.pack(("n", row_to_wire(node))))
+        for per in store.services.values():
+            for svc in per.values():
+                out.write(packer.pack(("s", row_to_wire(svc))))
+        for per in store.checks.values():
+            for check in per.values():
+                out.write(packer.pack(("c", row_to_wire(check))))
+        for server in store.servers.values():
+            out.write(packer.pack(("v", row_to_wire(server))))
+        for key, (index, result) in dedupe.items():
+            out.write(packer.pack(("d", (key, index, result))))
+        out.write(packer.pack(("end", None)))
+
+    @staticmethod
     def encode_snapshot(store: Store, dedupe: dict[bytes, tuple[int, Any]], last_index: int) -> bytes:
-        body = {
-            "v": SNAPSHOT_VERSION,
-            "index": last_index,
-            "nodes": [row_to_wire(n) for n in store.nodes.values()],
-            "services": [row_to_wire(s) for per in store.services.values() for s in per.values()],
-            "checks": [row_to_wire(c) for per in store.checks.values() for c in per.values()],
-            "servers": [row_to_wire(s) for s in store.servers.values()],
-            "indexes": store.indexes,
-            "dedupe": [[k, v[0], v[1]] for k, v in dedupe.items()],
-        }
-        return msgpack.packb(body, use_bin_type=True)
+        buf = io.BytesIO()
+        FSM.write_snapshot(buf, store, dedupe, last_index)
+        return buf.getvalue()
 
     def snapshot(self) -> bytes:
         return self.encode_snapshot(*self.snapshot_state())
 
     @classmethod
-    def from_snapshot(cls, data: bytes) -> FSM:
-        try:
-            body = msgpack.unpackb(data, raw=False, strict_map_key=False)
-        except (ValueError, msgpack.UnpackException) as exc:
-            raise CatalogError(f"not a mesh snapshot: {exc}") from exc
-        if not isinstance(body, dict) or body.get("v") != SNAPSHOT_VERSION:
-            raise CatalogError("not a mesh snapshot (unknown format version)")
+    def read_snapshot(cls, objects: Iterator[Any]) -> FSM:
+        """Rebuild from the objects `write_snapshot` wrote (any msgpack Unpacker)."""
         fsm = cls()
         store = fsm.store
         try:
-            for values in body["nodes"]:
-                node = row_from_wire(Node, values)
-                store.nodes[node.node.lower()] = node
-            for values in body["services"]:
-                svc = row_from_wire(Service, values)
-                key = svc.node.lower()
-                store.services.setdefault(key, {})[svc.id] = svc
-                store.service_names.setdefault(svc.service.lower(), {})[(key, svc.id)] = None
-            for values in body["checks"]:
-                check = row_from_wire(Check, values)
-                store.checks.setdefault(check.node.lower(), {})[check.check_id] = check
-            for values in body["servers"]:
-                server = row_from_wire(ServerInfo, values)
-                store.servers[server.raft_address] = server
-            store.indexes = dict(body["indexes"])
-            fsm.dedupe = {bytes(k): (i, r) for k, i, r in body["dedupe"]}
-            fsm.last_index = int(body["index"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise CatalogError(f"corrupt mesh snapshot: {exc}") from exc
+            header = next(objects)
+            if not isinstance(header, dict) or header.get("v") != SNAPSHOT_VERSION:
+                raise CatalogError("not a mesh snapshot (unknown format version)")
+            store.indexes = dict(header["indexes"])
+            fsm.last_index = int(header["index"])
+            complete = False
+            for kind, values in objects:
+                if kind == "n":
+                    node = row_from_wire(Node, values)
+                    store.nodes[node.node.lower()] = node
+                elif kind == "s":
+                    svc = row_from_wire(Service, values)
+                    key = svc.node.lower()
+                    store.services.setdefault(key, {})[svc.id] = svc
+                    store.service_names.setdefault(svc.service.lower(), {})[(key, svc.id)] = None
+                elif kind == "c":
+                    check = row_from_wire(Check, values)
+                    store.checks.setdefault(check.node.lower(), {})[check.check_id] = check
+                elif kind == "v":
+                    server = row_from_wire(ServerInfo, values)
+                    store.servers[server.raft_address] = server
+                elif kind == "d":
+                    key_, index, result = values
+                    fsm.dedupe[bytes(key_)] = (index, result)
+                elif kind == "end":
+                    complete = True
+                    break
+                else:
+                    raise CatalogError(f"corrupt mesh snapshot: unknown record {kind!r}")
+            if not complete:
+                raise CatalogError("corrupt mesh snapshot: truncated")
+        except CatalogError:
+            raise
+        except (StopIteration, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
+            raise CatalogError(f"not a mesh snapshot: {exc.__class__.__name__}: {exc}") from None
         return fsm
+
+    @classmethod
+    def from_snapshot(cls, data: bytes) -> FSM:
+        unpacker = msgpack.Unpacker(io.BytesIO(data), raw=False, strict_map_key=False, max_buffer_size=64 << 20)
+        return cls.read_snapshot(iter(unpacker))
 
     def restore(self, data: bytes) -> None:
         other = FSM.from_snapshot(data)

@@ -9,6 +9,7 @@ in Raft commands and snapshots.
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass, field, fields
 from operator import attrgetter
 from typing import Any, ClassVar
@@ -72,14 +73,44 @@ def row_to_wire(row: Any) -> list[Any]:
     return list(_values(row))
 
 
+_EMPTY: dict[str, Any] = {}
+_DEFAULT_WEIGHTS = {"Passing": 1, "Warning": 1}
+# positions of the fields compacted per row type: (maps, strings to intern, tuples of strings)
+_COMPACT: dict[str, tuple[tuple[int, ...], tuple[int, ...], tuple[int, ...]]] = {
+    "Node": ((4, 5), (3,), ()),
+    "Service": ((6, 8, 9, 12), (1, 7), (3,)),
+    "Check": ((10,), (1, 3, 7, 9), (8,)),
+}
+
+
+def _shared(mapping: Any) -> Any:
+    if not mapping:
+        return _EMPTY
+    if mapping == _DEFAULT_WEIGHTS:
+        return _DEFAULT_WEIGHTS
+    return mapping
+
+
 def row_from_wire(cls: type, values: list[Any]) -> Any:
-    """Rebuild a row; msgpack gives lists where rows hold tuples."""
+    """Rebuild a row from msgpack. Every row in the store comes through here, so this
+    is where memory is saved: empty maps and default weights are one shared object,
+    names, kinds and statuses are interned, tags become tuples of interned strings.
+    Row maps are therefore shared: nothing may mutate them (rows are replaced, never
+    edited)."""
+    spec = _COMPACT.get(cls.__name__)
+    if spec is None:
+        return cls(*values)
+    values = list(values)
+    maps, strings, string_tuples = spec
+    for i in maps:
+        values[i] = _shared(values[i])
+    for i in strings:
+        if isinstance(values[i], str):
+            values[i] = sys.intern(values[i])
+    for i in string_tuples:
+        values[i] = tuple(sys.intern(t) if isinstance(t, str) else t for t in values[i])
     if cls is Service:
-        values = list(values)
-        values[3] = tuple(values[3])
-    elif cls is Check:
-        values = list(values)
-        values[8] = tuple(values[8])
+        values[10] = _shared(values[10])
     return cls(*values)
 
 
