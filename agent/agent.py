@@ -33,6 +33,7 @@ from .local.state import LocalState
 from .logging import get_logger
 from .metrics import AGENT
 from .server import ServerRole
+from .tasks import cancel_all
 from .watch import WatchHub
 
 __all__ = ["Agent", "StartupError"]
@@ -249,13 +250,7 @@ class Agent:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: PERF203 - shutting down
-                pass
+        await cancel_all(self._tasks)
         await self.checks.stop()
         if server is not None:
             await server.stop()

@@ -51,6 +51,7 @@ from mesh.catalog.fsm import FSM
 from . import pysyncobj_fixes
 from .logging import get_logger
 from .metrics import RAFT
+from .tasks import cancel_all
 
 __all__ = [
     "RaftConfig",
@@ -322,13 +323,7 @@ class Raft:
 
     async def stop(self) -> None:
         self._stopping = True
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: PERF203 - shutting down
-                pass
+        await cancel_all(self._tasks)
         self._tasks.clear()
         while self._pending:
             _, fut, _ = self._pending.popleft()

@@ -34,6 +34,7 @@ from .metrics import LEADER, RPC
 from .queries import QUERIES
 from .raft import MembershipError, NoLeader, Raft, RaftConfig
 from .rpc import RPCClient, RPCError, RPCServer
+from .tasks import cancel_all
 from .watch import WatchHub
 
 __all__ = ["ServerRole", "ReadOptions", "ReadResult", "CLIENT_WRITABLE"]
@@ -139,13 +140,7 @@ class ServerRole:
         self._tasks.append(loop.create_task(self._leader_loop(), name="leader-duties"))
 
     async def stop(self) -> None:
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):  # noqa: PERF203 - shutting down
-                pass
+        await cancel_all(self._tasks)
         await self.rpc.stop()
         await self.client.close()
         if self.raft is not None:
