@@ -50,7 +50,10 @@ class CheckManager:
                 task.cancel()
                 del self._running[cid]
                 self._critical_since.pop(cid, None)
+        now = time.monotonic()
         for cid, local in wanted.items():
+            if local.status == CRITICAL and local.defn.deregister_critical_service_after:
+                self._critical_since.setdefault(cid, now)  # critical from the start counts too
             if cid in self._running or not local.defn.kind:
                 continue
             try:
