@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration cluster lint bench clean deps
+.PHONY: run test unit integration cluster lint bench clean deps dig
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -19,7 +19,12 @@ deps: $(STAMP)
 run: $(STAMP)
 	$(BIN)/mesh agent -dev -config-dir examples/services
 
-test: $(STAMP)
+# dig for the DNS tests: installed when missing and possible (root with apt), else those tests skip
+dig:
+	@command -v dig >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils >/dev/null 2>&1); } || true
+
+test: $(STAMP) dig
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q tests
 

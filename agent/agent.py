@@ -21,9 +21,12 @@ from aiohttp import web
 from mesh.catalog.commands import MessageType, encode
 from mesh.catalog.errors import InvalidRequest, MeshError
 from mesh.catalog.structs import Check, Node, Service
+from mesh.dns.answer import AnswerPolicy
+from mesh.dns.server import DNSServer
 
 from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
 from .config import AgentConfig, reload_config
+from .dns_view import CatalogDNSView
 from .http.app import build_app
 from .local.anti_entropy import AntiEntropy
 from .local.checks import CheckManager
@@ -31,7 +34,7 @@ from .local.definitions import ServiceDefinition, parse_check, parse_service_def
 from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
-from .metrics import AGENT
+from .metrics import AGENT, DNS
 from .server import ServerRole
 from .tasks import cancel_all
 from .watch import WatchHub
@@ -101,6 +104,8 @@ class Agent:
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
         self.local_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self.dns: DNSServer | None = None
+        self.dns_view: CatalogDNSView
         self._tasks: list[asyncio.Task[None]] = []
         self.stopped = asyncio.Event()
         self._leaving = False
@@ -154,6 +159,8 @@ class Agent:
             server = site._server
             assert server is not None
             self.ports["http"] = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if cfg.dns_port >= 0:
+            await self._start_dns()
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         if self.pool is not None:
@@ -162,6 +169,30 @@ class Agent:
                  server=cfg.server, dev=cfg.dev, http=f"{cfg.client_addr}:{self.ports['http']}",
                  rpc=self.server.rpc_address if self.server else "", raft=self.server.raft_address if self.server else "",
                  services=len(self.local.services))
+
+    async def _start_dns(self) -> None:
+        cfg = self.cfg
+        self.dns_view = CatalogDNSView(self.backend, cfg.dns_max_stale)
+        policy = AnswerPolicy(datacenter=cfg.datacenter, only_passing=cfg.dns_only_passing,
+                              enable_truncate=cfg.dns_enable_truncate)
+        domains = tuple(d for d in (cfg.domain, cfg.alt_domain) if d)
+
+        def on_query(qtype: str, rcode: str, seconds: float) -> None:
+            DNS.queries.labels(qtype, rcode).inc()
+            DNS.seconds.observe(seconds)
+
+        self.dns = DNSServer(cfg.client_addr, cfg.dns_port, self.dns_view, policy, domains, on_query)
+        try:
+            self.ports["dns"] = await self.dns.start()
+        except OSError as exc:
+            raise StartupError(f"cannot bind the DNS port {cfg.client_addr}:{cfg.dns_port}: {exc.strerror}") from None
+        self._tasks.append(asyncio.get_running_loop().create_task(self._dns_metrics_loop(), name="dns-metrics"))
+
+    async def _dns_metrics_loop(self) -> None:
+        while True:
+            await asyncio.sleep(5)
+            DNS.view_age.set(self.dns_view.age())
+            DNS.view_names.set(len(self.dns_view._slots))
 
     # ---- definitions (config files and persisted registrations) ----------------------------
     def load_definitions(self, initial: bool = False) -> None:
@@ -252,6 +283,9 @@ class Agent:
             self._runner = None
         await cancel_all(self._tasks)
         await self.checks.stop()
+        if self.dns is not None:
+            await self.dns.stop()
+            await self.dns_view.stop()
         if server is not None:
             await server.stop()
         if self.pool is not None:

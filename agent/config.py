@@ -53,6 +53,10 @@ class AgentConfig:
     raft_snapshot_threshold: int = 8192
     raft_snapshot_interval: float = 300.0
     domain: str = "consul."
+    alt_domain: str = ""
+    dns_max_stale: float = 87600 * 3600.0
+    dns_only_passing: bool = False
+    dns_enable_truncate: bool = False
     liveness_timeout: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
     heartbeat_interval: float = 1.0
@@ -102,6 +106,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "raft-snapshot-threshold": ("raft_snapshot_threshold", "int"),
     "raft-snapshot-interval": ("raft_snapshot_interval", "duration"),
     "domain": ("domain", "str"),
+    "alt-domain": ("alt_domain", "str"),
+    "dns-max-stale": ("dns_max_stale", "duration"),
     "default-query-time": ("default_query_time", "duration"),
     "max-query-time": ("max_query_time", "duration"),
     "liveness-timeout": ("liveness_timeout", "duration"),
@@ -119,13 +125,13 @@ FLAGS: dict[str, tuple[str, str]] = {
 _FILE_KEYS = {"bind": "bind_addr", "client": "client_addr", "node": "node_name", "advertise": "advertise_addr",
               "start_join": "retry_join", "join": "retry_join"}
 _PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port"}
-_KINDS = {"node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
+_KINDS = {"dns_max_stale": "duration", "node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
           "ae_interval": "duration", "retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
           "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
-_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl", "connect", "recursors", "dns_config", "alt_domain",
+_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl", "connect", "recursors", "dns_config",
                    "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses", "tls",
                    "primary_datacenter", "disable_host_node_id", "limits"}
 # service and check definitions: kept raw here, parsed by agent.local.definitions

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "render_prometheus", "render_json"]
+__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "render_prometheus", "render_json"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -83,7 +83,17 @@ class _Leader:
         self.nodes_failed = Counter("mesh_leader_nodes_failed_total", "Nodes marked failed (serfHealth critical)", registry=REGISTRY)
 
 
+class _DNS:
+    def __init__(self) -> None:
+        self.queries = Counter("mesh_dns_queries_total", "DNS queries by qtype and rcode", ["qtype", "rcode"], registry=REGISTRY)
+        self.seconds = Histogram("mesh_dns_query_seconds", "Time to answer a DNS query (a first lookup includes loading the name)",
+                                 registry=REGISTRY, buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1, 2.5))
+        self.view_age = Gauge("mesh_dns_view_age_seconds", "Age of the oldest name in the DNS view since a server confirmed it", registry=REGISTRY)
+        self.view_names = Gauge("mesh_dns_view_names", "Names the DNS view watches", registry=REGISTRY)
+
+
 AGENT = _Agent()
+DNS = _DNS()
 AE = _AntiEntropy()
 LEADER = _Leader()
 RAFT = _Raft()

@@ -71,8 +71,17 @@ def test_prometheus_style_discovery(mesh):
     result: dict = {}
 
     def watch() -> None:
-        body, h = agent.request("GET", f"/v1/catalog/services?stale&index={index}&wait=15s", timeout=30)
-        result.update(body=body, index=int(h["X-Consul-Index"]))
+        """Prometheus' loop: block on the last index until the service list changes."""
+        last = index
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            body, h = agent.request("GET", f"/v1/catalog/services?stale&index={last}&wait=15s", timeout=30)
+            new = int(h["X-Consul-Index"])
+            assert new >= last
+            last = new
+            if "exporter" in body:
+                result.update(body=body, index=new)
+                return
 
     _, headers = agent.request("GET", "/v1/catalog/services?stale")
     index = int(headers["X-Consul-Index"])
@@ -80,7 +89,7 @@ def test_prometheus_style_discovery(mesh):
     th.start()
     time.sleep(0.3)
     agent.put("/v1/agent/service/register", {"Name": "exporter", "Port": 9200})
-    th.join(10)
+    th.join(20)
     assert not th.is_alive() and "exporter" in result["body"] and result["index"] > index
 
 

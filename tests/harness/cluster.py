@@ -188,6 +188,7 @@ class Cluster:
             if s.server_port:
                 args += ["-retry-join", s.rpc]
         agent.args = args + (extra or [])
+        agent.dns_port = -1
         self.clients.append(agent)
         return agent
 

@@ -1,0 +1,183 @@
+"""The DNS listeners: UDP and TCP on one address, answering from a view it is given.
+
+The only owner of DNS sockets. Malformed packets are dropped (UDP) or end the
+connection (TCP) and never raise out of the protocol; an answer is never larger than
+the query's transport allows. Metrics are reported through `on_query`, so this
+package stays free of the agent's registry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import struct
+import time
+from collections.abc import Callable
+from typing import Any
+
+from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSRecord
+
+from .answer import AnswerPolicy, DNSView, build_answer, nxdomain, refused, servfail, trim_for_udp
+from .parse import InvalidName, parse_qname
+
+__all__ = ["DNSServer", "resolve_packet"]
+
+OnQuery = Callable[[str, str, float], None]
+_TCP_MAX = 65535
+
+
+def _edns_size(request: DNSRecord) -> int | None:
+    for rr in request.ar:
+        if rr.rtype == QTYPE.OPT:
+            return max(512, min(int(rr.rclass), 65535))
+    return None
+
+
+def resolve_packet(
+    data: bytes,
+    view: DNSView,
+    policy: AnswerPolicy,
+    domains: tuple[str, ...],
+    rng: random.Random,
+    *,
+    udp: bool,
+    now: Callable[[], float] = time.time,
+) -> tuple[bytes | None, str, str]:
+    """One query packet to one answer packet (None: drop). Returns (bytes, qtype, rcode)."""
+    try:
+        request = DNSRecord.parse(data)
+    except (DNSError, struct.error, IndexError, ValueError, UnicodeDecodeError):
+        return None, "invalid", "dropped"
+    if request.header.qr or len(request.questions) != 1:
+        return None, "invalid", "dropped"
+    qtype_name = QTYPE.get(request.q.qtype, str(request.q.qtype))
+    edns = _edns_size(request)
+    try:
+        lookup = parse_qname(str(request.q.qname), domains)
+    except InvalidName as exc:
+        reply = nxdomain(request, exc.domain or domains[0], policy, now)
+    else:
+        if lookup is None:
+            reply = refused(request)
+        else:
+            try:
+                reply = build_answer(request, lookup, view, policy, rng, now)
+            except LookupError:
+                reply = servfail(request)
+    if edns is not None:
+        reply.add_ar(EDNS0(udp_len=edns))
+    rcode = RCODE.get(reply.header.rcode, str(reply.header.rcode))
+    if udp:
+        return trim_for_udp(reply, policy, edns), qtype_name, rcode
+    packed = reply.pack()
+    while len(packed) > _TCP_MAX and len(reply.rr) > 1:
+        reply.rr = reply.rr[: len(reply.rr) // 2]
+        packed = reply.pack()
+    return packed, qtype_name, rcode
+
+
+class _UDP(asyncio.DatagramProtocol):
+    def __init__(self, server: DNSServer) -> None:
+        self._server = server
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if self._server.ready_now(data):
+            answer = self._server.answer_now(data, udp=True)
+            if answer is not None and self.transport is not None:
+                self.transport.sendto(answer, addr)
+            return
+        task = asyncio.get_running_loop().create_task(self._answer_later(data, addr))
+        self._server.pending.add(task)
+        task.add_done_callback(self._server.pending.discard)
+
+    async def _answer_later(self, data: bytes, addr: Any) -> None:
+        answer = await self._server.answer(data, udp=True)
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)
+
+
+class DNSServer:
+    def __init__(self, host: str, port: int, view: DNSView, policy: AnswerPolicy, domains: tuple[str, ...],
+                 on_query: OnQuery | None = None, rng: random.Random | None = None) -> None:
+        self._host, self._port = host, port
+        self.view = view
+        self.policy = policy
+        self.domains = domains
+        self._on_query = on_query
+        self._rng = rng or random.Random()
+        self._udp: asyncio.DatagramTransport | None = None
+        self._tcp: asyncio.AbstractServer | None = None
+        self.pending: set[asyncio.Task[None]] = set()
+        self.port = port
+
+    def _lookup(self, data: bytes) -> Any:
+        try:
+            return parse_qname(str(DNSRecord.parse(data).q.qname), self.domains)
+        except (DNSError, InvalidName, struct.error, IndexError, ValueError, UnicodeDecodeError, AttributeError):
+            return None
+
+    def ready_now(self, data: bytes) -> bool:
+        """True when the view can answer without waiting (the common, cached case)."""
+        ready = getattr(self.view, "ready", None)
+        if ready is None:
+            return True
+        lookup = self._lookup(data)
+        return lookup is None or bool(ready(lookup))
+
+    async def answer(self, data: bytes, *, udp: bool) -> bytes | None:
+        """Let the view load what the query needs (first query for a name), then answer."""
+        prepare = getattr(self.view, "prepare", None)
+        if prepare is not None:
+            lookup = self._lookup(data)
+            if lookup is not None:
+                await prepare(lookup)
+        return self.answer_now(data, udp=udp)
+
+    def answer_now(self, data: bytes, *, udp: bool) -> bytes | None:
+        started = time.perf_counter()
+        answer, qtype, rcode = resolve_packet(data, self.view, self.policy, self.domains, self._rng, udp=udp)
+        if self._on_query is not None:
+            self._on_query(qtype, rcode, time.perf_counter() - started)
+        return answer
+
+    async def start(self) -> int:
+        """Bind TCP first (port 0 picks one), then UDP on the same port."""
+        loop = asyncio.get_running_loop()
+        self._tcp = await asyncio.start_server(self._serve_tcp, self._host, self._port)
+        self.port = self._tcp.sockets[0].getsockname()[1]
+        transport, _ = await loop.create_datagram_endpoint(lambda: _UDP(self), local_addr=(self._host, self.port))
+        self._udp = transport  # type: ignore[assignment]
+        return self.port
+
+    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                async with asyncio.timeout(10):
+                    header = await reader.readexactly(2)
+                    (length,) = struct.unpack(">H", header)
+                    data = await reader.readexactly(length)
+                answer = await self.answer(data, udp=False)
+                if answer is None:
+                    return
+                writer.write(struct.pack(">H", len(answer)) + answer)
+                await writer.drain()
+        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+    async def stop(self) -> None:
+        for task in list(self.pending):
+            task.cancel()
+        if self._udp is not None:
+            self._udp.close()
+        if self._tcp is not None:
+            self._tcp.close()
+            try:
+                await asyncio.wait_for(self._tcp.wait_closed(), 2)
+            except TimeoutError:
+                pass
