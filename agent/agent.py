@@ -189,10 +189,16 @@ class Agent:
         self._tasks.append(asyncio.get_running_loop().create_task(self._dns_metrics_loop(), name="dns-metrics"))
 
     async def _dns_metrics_loop(self) -> None:
+        """Cache hits are counted as plain integers on the hot path and published here."""
+        published = 0
         while True:
             await asyncio.sleep(5)
+            assert self.dns is not None
             DNS.view_age.set(self.dns_view.age())
             DNS.view_names.set(len(self.dns_view._slots))
+            hits = self.dns.cache_hits
+            DNS.cache_hits.inc(hits - published)
+            published = hits
 
     # ---- definitions (config files and persisted registrations) ----------------------------
     def load_definitions(self, initial: bool = False) -> None:

@@ -38,6 +38,7 @@ class _Slot:
     last_ok: float = 0.0
     last_used: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
+    version: int = 0
 
 
 class CatalogDNSView:
@@ -46,6 +47,7 @@ class CatalogDNSView:
         self._max_stale = max_stale
         self._first_load_timeout = first_load_timeout
         self._slots: dict[tuple[str, str], _Slot] = {}
+        self.generation = 0  # bumped on every change: the DNS server's wire cache keys on it
 
     # ---- what the DNS server calls -----------------------------------------------------
     def _keys(self, lookup: Lookup) -> list[tuple[str, str]]:
@@ -56,6 +58,24 @@ class CatalogDNSView:
         if lookup.kind == "apex":
             return [("health.service", "consul")]
         return []
+
+    def token(self, lookup: Lookup) -> Any:
+        """What a cached answer for `lookup` depends on: the versions of the names it read
+        (PTR answers may read any name, so they depend on everything)."""
+        if lookup.kind == "ptr":
+            return ("generation", self.generation)
+        slots = tuple(self._slots.get(k) for k in self._keys(lookup))
+        if any(s is None for s in slots):
+            return None
+        return tuple((s, s.version) for s in slots)  # type: ignore[union-attr]
+
+    def token_valid(self, token: Any) -> bool:
+        if token is None:
+            return False
+        if token[0] == "generation":
+            return bool(token[1] == self.generation)
+        return all(slot.version == version and self._slots.get((slot.query, slot.params.get("name", ""))) is slot
+                   for slot, version in token)
 
     def ready(self, lookup: Lookup) -> bool:
         return all((k in self._slots and self._slots[k].loaded.is_set()) for k in self._keys(lookup))
@@ -80,6 +100,8 @@ class CatalogDNSView:
         return slot
 
     def _value(self, key: tuple[str, str]) -> Any:
+        """Raises LookupError (SERVFAIL) when the name is not loaded or too stale; the
+        wire cache is also bypassed then, since the generation moves when a slot loads."""
         slot = self._slots.get(key)
         if slot is None or not slot.loaded.is_set():
             raise LookupError("catalog view not loaded (servers unreachable?)")
@@ -139,6 +161,9 @@ class CatalogDNSView:
                 slot.index = 0  # the index went backwards (restore): start over
             else:
                 slot.index = result.index
+            if result.value != slot.value or not slot.loaded.is_set():
+                self.generation += 1
+                slot.version += 1
             slot.value = result.value
             slot.last_ok = time.monotonic()
             slot.loaded.set()

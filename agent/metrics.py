@@ -90,6 +90,8 @@ class _DNS:
                                  registry=REGISTRY, buckets=(0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.05, 0.25, 1, 2.5))
         self.view_age = Gauge("mesh_dns_view_age_seconds", "Age of the oldest name in the DNS view since a server confirmed it", registry=REGISTRY)
         self.view_names = Gauge("mesh_dns_view_names", "Names the DNS view watches", registry=REGISTRY)
+        self.cache_hits = Counter("mesh_dns_cache_hits_total", "DNS queries answered from precomputed wire answers",
+                                  registry=REGISTRY)
 
 
 AGENT = _Agent()

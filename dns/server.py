@@ -13,17 +13,30 @@ import random
 import struct
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSRecord
 
 from .answer import AnswerPolicy, DNSView, build_answer, nxdomain, refused, servfail, trim_for_udp
 from .parse import InvalidName, parse_qname
+from .wire import patch_answer, question_key
 
 __all__ = ["DNSServer", "resolve_packet"]
 
 OnQuery = Callable[[str, str, float], None]
 _TCP_MAX = 65535
+CACHE_SECONDS = 60.0  # also refreshes the SOA serial in cached negative answers
+CACHE_ENTRIES = 65536
+SHUFFLE_VARIANTS = 4
+
+
+@dataclass
+class _Cached:
+    generation: Any
+    variants: list[bytes]
+    created: float
+    hits: int = 0
 
 
 def _edns_size(request: DNSRecord) -> int | None:
@@ -85,6 +98,11 @@ class _UDP(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: Any) -> None:
+        cached = self._server.cached(data, True)
+        if cached is not None:
+            if self.transport is not None:
+                self.transport.sendto(cached, addr)
+            return
         if self._server.ready_now(data):
             answer = self._server.answer_now(data, udp=True)
             if answer is not None and self.transport is not None:
@@ -112,6 +130,8 @@ class DNSServer:
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.AbstractServer | None = None
         self.pending: set[asyncio.Task[None]] = set()
+        self._cache: dict[tuple[bytes, int | None, bool], _Cached] = {}
+        self.cache_hits = 0
         self.port = port
 
     def _lookup(self, data: bytes) -> Any:
@@ -137,9 +157,49 @@ class DNSServer:
                 await prepare(lookup)
         return self.answer_now(data, udp=udp)
 
+    def cached(self, data: bytes, udp: bool) -> bytes | None:
+        """The answer from the wire cache, or None (then the full path runs)."""
+        key = question_key(data)
+        if key is None:
+            return None
+        entry = self._cache.get((key[0], key[2], udp))
+        if entry is None or not self._still_valid(entry.generation) or time.monotonic() - entry.created > CACHE_SECONDS:
+            return None
+        entry.hits += 1
+        self.cache_hits += 1
+        variant = entry.variants[entry.hits % len(entry.variants)]  # rotate: answers stay shuffled
+        return patch_answer(variant, data)
+
+    def _token(self, data: bytes) -> Any:
+        """What the view says a cached answer depends on (views without tokens: one
+        generation counter for everything; views without either: no caching)."""
+        token_of = getattr(self.view, "token", None)
+        if token_of is not None:
+            lookup = self._lookup(data)
+            return token_of(lookup) if lookup is not None else None
+        return getattr(self.view, "generation", None)
+
+    def _still_valid(self, token: Any) -> bool:
+        valid = getattr(self.view, "token_valid", None)
+        if valid is not None:
+            return bool(valid(token))
+        return token is not None and token == getattr(self.view, "generation", None)
+
     def answer_now(self, data: bytes, *, udp: bool) -> bytes | None:
         started = time.perf_counter()
+        generation = self._token(data)
         answer, qtype, rcode = resolve_packet(data, self.view, self.policy, self.domains, self._rng, udp=udp)
+        key = question_key(data) if generation is not None and answer is not None else None
+        if key is not None and answer is not None and rcode != "SERVFAIL":
+            variants = [answer]
+            if (answer[6] << 8 | answer[7]) > 1:  # several records: keep a few orders to rotate through
+                for _ in range(SHUFFLE_VARIANTS - 1):
+                    more, _, _ = resolve_packet(data, self.view, self.policy, self.domains, self._rng, udp=udp)
+                    if more is not None:
+                        variants.append(more)
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[(key[0], key[2], udp)] = _Cached(generation, variants, time.monotonic())
         if self._on_query is not None:
             self._on_query(qtype, rcode, time.perf_counter() - started)
         return answer
@@ -160,7 +220,7 @@ class DNSServer:
                     header = await reader.readexactly(2)
                     (length,) = struct.unpack(">H", header)
                     data = await reader.readexactly(length)
-                answer = await self.answer(data, udp=False)
+                answer = self.cached(data, False) or await self.answer(data, udp=False)
                 if answer is None:
                     return
                 writer.write(struct.pack(">H", len(answer)) + answer)
