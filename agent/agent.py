@@ -174,14 +174,22 @@ class Agent:
         cfg = self.cfg
         self.dns_view = CatalogDNSView(self.backend, cfg.dns_max_stale)
         policy = AnswerPolicy(datacenter=cfg.datacenter, only_passing=cfg.dns_only_passing,
-                              enable_truncate=cfg.dns_enable_truncate)
+                              enable_truncate=cfg.dns_enable_truncate, node_ttl=int(cfg.dns_node_ttl),
+                              service_ttl={k: int(v) for k, v in cfg.dns_service_ttl},
+                              udp_answer_limit=cfg.dns_udp_answer_limit, a_record_limit=cfg.dns_a_record_limit,
+                              recursion_available=bool(cfg.recursors))
         domains = tuple(d for d in (cfg.domain, cfg.alt_domain) if d)
 
         def on_query(qtype: str, rcode: str, seconds: float) -> None:
             DNS.queries.labels(qtype, rcode).inc()
             DNS.seconds.observe(seconds)
 
-        self.dns = DNSServer(cfg.client_addr, cfg.dns_port, self.dns_view, policy, domains, on_query)
+        for recursor in cfg.recursors:
+            host, _, port = recursor.rpartition(":")
+            if cfg.dns_port and (recursor == cfg.client_addr or (host == cfg.client_addr and port == str(cfg.dns_port))):
+                raise StartupError(f"-recursor {recursor} is this agent's own DNS listener: queries would loop")
+        self.dns = DNSServer(cfg.client_addr, cfg.dns_port, self.dns_view, policy, domains, on_query,
+                             recursors=cfg.recursors, recursor_timeout=cfg.recursor_timeout)
         try:
             self.ports["dns"] = await self.dns.start()
         except OSError as exc:

@@ -57,6 +57,12 @@ class AgentConfig:
     dns_max_stale: float = 87600 * 3600.0
     dns_only_passing: bool = False
     dns_enable_truncate: bool = False
+    dns_node_ttl: float = 0.0
+    dns_service_ttl: tuple[tuple[str, float], ...] = ()
+    dns_udp_answer_limit: int = 3
+    dns_a_record_limit: int = 0
+    recursors: tuple[str, ...] = ()
+    recursor_timeout: float = 2.0
     liveness_timeout: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
     heartbeat_interval: float = 1.0
@@ -108,6 +114,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "domain": ("domain", "str"),
     "alt-domain": ("alt_domain", "str"),
     "dns-max-stale": ("dns_max_stale", "duration"),
+    "recursor": ("recursors", "list"),
     "default-query-time": ("default_query_time", "duration"),
     "max-query-time": ("max_query_time", "duration"),
     "liveness-timeout": ("liveness_timeout", "duration"),
@@ -125,13 +132,13 @@ FLAGS: dict[str, tuple[str, str]] = {
 _FILE_KEYS = {"bind": "bind_addr", "client": "client_addr", "node": "node_name", "advertise": "advertise_addr",
               "start_join": "retry_join", "join": "retry_join"}
 _PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port"}
-_KINDS = {"dns_max_stale": "duration", "node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
+_KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": "duration", "node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
           "ae_interval": "duration", "retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
           "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
-_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl", "connect", "recursors", "dns_config",
+_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl", "connect",
                    "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses", "tls",
                    "primary_datacenter", "disable_host_node_id", "limits"}
 # service and check definitions: kept raw here, parsed by agent.local.definitions
@@ -180,10 +187,14 @@ def _coerce(key: str, kind: str, value: Any, where: str) -> Any:
         raise ConfigError(str(exc)) from None
 
 
+def _unquote(key: str) -> str:
+    return key[1:-1] if len(key) >= 2 and key[0] == key[-1] == '"' else key
+
+
 def _hcl_unwrap(value: Any) -> Any:
     """python-hcl2 turns each block into a list of dicts; a lone block becomes a dict."""
     if isinstance(value, dict):
-        return {k: _hcl_unwrap(v) for k, v in value.items() if not (k.startswith("__") and k.endswith("__"))}
+        return {_unquote(k): _hcl_unwrap(v) for k, v in value.items() if not (k.startswith("__") and k.endswith("__"))}
     if isinstance(value, list):
         return [_hcl_unwrap(v) for v in value]
     if isinstance(value, str) and len(value) >= 2 and value[0] == value[-1] == '"':
@@ -224,6 +235,9 @@ def load_file(path: str) -> dict[str, Any]:
 def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None:
     for raw_key, value in data.items():
         key = _FILE_KEYS.get(raw_key, raw_key)
+        if key == "dns_config":
+            _apply_dns_config(values, value, path)
+            continue
         if key == "ports":
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: ports must be an object")
@@ -249,6 +263,33 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
             values[key] = tuple(values.get(key, ())) + coerced
         else:
             values[key] = coerced
+
+
+_DNS_KEYS = {"only_passing": ("dns_only_passing", "bool"), "enable_truncate": ("dns_enable_truncate", "bool"),
+             "node_ttl": ("dns_node_ttl", "duration"), "max_stale": ("dns_max_stale", "duration"),
+             "udp_answer_limit": ("dns_udp_answer_limit", "int"), "a_record_limit": ("dns_a_record_limit", "int"),
+             "recursor_timeout": ("recursor_timeout", "duration"), "allow_stale": ("", "bool")}
+
+
+def _apply_dns_config(values: dict[str, Any], block: Any, path: str) -> None:
+    if isinstance(block, list) and len(block) == 1:
+        block = block[0]
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: dns_config must be an object")
+    for key, value in block.items():
+        if key == "service_ttl":
+            if not isinstance(value, dict):
+                raise ConfigError(f"{path}: dns_config.service_ttl must map service names to durations")
+            values["dns_service_ttl"] = tuple(
+                (name, _coerce(name, "duration", ttl, f"{path}: dns_config.service_ttl.{name}"))
+                for name, ttl in value.items())
+            continue
+        if key not in _DNS_KEYS:
+            raise ConfigError(f"{path}: unknown dns_config key {key!r}")
+        target, kind = _DNS_KEYS[key]
+        coerced = _coerce(key, kind, value, f"{path}: dns_config.{key}")
+        if target:
+            values[target] = coerced
 
 
 def _dir_files(path: str) -> list[str]:
@@ -299,7 +340,7 @@ def parse_args(argv: list[str]) -> AgentConfig:
     for path in files:
         _apply_file(values, load_file(path), path)
     for key, value in flag_values.items():
-        if key in ("retry_join", "node_meta"):
+        if key in ("retry_join", "node_meta", "recursors"):
             values[key] = tuple(values.get(key, ())) + value
         else:
             values[key] = value

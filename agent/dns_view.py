@@ -53,6 +53,8 @@ class CatalogDNSView:
     def _keys(self, lookup: Lookup) -> list[tuple[str, str]]:
         if lookup.kind == "service":
             return [("health.service", lookup.name.lower())]
+        if lookup.kind == "connect":
+            return [("health.connect", lookup.name.lower())]
         if lookup.kind in ("node", "ptr"):
             return [("catalog.nodes", "")] + ([("health.service", "consul")] if lookup.kind == "ptr" else [])
         if lookup.kind == "apex":
@@ -114,7 +116,7 @@ class CatalogDNSView:
         return list(self._value(("health.service", name.lower())) or []) or None
 
     def connect_entries(self, name: str) -> list[dict[str, Any]] | None:
-        return None  # sidecar proxies arrive with the proxy issue
+        return list(self._value(("health.connect", name.lower())) or []) or None
 
     def node(self, name: str) -> dict[str, Any] | None:
         for node in self._value(("catalog.nodes", "")) or []:
@@ -160,7 +162,10 @@ class CatalogDNSView:
             if result.index < slot.index:
                 slot.index = 0  # the index went backwards (restore): start over
             else:
-                slot.index = result.index
+                # never 0 (Consul's rule): a read at index 0 returns at once, and an
+                # in-process backend would spin here without ever yielding the loop
+                slot.index = max(1, result.index)
+            await asyncio.sleep(0)  # a blocking read answered at once must still yield
             if result.value != slot.value or not slot.loaded.is_set():
                 self.generation += 1
                 slot.version += 1

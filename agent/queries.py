@@ -88,6 +88,10 @@ QUERIES: dict[str, ReadQuery] = {
         ),
     ),
     "health.state": ReadQuery(lambda p: ["checks"], _health_state),
+    "health.connect": ReadQuery(
+        lambda p: ["services", "checks"],
+        lambda s, p: health.health_connect(s, p["name"], bool(p.get("passing")), _meta(p), compile_filter(p.get("filter"))),
+    ),
     "internal.node_state": ReadQuery(
         lambda p: ["node." + p["name"].lower()], lambda s, p: node_state(s, p["name"])
     ),

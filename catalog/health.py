@@ -23,6 +23,7 @@ __all__ = [
     "health_service",
     "health_service_watch_keys",
     "health_state",
+    "health_connect",
 ]
 
 MAINTENANCE = "maintenance"
@@ -121,3 +122,31 @@ def health_state(
         if pred is None or pred(row):
             out.append(row)
     return store.index("checks"), out
+
+
+def health_connect(
+    store: Store, service: str, passing: bool, node_meta: dict[str, str], pred: Predicate | None
+) -> tuple[int, list[dict[str, Any]]]:
+    """Mesh endpoints of a service: its sidecar proxies (connect-proxy services whose
+    Proxy.DestinationServiceName is `service`) and Connect-native instances."""
+    wanted = service.lower()
+    out = []
+    for node_key in sorted(store.services):
+        node = store.nodes.get(node_key)
+        if node is None or (node_meta and not node_meta_matches(node, node_meta)):
+            continue
+        level = None
+        for svc in sorted(store.services[node_key].values(), key=lambda s: s.id):
+            is_proxy = svc.kind == "connect-proxy" and str(svc.proxy.get("DestinationServiceName", "")).lower() == wanted
+            is_native = svc.service.lower() == wanted and bool(svc.connect.get("Native"))
+            if not (is_proxy or is_native):
+                continue
+            if level is None:
+                level = sorted(store.node_level_checks(node.node), key=lambda c: c.check_id)
+            checks = level + sorted(store.service_checks(node.node, svc.id), key=lambda c: c.check_id)
+            if passing and any(c.status != PASSING for c in checks):
+                continue
+            entry = {"Node": node.to_api(), "Service": svc.to_api(), "Checks": [c.to_api() for c in checks]}
+            if pred is None or pred(entry):
+                out.append(entry)
+    return store.index("services", "checks"), out

@@ -20,6 +20,7 @@ from dnslib import EDNS0, QTYPE, RCODE, DNSError, DNSRecord
 
 from .answer import AnswerPolicy, DNSView, build_answer, nxdomain, refused, servfail, trim_for_udp
 from .parse import InvalidName, parse_qname
+from .recursor import forward
 from .wire import patch_answer, question_key
 
 __all__ = ["DNSServer", "resolve_packet"]
@@ -120,7 +121,10 @@ class _UDP(asyncio.DatagramProtocol):
 
 class DNSServer:
     def __init__(self, host: str, port: int, view: DNSView, policy: AnswerPolicy, domains: tuple[str, ...],
-                 on_query: OnQuery | None = None, rng: random.Random | None = None) -> None:
+                 on_query: OnQuery | None = None, rng: random.Random | None = None,
+                 recursors: tuple[str, ...] = (), recursor_timeout: float = 2.0) -> None:
+        self.recursors = recursors
+        self.recursor_timeout = recursor_timeout
         self._host, self._port = host, port
         self.view = view
         self.policy = policy
@@ -142,14 +146,32 @@ class DNSServer:
 
     def ready_now(self, data: bytes) -> bool:
         """True when the view can answer without waiting (the common, cached case)."""
-        ready = getattr(self.view, "ready", None)
-        if ready is None:
-            return True
         lookup = self._lookup(data)
-        return lookup is None or bool(ready(lookup))
+        if lookup is None:
+            return not (self.recursors and self._outside(data))
+        ready = getattr(self.view, "ready", None)
+        return ready is None or bool(ready(lookup))
+
+    def _outside(self, data: bytes) -> bool:
+        """A well-formed question for a name outside our domains (recursor material)."""
+        try:
+            qname = str(DNSRecord.parse(data).q.qname)
+            return parse_qname(qname, self.domains) is None
+        except (DNSError, InvalidName, struct.error, IndexError, ValueError, UnicodeDecodeError, AttributeError):
+            return False
 
     async def answer(self, data: bytes, *, udp: bool) -> bytes | None:
-        """Let the view load what the query needs (first query for a name), then answer."""
+        """Let the view load what the query needs (first query for a name), then answer;
+        names outside our domains go to the recursors when there are any."""
+        if self.recursors and self._outside(data):
+            started = time.perf_counter()
+            forwarded = await forward(data, self.recursors, self.recursor_timeout)
+            if forwarded is None:
+                forwarded = servfail(DNSRecord.parse(data)).pack()
+            if self._on_query is not None:
+                self._on_query("forwarded", "NOERROR" if forwarded[3] & 0x0F in (0, 3) else "SERVFAIL",
+                               time.perf_counter() - started)
+            return bytes(forwarded)
         prepare = getattr(self.view, "prepare", None)
         if prepare is not None:
             lookup = self._lookup(data)

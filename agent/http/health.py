@@ -30,6 +30,13 @@ async def service(request: web.Request) -> web.Response:
     return read_response(request, await read(request, "health.service", params))
 
 
+@routes.get("/v1/health/connect/{service}")
+async def connect(request: web.Request) -> web.Response:
+    """Sidecar proxies and Connect-native instances of a service."""
+    params = {"name": request.match_info["service"], "passing": flag(request, "passing")}
+    return read_response(request, await read(request, "health.connect", params))
+
+
 @routes.get("/v1/health/state/{state}")
 async def state(request: web.Request) -> web.Response:
     value = request.match_info["state"]

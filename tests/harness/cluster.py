@@ -26,10 +26,24 @@ T = TypeVar("T")
 KEY = base64.b64encode(b"k" * 32).decode()
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port nothing listens on, never the same one twice in a test run (the kernel
+    may hand a just-released port out again, and two agents' ports must differ)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = int(s.getsockname()[1])
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            try:
+                u.bind(("127.0.0.1", port))  # free for UDP too (DNS binds both)
+            except OSError:
+                continue
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def retry(fn: Callable[[], T], timeout: float = 10.0, interval: float = 0.05, what: str = "") -> T:
