@@ -37,6 +37,7 @@ from .logging import get_logger
 from .metrics import AGENT, DNS
 from .server import ServerRole
 from .tasks import cancel_all
+from .tls import rpc_contexts
 from .watch import WatchHub
 
 __all__ = ["Agent", "StartupError"]
@@ -95,7 +96,7 @@ class Agent:
             self.server = ServerRole(cfg, self.node_id, self.watch)
             self.backend = LocalBackend(self.server)
         else:
-            self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt)
+            self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt, ssl_context=rpc_contexts(cfg)[1])
             self.backend = RemoteBackend(self.pool)
         self.ports: dict[str, int] = {"http": cfg.http_port, "dns": cfg.dns_port, "server": cfg.server_port,
                                       "raft": cfg.raft_port}

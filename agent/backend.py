@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from typing import Any, Protocol
 
 from mesh.catalog.errors import InvalidRequest, MeshError
@@ -64,9 +65,10 @@ _ANSWERS = ("Invalid", "Missing", "must", "unknown query", "Must", "conflicts", 
 
 
 class ServerPool:
-    def __init__(self, seeds: list[str], encrypt: str, rng: random.Random | None = None) -> None:
+    def __init__(self, seeds: list[str], encrypt: str, rng: random.Random | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self._servers = list(dict.fromkeys(seeds))
-        self._client = RPCClient(encrypt)
+        self._client = RPCClient(encrypt, ssl_context=ssl_context)
         self._rng = rng or random.Random()
         self._next = self._rng.randrange(len(self._servers)) if self._servers else 0
         self.healthy = False

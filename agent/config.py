@@ -62,6 +62,9 @@ class AgentConfig:
     dns_udp_answer_limit: int = 3
     dns_a_record_limit: int = 0
     recursors: tuple[str, ...] = ()
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
     recursor_timeout: float = 2.0
     liveness_timeout: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
@@ -115,6 +118,9 @@ FLAGS: dict[str, tuple[str, str]] = {
     "alt-domain": ("alt_domain", "str"),
     "dns-max-stale": ("dns_max_stale", "duration"),
     "recursor": ("recursors", "list"),
+    "ca-file": ("ca_file", "str"),
+    "cert-file": ("cert_file", "str"),
+    "key-file": ("key_file", "str"),
     "default-query-time": ("default_query_time", "duration"),
     "max-query-time": ("max_query_time", "duration"),
     "liveness-timeout": ("liveness_timeout", "duration"),
@@ -139,7 +145,7 @@ _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": 
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
 _ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl", "connect",
-                   "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses", "tls",
+                   "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses",
                    "primary_datacenter", "disable_host_node_id", "limits"}
 # service and check definitions: kept raw here, parsed by agent.local.definitions
 _DEFINITION_KEYS = {"services", "service", "checks", "check"}
@@ -238,6 +244,9 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
         if key == "dns_config":
             _apply_dns_config(values, value, path)
             continue
+        if key == "tls":
+            _apply_tls(values, value, path)
+            continue
         if key == "ports":
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: ports must be an object")
@@ -290,6 +299,20 @@ def _apply_dns_config(values: dict[str, Any], block: Any, path: str) -> None:
         coerced = _coerce(key, kind, value, f"{path}: dns_config.{key}")
         if target:
             values[target] = coerced
+
+
+def _apply_tls(values: dict[str, Any], block: Any, path: str) -> None:
+    """Consul's `tls { defaults { ca_file cert_file key_file } }` (or the keys directly)."""
+    if isinstance(block, list) and len(block) == 1:
+        block = block[0]
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: tls must be an object")
+    defaults = block.get("defaults", block)
+    if isinstance(defaults, list) and len(defaults) == 1:
+        defaults = defaults[0]
+    for key in ("ca_file", "cert_file", "key_file"):
+        if key in defaults:
+            values[key] = _coerce(key, "str", defaults[key], f"{path}: tls.{key}")
 
 
 def _dir_files(path: str) -> list[str]:

@@ -16,6 +16,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -68,8 +69,9 @@ def _frame(key: bytes, obj: Any) -> bytes:
 
 
 class RPCServer:
-    def __init__(self, host: str, port: int, encrypt: str) -> None:
+    def __init__(self, host: str, port: int, encrypt: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self._host, self._port = host, port
+        self._ssl = ssl_context
         self._key = _key(encrypt)
         self._handlers: dict[str, Handler] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -79,7 +81,8 @@ class RPCServer:
         self._handlers[method] = handler
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._serve, self._host, self._port)
+        self._server = await asyncio.start_server(self._serve, self._host, self._port, ssl=self._ssl,
+                                                  ssl_handshake_timeout=5 if self._ssl else None)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -189,8 +192,9 @@ class _Connection:
 class RPCClient:
     """Calls methods on servers over one multiplexed connection per address."""
 
-    def __init__(self, encrypt: str, timeout: float = 5.0) -> None:
+    def __init__(self, encrypt: str, timeout: float = 5.0, ssl_context: ssl.SSLContext | None = None) -> None:
         self._key = _key(encrypt)
+        self._ssl = ssl_context
         self._timeout = timeout
         self._conns: dict[str, _Connection] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
@@ -203,7 +207,7 @@ class RPCClient:
                 response = await conn.call(method, args or {})
         except TimeoutError:
             raise RPCError(f"rpc {method} to {address}: timed out") from None
-        except (OSError, asyncio.IncompleteReadError) as exc:
+        except (OSError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             self._drop(address)
             raise RPCError(f"rpc {method} to {address}: {exc.__class__.__name__}: {exc}") from None
         if not isinstance(response, dict):
@@ -224,7 +228,7 @@ class RPCClient:
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit():
                 raise RPCError(f"invalid server address {address!r} (expected HOST:PORT)")
-            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port))
+            reader, writer = await asyncio.open_connection(host.strip("[]"), int(port), ssl=self._ssl)
             conn = _Connection(reader, writer, self._key)
             self._conns[address] = conn
             return conn

@@ -35,6 +35,7 @@ from .queries import QUERIES
 from .raft import MembershipError, NoLeader, Raft, RaftConfig
 from .rpc import RPCClient, RPCError, RPCServer
 from .tasks import cancel_all
+from .tls import rpc_contexts
 from .watch import WatchHub
 
 __all__ = ["ServerRole", "ReadOptions", "ReadResult", "CLIENT_WRITABLE"]
@@ -75,8 +76,9 @@ class ServerRole:
         self.node_id = node_id
         self.hub = hub
         self.fsm = FSM()
-        self.rpc = RPCServer(cfg.bind_addr, cfg.server_port, cfg.encrypt)
-        self.client = RPCClient(cfg.encrypt)
+        server_tls, client_tls = rpc_contexts(cfg)
+        self.rpc = RPCServer(cfg.bind_addr, cfg.server_port, cfg.encrypt, server_tls)
+        self.client = RPCClient(cfg.encrypt, ssl_context=client_tls)
         self.raft: Raft | None = None
         self._on_change = hub.notify
         self._last_seen: dict[str, float] = {}
