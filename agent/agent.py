@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from mesh.catalog.commands import MessageType, encode
-from mesh.catalog.errors import InvalidRequest, MeshError
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 from mesh.catalog.structs import Check, Node, Service
 from mesh.dns.answer import AnswerPolicy
 from mesh.dns.server import DNSServer
@@ -28,6 +28,7 @@ from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
 from .config import AgentConfig, reload_config
 from .dns_view import CatalogDNSView
 from .http.app import build_app
+from .intentions_cache import IntentionCache
 from .local.anti_entropy import AntiEntropy
 from .local.checks import CheckManager
 from .local.definitions import ServiceDefinition, parse_check, parse_service_definition
@@ -103,6 +104,7 @@ class Agent:
         self.local = LocalState(self._node_row(), None if cfg.dev else cfg.data_dir, self._local_changed)
         self.checks = CheckManager(self)
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
+        self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
         self.local_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.dns: DNSServer | None = None
@@ -164,6 +166,7 @@ class Agent:
             await self._start_dns()
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
+        self._tasks.append(loop.create_task(self.intentions.run(), name="intentions-cache"))
         if self.pool is not None:
             self._tasks.append(loop.create_task(self._refresh_servers_loop(), name="server-refresh"))
         log.info("agent_started", node=cfg.node_name, node_id=self.node_id, datacenter=cfg.datacenter,
@@ -335,6 +338,8 @@ class Agent:
         raw = encode(msg_type, body, uuid.uuid4().bytes)
         result = await self.backend.apply(raw)
         if isinstance(result, dict) and "Error" in result:
+            if result.get("NotFound"):
+                raise NotFound(str(result["Error"]))
             raise InvalidRequest(str(result["Error"]))
         return result
 

@@ -62,6 +62,7 @@ class AgentConfig:
     dns_udp_answer_limit: int = 3
     dns_a_record_limit: int = 0
     recursors: tuple[str, ...] = ()
+    default_intention_policy: str = "allow"
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -118,6 +119,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "alt-domain": ("alt_domain", "str"),
     "dns-max-stale": ("dns_max_stale", "duration"),
     "recursor": ("recursors", "list"),
+    "default-intention-policy": ("default_intention_policy", "str"),
     "ca-file": ("ca_file", "str"),
     "cert-file": ("cert_file", "str"),
     "key-file": ("key_file", "str"),
@@ -438,6 +440,8 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("a client agent needs -retry-join HOST:PORT of a server")
     if cfg.liveness_timeout <= cfg.heartbeat_interval:
         raise ConfigError("-liveness-timeout must be longer than -heartbeat-interval")
+    if cfg.default_intention_policy not in ("allow", "deny"):
+        raise ConfigError(f"-default-intention-policy must be allow or deny, got {cfg.default_intention_policy!r}")
     if cfg.raft_snapshot_threshold < 2:
         raise ConfigError("-raft-snapshot-threshold must be at least 2")
     if cfg.raft_snapshot_interval <= 0:

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "render_prometheus", "render_json"]
+__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "INTENTIONS", "render_prometheus", "render_json"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -94,7 +94,17 @@ class _DNS:
                                   registry=REGISTRY)
 
 
+class _Intentions:
+    def __init__(self) -> None:
+        self.decisions = Counter("mesh_intentions_decisions_total", "Authorize decisions by result", ["result"],
+                                 registry=REGISTRY)
+        self.cache_age = Gauge("mesh_intentions_cache_age_seconds", "Seconds since a server last confirmed the agent's intentions",
+                               registry=REGISTRY)
+        self.cached = Gauge("mesh_intentions_cached", "Intentions in the agent's cache", registry=REGISTRY)
+
+
 AGENT = _Agent()
+INTENTIONS = _Intentions()
 DNS = _DNS()
 AE = _AntiEntropy()
 LEADER = _Leader()

@@ -14,6 +14,7 @@ from typing import Any
 from mesh.catalog import health, query
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import compile_filter
+from mesh.catalog.intentions import decide, sort_intentions
 from mesh.catalog.store import Store
 from mesh.catalog.structs import row_to_wire
 
@@ -54,7 +55,59 @@ def _health_state(store: Store, p: Params) -> tuple[int, Any]:
         raise InvalidRequest(f"Invalid check state {p['state']!r}: must be any, passing, warning or critical") from None
 
 
+def _intentions_sorted(store: Store) -> list[Any]:
+    return sort_intentions(store.intentions.values())
+
+
+def _intention_list(store: Store, p: Params) -> tuple[int, Any]:
+    rows = [i.to_api() for i in _intentions_sorted(store)]
+    pred = compile_filter(p.get("filter"))
+    return store.index("intentions"), [r for r in rows if pred is None or pred(r)]
+
+
+def _intention_rows(store: Store, p: Params) -> tuple[int, Any]:
+    """Positional rows for agents' caches (they rebuild Intention objects)."""
+    return store.index("intentions"), [row_to_wire(i) for i in store.intentions.values()]
+
+
+def _intention_get(store: Store, p: Params) -> tuple[int, Any]:
+    row = store.intentions.get(p["id"])
+    return store.index("intentions"), row.to_api() if row else None
+
+
+def _intention_exact(store: Store, p: Params) -> tuple[int, Any]:
+    row = store.intention_by_pair(p["source"], p["destination"])
+    return store.index("intentions"), row.to_api() if row else None
+
+
+def _intention_match(store: Store, p: Params) -> tuple[int, Any]:
+    by = p["by"]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for name in p["names"]:
+        rows = []
+        for i in _intentions_sorted(store):
+            pattern = i.source_name if by == "source" else i.destination_name
+            if pattern == "*" or pattern.lower() == name.lower():
+                rows.append(i.to_api())
+        out[name] = rows
+    return store.index("intentions"), out
+
+
+def _intention_check(store: Store, p: Params) -> tuple[int, Any]:
+    decision = decide(_intentions_sorted(store), p["source"], p["destination"], bool(p.get("default_allow", True)))
+    return store.index("intentions"), {
+        "Allowed": decision.allowed, "Reason": decision.reason,
+        "Intention": decision.intention.to_api() if decision.intention else None,
+    }
+
+
 QUERIES: dict[str, ReadQuery] = {
+    "intentions.list": ReadQuery(lambda p: ["intentions"], _intention_list),
+    "intentions.rows": ReadQuery(lambda p: ["intentions"], _intention_rows),
+    "intentions.get": ReadQuery(lambda p: ["intentions"], _intention_get),
+    "intentions.exact": ReadQuery(lambda p: ["intentions"], _intention_exact),
+    "intentions.match": ReadQuery(lambda p: ["intentions"], _intention_match),
+    "intentions.check": ReadQuery(lambda p: ["intentions"], _intention_check),
     "catalog.nodes": ReadQuery(
         lambda p: ["nodes"], lambda s, p: query.catalog_nodes(s, _meta(p), compile_filter(p.get("filter")))
     ),

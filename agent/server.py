@@ -44,7 +44,8 @@ log = get_logger("server")
 
 READ_CACHE_SIZE = 64
 # the commands an agent may send through Catalog.Apply
-CLIENT_WRITABLE = {MessageType.REGISTER, MessageType.DEREGISTER, MessageType.BARRIER}
+CLIENT_WRITABLE = {MessageType.REGISTER, MessageType.DEREGISTER, MessageType.BARRIER,
+                   MessageType.INTENTION_UPSERT, MessageType.INTENTION_DELETE}
 
 
 @dataclass(frozen=True)

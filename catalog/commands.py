@@ -42,6 +42,8 @@ class MessageType(enum.IntEnum):
     SERVER_UPSERT = 3
     SERVER_REMOVE = 4
     RESTORE = 5
+    INTENTION_UPSERT = 6
+    INTENTION_DELETE = 7
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,9 @@ class Command:
 def _body_to_wire(msg_type: int, body: Any) -> Any:
     if isinstance(body, RegisterRequest | DeregisterRequest):
         return body.to_wire()
+    if msg_type == MessageType.INTENTION_UPSERT:
+        intention, mode = body
+        return [row_to_wire(intention), mode]
     if isinstance(body, ServerInfo):
         return row_to_wire(body)
     return body
@@ -111,6 +116,10 @@ def _body_from_wire(msg_type: int, body: Any) -> Any:
         return DeregisterRequest.from_wire(body)
     if msg_type == MessageType.SERVER_UPSERT:
         return row_from_wire(ServerInfo, body)
+    if msg_type == MessageType.INTENTION_UPSERT:
+        from .intentions import Intention  # the codec stays importable without the module cycle
+
+        return row_from_wire(Intention, body[0]), str(body[1])
     return body
 
 

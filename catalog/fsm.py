@@ -30,6 +30,7 @@ from .commands import (
     decode_batch,
 )
 from .errors import CatalogError, FatalStateError, InvalidRequest
+from .intentions import Intention
 from .store import Store
 from .structs import HEALTH_STATES, Check, Node, ServerInfo, Service, row_from_wire, row_to_wire
 
@@ -52,6 +53,8 @@ class FSM:
             MessageType.SERVER_UPSERT: self._server_upsert,
             MessageType.SERVER_REMOVE: self._server_remove,
             MessageType.RESTORE: self._restore_command,
+            MessageType.INTENTION_UPSERT: self._intention_upsert,
+            MessageType.INTENTION_DELETE: self._intention_delete,
         }
 
     # ---- apply ---------------------------------------------------------------
@@ -150,6 +153,16 @@ class FSM:
         self.store.remove_server(index, str(cmd.body))
         return True
 
+    def _intention_upsert(self, index: int, cmd: Command) -> Any:
+        intention, mode = cmd.body
+        row = self.store.upsert_intention(index, intention, mode)
+        return {"ID": row.id}
+
+    def _intention_delete(self, index: int, cmd: Command) -> Any:
+        if not self.store.delete_intention(index, str(cmd.body)):
+            return {"Error": f"Intention {cmd.body!r} not found", "NotFound": True}
+        return True
+
     def _restore_command(self, index: int, cmd: Command) -> Any:
         """A user's snapshot restore: replace the catalog, keep the Raft bookkeeping.
 
@@ -187,6 +200,8 @@ class FSM:
                 out.write(packer.pack(("c", row_to_wire(check))))
         for server in store.servers.values():
             out.write(packer.pack(("v", row_to_wire(server))))
+        for intention in store.intentions.values():
+            out.write(packer.pack(("i", row_to_wire(intention))))
         for key, (index, result) in dedupe.items():
             out.write(packer.pack(("d", (key, index, result))))
         out.write(packer.pack(("end", None)))
@@ -227,6 +242,9 @@ class FSM:
                 elif kind == "v":
                     server = row_from_wire(ServerInfo, values)
                     store.servers[server.raft_address] = server
+                elif kind == "i":
+                    intention = row_from_wire(Intention, values)
+                    store.intentions[intention.id] = intention
                 elif kind == "d":
                     key_, index, result = values
                     fsm.dedupe[bytes(key_)] = (index, result)

@@ -15,6 +15,7 @@ the case they were registered with.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 from .errors import InvalidRequest
 from .structs import (
@@ -38,6 +39,8 @@ class Store:
         self.checks: dict[str, dict[str, Check]] = {}  # node key -> check id -> row
         self.service_names: dict[str, dict[tuple[str, str], None]] = {}  # name -> instances
         self.servers: dict[str, ServerInfo] = {}  # raft address -> row
+        self.intentions: dict[str, Any] = {}  # ID -> catalog.intentions.Intention
+        self._pairs: dict[tuple[str, str], str] = {}  # (source, destination) lower-cased -> ID
         self.indexes: dict[str, int] = {}
         self.touched: set[str] = set()
 
@@ -222,6 +225,55 @@ class Store:
         if self.servers.pop(raft_address, None) is not None:
             self._touch(index, "servers")
 
+    def upsert_intention(self, index: int, intention: Any, mode: str) -> Any:
+        """mode: `create` (the pair must be new), `update` (by ID), `upsert` (by pair).
+        Returns the stored row; raises InvalidRequest for conflicts."""
+        pair = (intention.source_name.lower(), intention.destination_name.lower())
+        by_pair = self.intentions.get(self._intention_pairs().get(pair, ""))
+        existing = self.intentions.get(intention.id) if intention.id else None
+        if mode == "create":
+            if by_pair is not None:
+                raise InvalidRequest(f"duplicate intention found: {by_pair.label()}")
+            if existing is not None:
+                raise InvalidRequest(f"intention with ID {intention.id!r} already exists")
+        elif mode == "update":
+            if existing is None:
+                raise InvalidRequest(f"Cannot modify non-existent intention: {intention.id!r}")
+            if by_pair is not None and by_pair.id != intention.id:
+                raise InvalidRequest(f"duplicate intention found: {by_pair.label()}")
+        else:  # upsert by pair
+            existing = by_pair
+            if existing is not None:
+                intention = evolve(intention, id=existing.id)
+        if existing is not None:
+            intention = evolve(intention, created_at=existing.created_at)
+            row = with_index(intention, existing.create_index, index)
+        else:
+            row = with_index(intention, index, index)
+        if existing is not None:
+            self._pairs.pop((existing.source_name.lower(), existing.destination_name.lower()), None)
+        self.intentions[row.id] = row
+        self._pairs[pair] = row.id
+        self._touch(index, "intentions")
+        return row
+
+    def intention_by_pair(self, source: str, destination: str) -> Any:
+        return self.intentions.get(self._intention_pairs().get((source.lower(), destination.lower()), ""))
+
+    def _intention_pairs(self) -> dict[tuple[str, str], str]:
+        """(source, destination) -> ID, rebuilt lazily after a restore or copy."""
+        if len(self._pairs) != len(self.intentions):
+            self._pairs = {(i.source_name.lower(), i.destination_name.lower()): i.id for i in self.intentions.values()}
+        return self._pairs
+
+    def delete_intention(self, index: int, intention_id: str) -> bool:
+        removed = self.intentions.pop(intention_id, None)
+        if removed is None:
+            return False
+        self._pairs.pop((removed.source_name.lower(), removed.destination_name.lower()), None)
+        self._touch(index, "intentions")
+        return True
+
     # ---- whole-state ---------------------------------------------------------
     def copy(self) -> Store:
         """A consistent copy sharing the (immutable) rows: cheap enough for the Raft thread."""
@@ -231,6 +283,7 @@ class Store:
         other.checks = {k: dict(v) for k, v in self.checks.items()}
         other.service_names = {k: dict(v) for k, v in self.service_names.items()}
         other.servers = dict(self.servers)
+        other.intentions = dict(self.intentions)
         other.indexes = dict(self.indexes)
         return other
 
@@ -242,6 +295,7 @@ class Store:
             and {k: v for k, v in self.services.items() if v} == {k: v for k, v in other.services.items() if v}
             and {k: v for k, v in self.checks.items() if v} == {k: v for k, v in other.checks.items() if v}
             and self.servers == other.servers
+            and self.intentions == other.intentions
             and self.indexes == other.indexes
         )
 

@@ -99,6 +99,9 @@ def row_from_wire(cls: type, values: list[Any]) -> Any:
     edited)."""
     spec = _COMPACT.get(cls.__name__)
     if spec is None:
+        if cls.__name__ == "Intention":
+            values = list(values)
+            values[7] = tuple(values[7])
         return cls(*values)
     values = list(values)
     maps, strings, string_tuples = spec

@@ -23,6 +23,7 @@ start() {
     fi
     "$MESH" agent -server -bootstrap-expect 3 -node "$name" -data-dir "$DIR/$name" -bind 127.0.0.1 \
       -encrypt "$key" -http-port "$http" -server-port "$rpc" -raft-port "$raft" -dns-port -1 \
+      -default-intention-policy deny \
       "${joins[@]}" > "$DIR/$name.log" 2>&1 &
     echo $! > "$DIR/$name.pid"
     echo "started $name (pid $!, http 127.0.0.1:$http, log $DIR/$name.log)"
@@ -36,6 +37,7 @@ start() {
     fi
     "$MESH" agent -node "$name" -data-dir "$DIR/$name" -bind 127.0.0.1 -encrypt "$key" -http-port "$http" \
       -dns-port -1 -retry-join 127.0.0.1:8300 -retry-join 127.0.0.1:8310 -retry-join 127.0.0.1:8320 \
+      -default-intention-policy deny \
       "${extra[@]}" > "$DIR/$name.log" 2>&1 &
     echo $! > "$DIR/$name.pid"
     echo "started $name (pid $!, http 127.0.0.1:$http, log $DIR/$name.log)"

@@ -36,6 +36,7 @@ Commands:
   services deregister -id=ID deregister a service from the agent
   reload                     reload the agent's config files (service and check definitions)
   maint -enable|-disable     node (or -service=ID) maintenance mode
+  intention create|get|delete|list|check|match   service-to-service access rules
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
@@ -249,6 +250,90 @@ async def _maint(argv: list[str]) -> int:
     return 0
 
 
+async def _intention(argv: list[str]) -> int:
+    """`mesh intention create|get|delete|list|check|match`."""
+    if not argv or argv[0] not in ("create", "get", "delete", "list", "check", "match"):
+        raise UsageError("usage: mesh intention create|get|delete|list|check|match ...")
+    sub, rest = argv[0], argv[1:]
+    flags, args = _parse(rest, {"allow": "bool", "deny": "bool", "replace": "bool", "file": "bool",
+                                "description": "str", "source": "bool", "destination": "bool"})
+    async with _client(flags) as c:
+        if sub == "create":
+            if flags.get("file"):
+                if len(args) != 1:
+                    raise UsageError("usage: mesh intention create -file FILE")
+                bodies = _intention_files(args)
+            else:
+                if len(args) != 2:
+                    raise UsageError("usage: mesh intention create [-allow|-deny] [-replace] SRC DST")
+                if flags.get("allow") and flags.get("deny"):
+                    raise UsageError("use only one of -allow and -deny")
+                action = "deny" if flags.get("deny") else "allow"
+                bodies = [{"SourceName": args[0], "DestinationName": args[1], "Action": action,
+                           "Description": flags.get("description", "")}]
+            for body in bodies:
+                src, dst = body["SourceName"], body["DestinationName"]
+                if flags.get("replace"):
+                    await c.request("PUT", "/v1/connect/intentions/exact", params={"source": src, "destination": dst},
+                                    body={k: v for k, v in body.items() if k not in ("SourceName", "DestinationName")})
+                else:
+                    await c.request("POST", "/v1/connect/intentions", body=body)
+                print(f"Created: {src} => {dst} ({body.get('Action') or 'L7'})")
+            return 0
+        if sub == "list":
+            rows = [("ID", "Source", "Action", "Destination", "Precedence")]
+            for i in await c.get("/v1/connect/intentions"):
+                rows.append((i["ID"], i["SourceName"], i["Action"] or "L7", i["DestinationName"], str(i["Precedence"])))
+            _table(rows)
+            return 0
+        if sub == "match":
+            if len(args) != 1:
+                raise UsageError("usage: mesh intention match [-source|-destination] NAME")
+            by = "source" if flags.get("source") else "destination"
+            found = await c.get("/v1/connect/intentions/match", by=by, name=args[0])
+            for i in found.get(args[0], []):
+                print(f"{i['SourceName']} => {i['DestinationName']} ({i['Action'] or 'L7'})")
+            return 0
+        if sub == "check":
+            if len(args) != 2:
+                raise UsageError("usage: mesh intention check SRC DST")
+            result = await c.get("/v1/connect/intentions/check", source=args[0], destination=args[1], explain="")
+            print(f"{'Allowed' if result['Allowed'] else 'Denied'}: {result.get('Reason', '')}".rstrip(": "))
+            return 0 if result["Allowed"] else 2
+        # get / delete: SRC DST or ID
+        if len(args) == 2:
+            intention = await c.get("/v1/connect/intentions/exact", source=args[0], destination=args[1])
+        elif len(args) == 1:
+            intention = await c.get(f"/v1/connect/intentions/{args[0]}")
+        else:
+            raise UsageError(f"usage: mesh intention {sub} SRC DST | ID")
+        if sub == "get":
+            for key in ("ID", "SourceName", "DestinationName", "Action", "Description", "Precedence", "CreatedAt",
+                        "UpdatedAt"):
+                print(f"{key + ':':<17}{intention.get(key, '')}")
+            return 0
+        await c.request("DELETE", f"/v1/connect/intentions/{intention['ID']}")
+        print(f"Intention deleted: {intention['SourceName']} => {intention['DestinationName']}")
+        return 0
+
+
+def _intention_files(paths: list[str]) -> list[dict[str, Any]]:
+    from mesh.agent.config import ConfigError, load_file
+
+    out = []
+    for path in paths:
+        try:
+            data = load_file(path)
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
+        items = data.get("intentions") or [data]
+        for item in items if isinstance(items, list) else [items]:
+            if not isinstance(item, dict) or "SourceName" not in item or "DestinationName" not in item:
+                raise UsageError(f"{path}: an intention needs SourceName and DestinationName")
+            out.append(item)
+    return out
+
+
 def _table(rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
@@ -325,6 +410,7 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "services": _services,
     "reload": _reload,
     "maint": _maint,
+    "intention": _intention,
 }
 _SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}
 

@@ -19,7 +19,7 @@ from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 from ..logging import get_logger
 from ..metrics import HTTP
 from ..raft import NoLeader, RaftError
-from . import agent_api, catalog, health, system
+from . import agent_api, catalog, health, intentions, system
 
 __all__ = ["build_app"]
 
@@ -73,4 +73,5 @@ def build_app(agent: Any) -> web.Application:
     app.add_routes(health.routes)
     app.add_routes(system.routes)
     app.add_routes(agent_api.routes)
+    app.add_routes(intentions.routes)
     return app
