@@ -44,6 +44,7 @@ def test_hundred_thousand_entries_with_snapshots_keep_leadership_stable(tmp_path
         cluster.start()
         leader = cluster.wait_leader()
         term = leader.get("/v1/operator/raft/state")["Status"]["raft_term"]
+        changes_before = {a.name: _metric(a, "mesh_raft_leader_changes_total") for a in cluster.agents}
         assert asyncio.run(_fill(cluster.agents)) == ENTRIES
         retry(lambda: len({a.get("/v1/operator/raft/state")["StateHash"] for a in cluster.agents}) == 1,
               30, 0.5, "identical state")
@@ -53,7 +54,8 @@ def test_hundred_thousand_entries_with_snapshots_keep_leadership_stable(tmp_path
             assert sum(float(v) for v in re.findall(
                 r'^mesh_raft_snapshots_total\{result="ok"\} (\S+)$',
                 agent.get("/v1/agent/metrics?format=prometheus").decode(), re.M)) >= 1
-            assert _metric(agent, "mesh_raft_leader_changes_total") <= 1
+            # start-up elections may flip a few times; during the fill nothing may change
+            assert _metric(agent, "mesh_raft_leader_changes_total") == changes_before[agent.name]
         assert sum(len(leader.get(f"/v1/catalog/service/svc-{k}")) for k in range(0, 100, 10)) == ENTRIES // 10
         # a restarted follower comes back from its snapshot plus journal
         follower = next(a for a in cluster.agents if a is not leader)
