@@ -93,12 +93,17 @@ async def _members(argv: list[str]) -> int:
     return 0
 
 
-async def _leave(argv: list[str]) -> int:
+async def _put_and_say(argv: list[str], path: str, message: str) -> int:
+    """Commands that are one PUT to the agent and one line of output."""
     flags, _ = _parse(argv, {})
     async with _client(flags) as c:
-        await c.put("/v1/agent/leave")
-    print("Graceful leave complete")
+        await c.put(path)
+    print(message)
     return 0
+
+
+async def _leave(argv: list[str]) -> int:
+    return await _put_and_say(argv, "/v1/agent/leave", "Graceful leave complete")
 
 
 async def _operator(argv: list[str]) -> int:
@@ -230,11 +235,7 @@ def _definitions(paths: list[str]) -> list[dict[str, Any]]:
 
 
 async def _reload(argv: list[str]) -> int:
-    flags, _ = _parse(argv, {})
-    async with _client(flags) as c:
-        await c.put("/v1/agent/reload")
-    print("Configuration reload triggered")
-    return 0
+    return await _put_and_say(argv, "/v1/agent/reload", "Configuration reload triggered")
 
 
 async def _maint(argv: list[str]) -> int:
