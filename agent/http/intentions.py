@@ -7,13 +7,13 @@ the state machine never reads a clock. Authorize answers from the agent's own ca
 from __future__ import annotations
 
 import datetime
-import re
 import uuid
 from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
 
+from mesh.ca.spiffe import parse_service_id
 from mesh.catalog.commands import MessageType
 from mesh.catalog.errors import InvalidRequest, NotFound
 from mesh.catalog.intentions import parse_intention
@@ -21,12 +21,9 @@ from mesh.catalog.requests import Fields
 
 from .query import json_response, read, read_json, read_response
 
-__all__ = ["routes", "SPIFFE_SERVICE"]
+__all__ = ["routes"]
 
 routes = web.RouteTableDef()
-
-SPIFFE_SERVICE = re.compile(r"^spiffe://[^/]+/ns/([^/]+)/dc/([^/]+)/svc/([^/]+)$")
-
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
@@ -148,8 +145,6 @@ async def authorize(request: web.Request) -> web.Response:
     uri = f.str("ClientCertURI")
     if not uri:
         raise InvalidRequest("ClientCertURI must be specified")
-    m = SPIFFE_SERVICE.match(uri)
-    if m is None:
-        raise InvalidRequest("ClientCertURI not a valid Connect identifier")
-    decision = agent.intentions.decide(m.group(3), target)
+    source = parse_service_id(uri)  # 400 with the reason for anything malformed
+    decision = agent.intentions.decide(source.service, target)
     return json_response(request, {"Authorized": decision.allowed, "Reason": decision.reason})
