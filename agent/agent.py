@@ -29,6 +29,7 @@ from .config import AgentConfig, reload_config
 from .dns_view import CatalogDNSView
 from .http.app import build_app
 from .intentions_cache import IntentionCache
+from .leaf_cache import LeafCache
 from .local.anti_entropy import AntiEntropy
 from .local.checks import CheckManager
 from .local.definitions import ServiceDefinition, parse_check, parse_service_definition
@@ -105,6 +106,7 @@ class Agent:
         self.checks = CheckManager(self)
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
         self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
+        self.leaves = LeafCache(self)
         self.local_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.dns: DNSServer | None = None

@@ -16,7 +16,7 @@ import random
 import ssl
 from typing import Any, Protocol
 
-from mesh.catalog.errors import InvalidRequest, MeshError
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 
 from .logging import get_logger
 from .raft import NoLeader
@@ -59,9 +59,8 @@ class LocalBackend:
     async def members(self) -> list[dict[str, Any]]:
         return await self.server.members()
 
-
-# errors a server returns that are answers, not reasons to try another server
-_ANSWERS = ("Invalid", "Missing", "must", "unknown query", "Must", "conflicts", "not supported")
+    async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.server.sign(args)
 
 
 class ServerPool:
@@ -94,13 +93,14 @@ class ServerPool:
                     return result
                 except RPCError as exc:
                     text = str(exc)
-                    if not text.startswith("rpc "):
-                        # the server answered with an error: that is the answer
-                        if text.startswith(_ANSWERS):
-                            raise InvalidRequest(text) from None
-                        if "No cluster leader" in text:
-                            last = NoLeader(text)
-                            continue
+                    if exc.kind == "invalid":
+                        raise InvalidRequest(text) from None  # the server's answer, not a failure
+                    if exc.kind == "notfound":
+                        raise NotFound(text) from None
+                    if exc.kind == "noleader":
+                        last = NoLeader(text)  # another server may know a leader
+                        continue
+                    if exc.kind == "error":
                         raise MeshError(text) from None
                     last = exc
             self.healthy = False
@@ -153,3 +153,6 @@ class RemoteBackend:
 
     async def members(self) -> list[dict[str, Any]]:
         return list(await self.pool.call("Internal.Members", {}, timeout=5, deadline=5))
+
+    async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        return dict(await self.pool.call("ConnectCA.Sign", args, timeout=15, deadline=15))

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.catalog.errors import MeshError
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 
 from .logging import get_logger
 from .metrics import RPC
@@ -40,7 +40,23 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 
 class RPCError(MeshError):
-    pass
+    """A failed call. `kind` says what the server answered: "invalid" (bad input),
+    "notfound", "noleader", "error" (other server-side failure), or "transport" when
+    the server could not be reached at all (then another server may be tried)."""
+
+    def __init__(self, message: str, kind: str = "transport") -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def _kind(exc: MeshError) -> str:
+    if isinstance(exc, InvalidRequest):
+        return "invalid"
+    if isinstance(exc, NotFound):
+        return "notfound"
+    if type(exc).__name__ == "NoLeader":
+        return "noleader"
+    return "error"
 
 
 def _key(encrypt: str) -> bytes:
@@ -129,7 +145,7 @@ class RPCServer:
                 response = {"r": await handler(request.get("a") or {})}
                 RPC.requests.labels(method, "ok").inc()
             except MeshError as exc:
-                response = {"e": str(exc)}
+                response = {"e": str(exc), "k": _kind(exc)}
                 RPC.requests.labels(method, "error").inc()
         response["s"] = seq
         if writer.is_closing():
@@ -213,7 +229,7 @@ class RPCClient:
         if not isinstance(response, dict):
             raise RPCError(f"rpc {method} to {address}: malformed response")
         if "e" in response:
-            raise RPCError(str(response["e"]))
+            raise RPCError(str(response["e"]), str(response.get("k", "error")))
         return response.get("r")
 
     async def _conn(self, address: str) -> _Connection:

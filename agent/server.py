@@ -15,6 +15,7 @@ to RPC addresses and node names.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import random
 import time
@@ -22,6 +23,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.ca import manager as ca_manager
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, decode
 from mesh.catalog.errors import InvalidRequest, MeshError
 from mesh.catalog.fsm import FSM
@@ -105,6 +107,7 @@ class ServerRole:
             ("Internal.Members", self._rpc_members),
             ("Status.Leader", self._rpc_status_leader),
             ("Operator.Raft", self._rpc_operator_raft),
+            ("ConnectCA.Sign", self._rpc_ca_sign),
         ):
             self.rpc.register(method, handler)
 
@@ -432,6 +435,37 @@ class ServerRole:
         return Check(check_id=liveness.SERF_CHECK_ID, name=liveness.SERF_CHECK_NAME, status=status,
                      output=liveness.ALIVE_OUTPUT if status == PASSING else liveness.DEAD_OUTPUT)
 
+    async def _ensure_ca(self, raft: Raft) -> None:
+        """On first leadership: the cluster's trust domain and first root, through Raft."""
+        with raft.lock:
+            initialized = bool(self.fsm.store.ca)
+        if initialized:
+            return
+        serial = await raft.apply(MessageType.CA_SERIAL)
+        now = datetime.datetime.now(datetime.UTC)
+        state = await asyncio.to_thread(ca_manager.initial_state, now, self.cfg.encrypt, int(serial))
+        result = await raft.apply(MessageType.CA_SET, state)
+        if result is True:
+            log.info("ca_initialized", trust_domain=state["trust_domain"], root=state["active_root_id"])
+
+    async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        """ConnectCA.Sign: a leaf for a service registered on the requesting node."""
+        raft = self._require_raft()
+        service, node, csr = str(args.get("service", "")), str(args.get("node", "")), str(args.get("csr", ""))
+        with raft.lock:
+            store = self.fsm.store
+            state = store.ca
+            owned = any(s.service.lower() == service.lower() for s in store.node_services(node).values())
+        if not owned:
+            raise InvalidRequest(f"service {service!r} is not registered on node {node!r}: cannot sign its identity")
+        serial = await raft.apply(MessageType.CA_SERIAL)
+        now = datetime.datetime.now(datetime.UTC)
+        return await asyncio.to_thread(ca_manager.sign_csr, state, csr, service, self.cfg.datacenter, int(serial),
+                                       now, self.cfg.encrypt)
+
+    async def _rpc_ca_sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.sign(args)
+
     async def _leader_loop(self) -> None:
         """Liveness and reaping, on the leader only; runs once a second."""
         was_leader = False
@@ -442,6 +476,10 @@ class ServerRole:
             if raft is None or not raft.started or not raft.is_leader or not raft.lease_valid():
                 was_leader = False
                 continue
+            try:
+                await self._ensure_ca(raft)
+            except MeshError as exc:
+                log.warning("ca_init_failed", error=str(exc))
             now = time.monotonic()
             with raft.lock:
                 store = self.fsm.store

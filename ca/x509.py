@@ -14,11 +14,14 @@ across the cluster). Profiles follow ../shared/reference/consul.md §4:
 
 from __future__ import annotations
 
+import base64
 import datetime
+import hashlib
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.fernet import Fernet, InvalidToken
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -38,6 +41,10 @@ __all__ = [
     "key_pem",
     "load_cert",
     "verifies",
+    "seal_key",
+    "unseal_key",
+    "fingerprint",
+    "make_csr",
 ]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -149,6 +156,18 @@ def cross_sign(new_root: x509.Certificate, old_key: PrivateKey, old_root: x509.C
     return builder.sign(old_key, _hash(old_key))
 
 
+def make_csr(uri: str, key_type: str = "ec", bits: int = 256) -> tuple[str, str]:
+    """(private key PEM, CSR PEM) for a service identity: the agent keeps the key."""
+    key = generate_key(key_type, bits)
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri.rsplit("/", 1)[-1])]))
+        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
+        .sign(key, _hash(key))
+    )
+    return key_pem(key), csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def serial_hex(serial: int) -> str:
     """Consul's colon-separated hex serial numbers."""
     raw = serial.to_bytes(max(1, (serial.bit_length() + 7) // 8), "big")
@@ -169,6 +188,38 @@ def load_cert(text: str) -> x509.Certificate:
         return x509.load_pem_x509_certificate(text.encode())
     except ValueError:
         raise InvalidRequest("not a PEM certificate") from None
+
+
+def seal_key(key_pem_text: str, secret: str) -> str:
+    """The CA key as stored in the replicated state: encrypted with a key derived from
+    the cluster's -encrypt secret when there is one (Fernet), else as is."""
+    if not secret:
+        return key_pem_text
+    return "sealed:" + _fernet(secret).encrypt(key_pem_text.encode()).decode()
+
+
+def unseal_key(stored: str, secret: str) -> PrivateKey:
+    if stored.startswith("sealed:"):
+        if not secret:
+            raise InvalidRequest("the CA key is sealed with the cluster key: start servers with -encrypt")
+        try:
+            stored = _fernet(secret).decrypt(stored[len("sealed:"):].encode()).decode()
+        except InvalidToken:
+            raise InvalidRequest("the CA key is sealed with a different cluster key") from None
+    key = serialization.load_pem_private_key(stored.encode(), password=None)
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise InvalidRequest("unsupported CA key type")
+    return key
+
+
+def _fernet(secret: str) -> Fernet:
+    digest = hashlib.sha256(b"mesh-ca-key-seal:" + secret.encode()).digest()
+    return Fernet(base64.urlsafe_b64encode(digest))
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    """Consul's root ID: the SHA-1 fingerprint of the DER, colon-hex."""
+    return ":".join(f"{b:02x}" for b in cert.fingerprint(hashes.SHA1()))  # noqa: S303 - an identifier, as Consul's
 
 
 def verifies(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

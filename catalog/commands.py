@@ -44,6 +44,8 @@ class MessageType(enum.IntEnum):
     RESTORE = 5
     INTENTION_UPSERT = 6
     INTENTION_DELETE = 7
+    CA_SET = 8
+    CA_SERIAL = 9
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,8 @@ class FSM:
             MessageType.RESTORE: self._restore_command,
             MessageType.INTENTION_UPSERT: self._intention_upsert,
             MessageType.INTENTION_DELETE: self._intention_delete,
+            MessageType.CA_SET: self._ca_set,
+            MessageType.CA_SERIAL: lambda index, cmd: index,  # the Raft index: a cluster-unique serial
         }
 
     # ---- apply ---------------------------------------------------------------
@@ -163,6 +165,16 @@ class FSM:
             return {"Error": f"Intention {cmd.body!r} not found", "NotFound": True}
         return True
 
+    def _ca_set(self, index: int, cmd: Command) -> Any:
+        state = cmd.body
+        if not isinstance(state, dict) or not state.get("roots") or not state.get("active_root_id"):
+            return {"Error": "CA state needs roots and an active root"}
+        if not any(r.get("ID") == state["active_root_id"] for r in state["roots"]):
+            return {"Error": "the active root is not among the roots"}
+        self.store.ca = dict(state, index=index)
+        self.store.touch_key(index, "ca")
+        return True
+
     def _restore_command(self, index: int, cmd: Command) -> Any:
         """A user's snapshot restore: replace the catalog, keep the Raft bookkeeping.
 
@@ -202,6 +214,8 @@ class FSM:
             out.write(packer.pack(("v", row_to_wire(server))))
         for intention in store.intentions.values():
             out.write(packer.pack(("i", row_to_wire(intention))))
+        if store.ca:
+            out.write(packer.pack(("ca", store.ca)))
         for key, (index, result) in dedupe.items():
             out.write(packer.pack(("d", (key, index, result))))
         out.write(packer.pack(("end", None)))
@@ -245,6 +259,8 @@ class FSM:
                 elif kind == "i":
                     intention = row_from_wire(Intention, values)
                     store.intentions[intention.id] = intention
+                elif kind == "ca":
+                    store.ca = dict(values)
                 elif kind == "d":
                     key_, index, result = values
                     fsm.dedupe[bytes(key_)] = (index, result)

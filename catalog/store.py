@@ -41,6 +41,9 @@ class Store:
         self.servers: dict[str, ServerInfo] = {}  # raft address -> row
         self.intentions: dict[str, Any] = {}  # ID -> catalog.intentions.Intention
         self._pairs: dict[tuple[str, str], str] = {}  # (source, destination) lower-cased -> ID
+        # Connect CA: {"cluster_id", "trust_domain", "active_root_id", "roots": [...], "config": {...}};
+        # plain msgpack-able data, written whole by the leader (catalog/ never builds certificates)
+        self.ca: dict[str, Any] = {}
         self.indexes: dict[str, int] = {}
         self.touched: set[str] = set()
 
@@ -54,6 +57,9 @@ class Store:
             if self.indexes.get(key, 0) < index:
                 self.indexes[key] = index
             self.touched.add(key)
+
+    def touch_key(self, index: int, key: str) -> None:
+        self._touch(index, key)
 
     def drain_touched(self) -> set[str]:
         touched, self.touched = self.touched, set()
@@ -284,6 +290,7 @@ class Store:
         other.service_names = {k: dict(v) for k, v in self.service_names.items()}
         other.servers = dict(self.servers)
         other.intentions = dict(self.intentions)
+        other.ca = self.ca
         other.indexes = dict(self.indexes)
         return other
 
@@ -296,6 +303,7 @@ class Store:
             and {k: v for k, v in self.checks.items() if v} == {k: v for k, v in other.checks.items() if v}
             and self.servers == other.servers
             and self.intentions == other.intentions
+            and self.ca == other.ca
             and self.indexes == other.indexes
         )
 

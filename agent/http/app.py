@@ -19,7 +19,7 @@ from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 from ..logging import get_logger
 from ..metrics import HTTP
 from ..raft import NoLeader, RaftError
-from . import agent_api, catalog, health, intentions, system
+from . import agent_api, catalog, connect_ca, health, intentions, system
 
 __all__ = ["build_app"]
 
@@ -74,4 +74,5 @@ def build_app(agent: Any) -> web.Application:
     app.add_routes(system.routes)
     app.add_routes(agent_api.routes)
     app.add_routes(intentions.routes)
+    app.add_routes(connect_ca.routes)
     return app
