@@ -62,6 +62,9 @@ class LocalBackend:
     async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.server.sign(args)
 
+    async def ca_configure(self, body: Any) -> bool:
+        return await self.server.ca_configure(body)
+
 
 class ServerPool:
     def __init__(self, seeds: list[str], encrypt: str, rng: random.Random | None = None,
@@ -156,3 +159,6 @@ class RemoteBackend:
 
     async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
         return dict(await self.pool.call("ConnectCA.Sign", args, timeout=15, deadline=15))
+
+    async def ca_configure(self, body: Any) -> bool:
+        return bool(await self.pool.call("ConnectCA.Configure", {"body": body}, timeout=30, deadline=30))

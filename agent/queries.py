@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.ca.manager import roots_api
+from mesh.ca.manager import config_api, roots_api
 from mesh.catalog import health, query
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import compile_filter
@@ -104,6 +104,7 @@ def _intention_check(store: Store, p: Params) -> tuple[int, Any]:
 
 QUERIES: dict[str, ReadQuery] = {
     "ca.roots": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), roots_api(s.ca, s.index("ca")))),
+    "ca.config": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), config_api(s.ca))),
     "intentions.list": ReadQuery(lambda p: ["intentions"], _intention_list),
     "intentions.rows": ReadQuery(lambda p: ["intentions"], _intention_rows),
     "intentions.get": ReadQuery(lambda p: ["intentions"], _intention_get),

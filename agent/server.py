@@ -108,6 +108,7 @@ class ServerRole:
             ("Status.Leader", self._rpc_status_leader),
             ("Operator.Raft", self._rpc_operator_raft),
             ("ConnectCA.Sign", self._rpc_ca_sign),
+            ("ConnectCA.Configure", self._rpc_ca_configure),
         ):
             self.rpc.register(method, handler)
 
@@ -465,6 +466,33 @@ class ServerRole:
 
     async def _rpc_ca_sign(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.sign(args)
+
+    async def ca_configure(self, body: Any) -> bool:
+        """PUT /v1/connect/ca/configuration. A new key type, size or root lifetime
+        rotates the root (cross-signed by the old one); other changes apply as they are.
+        Bad input changes nothing."""
+        raft = self._require_raft()
+        config = ca_manager.validate_config(body)
+        with raft.lock:
+            state = self.fsm.store.ca
+        if not state:
+            raise NoLeader("the CA is not initialized yet")
+        old = state["config"]
+        if any(config[k] != old.get(k) for k in ("PrivateKeyType", "PrivateKeyBits", "RootCertTTL")) or \
+                bool(body.get("ForceRotation")):
+            serial = await raft.apply(MessageType.CA_SERIAL)
+            now = datetime.datetime.now(datetime.UTC)
+            new_state = await asyncio.to_thread(ca_manager.rotate, state, config, now, self.cfg.encrypt, int(serial))
+            log.info("ca_root_rotated", old=state["active_root_id"], new=new_state["active_root_id"])
+        else:
+            new_state = dict(state, config=config)
+        result = await raft.apply(MessageType.CA_SET, new_state)
+        if result is not True:
+            raise InvalidRequest(str(result.get("Error") if isinstance(result, dict) else result))
+        return True
+
+    async def _rpc_ca_configure(self, args: dict[str, Any]) -> bool:
+        return await self.ca_configure(args.get("body"))
 
     async def _leader_loop(self) -> None:
         """Liveness and reaping, on the leader only; runs once a second."""

@@ -17,7 +17,8 @@ from mesh.catalog.errors import InvalidRequest
 from . import x509 as certs
 from .spiffe import ServiceID, parse_service_id, trust_domain_for
 
-__all__ = ["DEFAULT_CONFIG", "initial_state", "roots_api", "sign_csr", "RFC3339"]
+__all__ = ["DEFAULT_CONFIG", "initial_state", "roots_api", "sign_csr", "RFC3339", "validate_config", "rotate",
+           "config_api"]
 
 DEFAULT_CONFIG = {"LeafCertTTL": "72h", "RootCertTTL": "87600h", "IntermediateCertTTL": "8760h",
                   "PrivateKeyType": "ec", "PrivateKeyBits": 256}
@@ -26,6 +27,82 @@ RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
 def _hours(text: str) -> datetime.timedelta:
     return datetime.timedelta(hours=float(str(text).rstrip("h")))
+
+
+_CONFIG_KEYS = {"LeafCertTTL", "RootCertTTL", "IntermediateCertTTL", "PrivateKeyType", "PrivateKeyBits",
+                "RotationPeriod", "CSRMaxPerSecond", "CSRMaxConcurrent", "SkipValidate"}
+
+
+def _ttl_hours(config: dict[str, Any], key: str) -> float:
+    from mesh.catalog.durations import parse_duration
+
+    return parse_duration(config[key], what=f"Config.{key}") / 3600
+
+
+def validate_config(body: Any) -> dict[str, Any]:
+    """PUT /v1/connect/ca/configuration: {Provider, Config}; the built-in provider only.
+    Returns the full config (defaults filled in) or raises InvalidRequest with the reason."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("body must be a JSON object")
+    provider = body.get("Provider", "consul")
+    if provider != "consul":
+        raise InvalidRequest(f"unsupported CA provider {provider!r} (only the built-in \"consul\" provider)")
+    raw = body.get("Config") or {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest("Config must be an object")
+    unknown = set(raw) - _CONFIG_KEYS
+    if unknown:
+        raise InvalidRequest(f"unknown CA config keys: {', '.join(sorted(unknown))}")
+    config = {**DEFAULT_CONFIG, **raw}
+    key_type, bits = str(config["PrivateKeyType"]), config["PrivateKeyBits"]
+    if not isinstance(bits, int) or (key_type, bits) not in certs.KEY_TYPES:
+        raise InvalidRequest(f"unsupported PrivateKeyType/PrivateKeyBits: {key_type} {bits} "
+                             "(ec 256/384, rsa 2048/4096)")
+    leaf, root, intermediate = (_ttl_hours(config, k) for k in ("LeafCertTTL", "RootCertTTL", "IntermediateCertTTL"))
+    if not 1 / 3600 * 10 <= leaf <= 8760:
+        raise InvalidRequest("Config.LeafCertTTL must be between 10s and 8760h")
+    if intermediate < 3 * leaf:
+        raise InvalidRequest("Config.IntermediateCertTTL must be at least 3 times LeafCertTTL")
+    if root < intermediate:
+        raise InvalidRequest("Config.RootCertTTL must be at least IntermediateCertTTL")
+    for key in ("LeafCertTTL", "RootCertTTL", "IntermediateCertTTL"):
+        config[key] = f"{_ttl_hours(config, key):g}h"
+    return config
+
+
+def config_api(state: dict[str, Any]) -> dict[str, Any]:
+    index = state.get("index", 0)
+    return {"Provider": "consul", "Config": dict(state.get("config", DEFAULT_CONFIG)), "State": None,
+            "ForceWithoutCrossSigning": False, "CreateIndex": index, "ModifyIndex": index}
+
+
+def rotate(state: dict[str, Any], config: dict[str, Any], now: datetime.datetime, secret: str,
+           serial: int) -> dict[str, Any]:
+    """A new root with the new config, cross-signed by the active one. Both stay
+    trusted (the old one until its leaves can have expired); new leaves chain to the
+    new root through the cross-signed certificate for peers that know only the old."""
+    old = next(r for r in state["roots"] if r["ID"] == state["active_root_id"])
+    old_key = certs.unseal_key(old["SigningKey"], secret)
+    old_cert = certs.load_cert(old["RootCert"])
+    cluster_id = state["cluster_id"]
+    key = certs.generate_key(str(config["PrivateKeyType"]), int(config["PrivateKeyBits"]))
+    root = certs.build_root(key, state["trust_domain"], serial, now, _hours(config["RootCertTTL"]),
+                            common_name=f"pri-{serial}.consul.ca.{cluster_id[:8]}.consul")
+    cross = certs.cross_sign(root, old_key, old_cert, serial, now)
+    root_id = certs.fingerprint(root)
+    new_root = {
+        "ID": root_id, "Name": "Consul CA Root Cert", "SerialNumber": serial,
+        "SigningKeyID": certs.serial_hex(int.from_bytes(root.fingerprint(certs.hashes.SHA256())[:20], "big")),
+        "ExternalTrustDomain": cluster_id,
+        "NotBefore": root.not_valid_before_utc.strftime(RFC3339), "NotAfter": root.not_valid_after_utc.strftime(RFC3339),
+        "RootCert": certs.pem(root), "IntermediateCerts": [certs.pem(cross)],
+        "PrivateKeyType": config["PrivateKeyType"], "PrivateKeyBits": config["PrivateKeyBits"],
+        "SigningKey": certs.seal_key(certs.key_pem(key), secret),
+        "RotatedFrom": old["ID"],
+    }
+    rotated_old = dict(old, RotatedOutAt=now.strftime(RFC3339))
+    others = [r for r in state["roots"] if r["ID"] != old["ID"]]
+    return dict(state, config=config, active_root_id=root_id, roots=[*others, rotated_old, new_root])
 
 
 def initial_state(now: datetime.datetime, secret: str, serial: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -63,7 +140,8 @@ def roots_api(state: dict[str, Any], index: int) -> dict[str, Any]:
     roots = []
     for root in state.get("roots", []):
         row = {k: v for k, v in root.items() if k != "SigningKey"}
-        row.update(Active=root["ID"] == state.get("active_root_id"), RotatedOutAt="0001-01-01T00:00:00Z",
+        row.update(Active=root["ID"] == state.get("active_root_id"),
+                   RotatedOutAt=root.get("RotatedOutAt", "0001-01-01T00:00:00Z"),
                    CreateIndex=state.get("index", index), ModifyIndex=state.get("index", index))
         roots.append(row)
     return {"ActiveRootID": state.get("active_root_id", ""), "TrustDomain": state.get("trust_domain", ""),
@@ -85,9 +163,10 @@ def sign_csr(state: dict[str, Any], csr_pem: str, service: str, datacenter: str,
     key = certs.unseal_key(root["SigningKey"], secret)
     root_cert = certs.load_cert(root["RootCert"])
     leaf = certs.sign_leaf(csr, uri, key, root_cert, serial, now, _hours(state["config"]["LeafCertTTL"]))
+    chain = "".join(root.get("IntermediateCerts") or [])
     return {
         "SerialNumber": certs.serial_hex(serial),
-        "CertPEM": certs.pem(leaf),
+        "CertPEM": certs.pem(leaf) + chain,
         "Service": service,
         "ServiceURI": uri,
         "ValidAfter": leaf.not_valid_before_utc.strftime(RFC3339),

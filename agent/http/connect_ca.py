@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .query import flag, json_response, read, read_response
+from .query import flag, json_response, read, read_json, read_response
 
 __all__ = ["routes"]
 
@@ -27,6 +27,19 @@ async def roots(request: web.Request) -> web.Response:
 @routes.get("/v1/agent/connect/ca/roots")
 async def agent_roots(request: web.Request) -> web.Response:
     return await _roots(request)
+
+
+@routes.get("/v1/connect/ca/configuration")
+async def get_configuration(request: web.Request) -> web.Response:
+    return read_response(request, await read(request, "ca.config"))
+
+
+@routes.put("/v1/connect/ca/configuration")
+async def set_configuration(request: web.Request) -> web.Response:
+    """Validated (400 with the reason, nothing changed); a new key type, size or root
+    lifetime rotates the root with cross-signing."""
+    await request.app["agent"].backend.ca_configure(await read_json(request))
+    return json_response(request, None)
 
 
 @routes.get("/v1/agent/connect/ca/leaf/{service}")

@@ -47,6 +47,28 @@ def test_roots_survive_failover_and_leaves_verify_with_openssl(tmp_path):
         with pytest.raises(Exception) as err:
             client.get("/v1/agent/connect/ca/leaf/not-registered")
         assert getattr(err.value, "status", None) == 400
+        # bad CA config: 400 with the reason, nothing changes
+        with pytest.raises(Exception) as err:
+            client.request("PUT", "/v1/connect/ca/configuration", {"Provider": "consul", "Config": {"PrivateKeyType": "dsa"}})
+        assert getattr(err.value, "status", None) == 400 and "PrivateKeyType" in err.value.body
+        assert survivor.get("/v1/connect/ca/roots")["ActiveRootID"] == root_id
+        # forced rotation: both roots trusted, the old leaf still verifies, new leaves chain to the new root
+        client.request("PUT", "/v1/connect/ca/configuration",
+                       {"Provider": "consul", "Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})
+        after = retry(lambda: (lambda r: r if r["ActiveRootID"] != root_id else None)(
+            client.get("/v1/agent/connect/ca/roots")), 10, 0.1, "rotated")
+        assert len(after["Roots"]) == 2
+        assert client.get("/v1/connect/ca/configuration")["Config"]["PrivateKeyBits"] == 384
+        renewed = retry(lambda: (lambda lf: lf if lf["SerialNumber"] != leaf["SerialNumber"] else None)(
+            client.get("/v1/agent/connect/ca/leaf/web")), 10, 0.1, "leaf re-issued after the root change")
+        if shutil.which("openssl"):
+            pem, _ = client.request("GET", "/v1/agent/connect/ca/roots?pem=true")
+            (tmp_path / "roots2.pem").write_bytes(pem)
+            for name, cert in (("old.pem", leaf["CertPEM"]), ("new.pem", renewed["CertPEM"])):
+                (tmp_path / name).write_text(cert)
+                out = subprocess.run(["openssl", "verify", "-CAfile", str(tmp_path / "roots2.pem"),
+                                      str(tmp_path / name)], capture_output=True, text=True, timeout=10)
+                assert out.returncode == 0, (name, out.stderr)
     except BaseException:
         print(cluster.logs())
         raise

@@ -48,3 +48,35 @@ def test_sign_checks_the_identity(state):
         manager.sign_csr(state, "garbage", "web", "dc1", 45, NOW, "c2VjcmV0")
     with pytest.raises(InvalidRequest, match="different cluster key"):
         manager.sign_csr(state, csr, "web", "dc1", 46, NOW, "b3RoZXI=")
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"Provider": "vault"}, "unsupported CA provider"),
+    ({"Config": {"PrivateKeyType": "dsa"}}, "PrivateKeyType"),
+    ({"Config": {"PrivateKeyType": "rsa", "PrivateKeyBits": 1024}}, "PrivateKeyBits"),
+    ({"Config": {"LeafCertTTL": "9000h"}}, "LeafCertTTL"),
+    ({"Config": {"LeafCertTTL": "soon"}}, "LeafCertTTL"),
+    ({"Config": {"RootCertTTL": "10h"}}, "RootCertTTL"),
+    ({"Config": {"Bogus": 1}}, "unknown CA config keys"),
+    ([], "JSON object"),
+])
+def test_bad_ca_config_is_rejected(body, message):
+    with pytest.raises(InvalidRequest, match=message):
+        manager.validate_config(body)
+
+
+def test_rotation_keeps_old_leaves_valid_and_chains_new_ones(state):
+    web = ServiceID(state["trust_domain"], "default", "dc1", "web").uri()
+    old_leaf = certs.load_cert(manager.sign_csr(state, certs.make_csr(web)[1], "web", "dc1", 50, NOW, "c2VjcmV0")["CertPEM"])
+    config = manager.validate_config({"Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})
+    rotated = manager.rotate(state, config, NOW, "c2VjcmV0", 51)
+    api = manager.roots_api(rotated, 52)
+    assert len(api["Roots"]) == 2 and api["ActiveRootID"] != state["active_root_id"]
+    old_root, new_root = (certs.load_cert(r["RootCert"]) for r in api["Roots"])
+    assert certs.verifies(old_leaf, old_root)  # the old root is still trusted
+    signed = manager.sign_csr(rotated, certs.make_csr(web)[1], "web", "dc1", 53, NOW, "c2VjcmV0")
+    new_leaf = certs.load_cert(signed["CertPEM"])
+    cross = certs.load_cert(api["Roots"][1]["IntermediateCerts"][0])
+    assert certs.verifies(new_leaf, new_root)
+    assert certs.verifies(new_leaf, cross) and certs.verifies(cross, old_root)  # old-root holders accept it too
+    assert signed["CertPEM"].count("BEGIN CERTIFICATE") == 2  # leaf + cross-signed chain
