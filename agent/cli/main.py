@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import datetime
 import gc
+import json
 import os
 import signal
 import sys
@@ -37,6 +39,7 @@ Commands:
   reload                     reload the agent's config files (service and check definitions)
   maint -enable|-disable     node (or -service=ID) maintenance mode
   intention create|get|delete|list|check|match   service-to-service access rules
+  connect ca get-config|set-config|status        the Connect CA
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
@@ -318,6 +321,43 @@ async def _intention(argv: list[str]) -> int:
         return 0
 
 
+async def _connect(argv: list[str]) -> int:
+    """`mesh connect ca get-config | set-config -config-file F | status`."""
+    if len(argv) < 2 or argv[0] != "ca" or argv[1] not in ("get-config", "set-config", "status"):
+        raise UsageError("usage: mesh connect ca get-config | set-config -config-file FILE | status")
+    flags, _ = _parse(argv[2:], {"config-file": "str"})
+    async with _client(flags) as c:
+        if argv[1] == "get-config":
+            print(json.dumps(await c.get("/v1/connect/ca/configuration"), indent=4))
+            return 0
+        if argv[1] == "set-config":
+            path = flags.get("config-file")
+            if not path:
+                raise UsageError("set-config needs -config-file FILE (JSON: {\"Provider\": \"consul\", \"Config\": {...}})")
+            try:
+                with open(path) as f:
+                    body = json.load(f)
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"cannot read {path}: {exc}") from None
+            await c.put("/v1/connect/ca/configuration", body)
+            print("Configuration updated!")
+            return 0
+        roots = await c.get("/v1/agent/connect/ca/roots")
+        now = datetime.datetime.now(datetime.UTC)
+        warn = False
+        print(f"Trust domain: {roots['TrustDomain']}")
+        for root in roots["Roots"]:
+            not_after = datetime.datetime.strptime(root["NotAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+            left = not_after - now
+            state = "active" if root["Active"] else "rotated out"
+            cross = " (cross-signed by the previous root)" if root.get("IntermediateCerts") else ""
+            print(f"Root {root['ID'][:23]}...  {state}{cross}  expires {root['NotAfter']} (in {left.days} days)")
+            if left < datetime.timedelta(hours=24):
+                warn = True
+                print(f"WARNING: root {root['ID'][:23]}... expires within 24h", file=sys.stderr)
+        return 1 if warn else 0
+
+
 def _intention_files(paths: list[str]) -> list[dict[str, Any]]:
     from mesh.agent.config import ConfigError, load_file
 
@@ -412,6 +452,7 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "reload": _reload,
     "maint": _maint,
     "intention": _intention,
+    "connect": _connect,
 }
 _SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}
 

@@ -74,3 +74,24 @@ def test_keygen_and_version():
     out = mesh("keygen")
     assert out.returncode == 0 and len(base64.b64decode(out.stdout.strip())) == 32
     assert mesh("version").stdout.startswith("mesh v")
+
+
+def test_connect_ca_commands(dev, tmp_path):
+    import json as _json
+
+    from tests.harness.cluster import retry
+
+    retry(lambda: dev.get("/v1/connect/ca/roots")["Roots"], 10, 0.1, "CA initialized")
+    status = mesh("connect", "ca", "status", "-http-addr", dev.http)
+    assert status.returncode == 0 and "active" in status.stdout and "Trust domain:" in status.stdout
+    config = _json.loads(mesh("connect", "ca", "get-config", "-http-addr", dev.http).stdout)
+    assert config["Provider"] == "consul" and config["Config"]["LeafCertTTL"] == "72h"
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"Provider": "consul", "Config": {"LeafCertTTL": "9999h"}}')
+    out = mesh("connect", "ca", "set-config", "-http-addr", dev.http, "-config-file", str(bad))
+    assert out.returncode == 1 and "LeafCertTTL" in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    good = tmp_path / "good.json"
+    good.write_text('{"Provider": "consul", "Config": {"LeafCertTTL": "24h"}}')
+    out = mesh("connect", "ca", "set-config", "-http-addr", dev.http, "-config-file", str(good))
+    assert out.returncode == 0 and "Configuration updated!" in out.stdout
+    assert dev.get("/v1/connect/ca/configuration")["Config"]["LeafCertTTL"] == "24h"
