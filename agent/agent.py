@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import os
 import random
 import socket
@@ -36,8 +37,8 @@ from .local.definitions import ServiceDefinition, parse_check, parse_service_def
 from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
-from .metrics import AGENT, DNS
-from .server import ServerRole
+from .metrics import AGENT, CA, DNS
+from .server import ReadOptions, ServerRole
 from .tasks import cancel_all
 from .tls import rpc_contexts
 from .watch import WatchHub
@@ -169,6 +170,7 @@ class Agent:
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(loop.create_task(self.intentions.run(), name="intentions-cache"))
+        self._tasks.append(loop.create_task(self._ca_metrics_loop(), name="ca-metrics"))
         if self.pool is not None:
             self._tasks.append(loop.create_task(self._refresh_servers_loop(), name="server-refresh"))
         log.info("agent_started", node=cfg.node_name, node_id=self.node_id, datacenter=cfg.datacenter,
@@ -201,6 +203,24 @@ class Agent:
         except OSError as exc:
             raise StartupError(f"cannot bind the DNS port {cfg.client_addr}:{cfg.dns_port}: {exc.strerror}") from None
         self._tasks.append(asyncio.get_running_loop().create_task(self._dns_metrics_loop(), name="dns-metrics"))
+
+    async def _ca_metrics_loop(self) -> None:
+        """Seconds until every trusted root and every cached leaf expires: the numbers
+        that warn before a certificate outage."""
+        while True:
+            CA.checks.inc()
+            now = datetime.datetime.now(datetime.UTC)
+            roots: dict[str, Any] = {}
+            try:
+                roots = (await self.backend.read("ca.roots", {}, ReadOptions(stale=True))).value
+                for root in roots.get("Roots", []):
+                    after = datetime.datetime.strptime(root["NotAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+                    CA.root_expiry.labels(root["ID"]).set((after - now).total_seconds())
+            except MeshError as exc:
+                log.debug("ca_metrics_failed", error=str(exc))
+            for service, seconds in self.leaves.expiries(now).items():
+                CA.leaf_expiry.labels(service).set(seconds)
+            await asyncio.sleep(30 if roots.get("Roots") else 2)  # soon after start, until the CA exists
 
     async def _dns_metrics_loop(self) -> None:
         """Cache hits are counted as plain integers on the hot path and published here."""

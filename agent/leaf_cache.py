@@ -19,6 +19,7 @@ from mesh.ca.manager import RFC3339
 from mesh.ca.spiffe import ServiceID
 from mesh.catalog.errors import MeshError
 
+from .metrics import CA
 from .server import ReadOptions
 
 __all__ = ["LeafCache"]
@@ -37,6 +38,14 @@ class LeafCache:
         self._rng = rng or random.Random()
         self._leaves: dict[str, _Leaf] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def expiries(self, now: datetime.datetime) -> dict[str, float]:
+        """Seconds until each cached leaf expires (negative once expired)."""
+        out = {}
+        for service, leaf in self._leaves.items():
+            before = datetime.datetime.strptime(leaf.body["ValidBefore"], RFC3339).replace(tzinfo=datetime.UTC)
+            out[service] = (before - now).total_seconds()
+        return out
 
     async def _roots(self) -> dict[str, Any]:
         result = await self._agent.backend.read("ca.roots", {}, ReadOptions(stale=True))
@@ -59,6 +68,7 @@ class LeafCache:
                 return cached.body
             leaf = await self._issue(service, roots)
             self._leaves[service] = leaf
+            CA.leaf_expiry.labels(service).set(self.expiries(now)[service])
             return leaf.body
 
     async def _issue(self, service: str, roots: dict[str, Any]) -> _Leaf:

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "INTENTIONS", "render_prometheus", "render_json"]
+__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "INTENTIONS", "CA", "render_prometheus", "render_json"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -103,7 +103,21 @@ class _Intentions:
         self.cached = Gauge("mesh_intentions_cached", "Intentions in the agent's cache", registry=REGISTRY)
 
 
+class _CA:
+    def __init__(self) -> None:
+        self.root_expiry = Gauge("mesh_ca_root_expiry_seconds", "Seconds until each trusted root expires", ["root"],
+                                 registry=REGISTRY)
+        self.leaf_expiry = Gauge("mesh_ca_leaf_expiry_seconds", "Seconds until each cached leaf expires", ["service"],
+                                 registry=REGISTRY)
+        self.sign_seconds = Histogram("mesh_ca_sign_seconds", "Time for a server to sign a leaf (serial included)",
+                                      registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+        self.sign_errors = Counter("mesh_ca_sign_errors_total", "Leaf signing requests refused or failed", registry=REGISTRY)
+        self.rotations = Counter("mesh_ca_rotations_total", "Root rotations this server carried out", registry=REGISTRY)
+        self.checks = Counter("mesh_ca_metrics_runs_total", "CA expiry metric refreshes", registry=REGISTRY)
+
+
 AGENT = _Agent()
+CA = _CA()
 INTENTIONS = _Intentions()
 DNS = _DNS()
 AE = _AntiEntropy()

@@ -32,7 +32,7 @@ from mesh.catalog.structs import CRITICAL, PASSING, Check, Node, ServerInfo
 from . import liveness
 from .config import AgentConfig
 from .logging import get_logger
-from .metrics import LEADER, RPC
+from .metrics import CA, LEADER, RPC
 from .queries import QUERIES
 from .raft import MembershipError, NoLeader, Raft, RaftConfig
 from .rpc import RPCClient, RPCError, RPCServer
@@ -458,11 +458,19 @@ class ServerRole:
             state = store.ca
             owned = any(s.service.lower() == service.lower() for s in store.node_services(node).values())
         if not owned:
+            CA.sign_errors.inc()
             raise InvalidRequest(f"service {service!r} is not registered on node {node!r}: cannot sign its identity")
-        serial = await raft.apply(MessageType.CA_SERIAL)
-        now = datetime.datetime.now(datetime.UTC)
-        return await asyncio.to_thread(ca_manager.sign_csr, state, csr, service, self.cfg.datacenter, int(serial),
-                                       now, self.cfg.encrypt)
+        started = time.perf_counter()
+        try:
+            serial = await raft.apply(MessageType.CA_SERIAL)
+            now = datetime.datetime.now(datetime.UTC)
+            signed = await asyncio.to_thread(ca_manager.sign_csr, state, csr, service, self.cfg.datacenter,
+                                             int(serial), now, self.cfg.encrypt)
+        except MeshError:
+            CA.sign_errors.inc()
+            raise
+        CA.sign_seconds.observe(time.perf_counter() - started)
+        return signed
 
     async def _rpc_ca_sign(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.sign(args)
@@ -483,6 +491,7 @@ class ServerRole:
             serial = await raft.apply(MessageType.CA_SERIAL)
             now = datetime.datetime.now(datetime.UTC)
             new_state = await asyncio.to_thread(ca_manager.rotate, state, config, now, self.cfg.encrypt, int(serial))
+            CA.rotations.inc()
             log.info("ca_root_rotated", old=state["active_root_id"], new=new_state["active_root_id"])
         else:
             new_state = dict(state, config=config)

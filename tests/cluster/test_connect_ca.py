@@ -34,6 +34,9 @@ def test_roots_survive_failover_and_leaves_verify_with_openssl(tmp_path):
         assert "PRIVATE KEY" in leaf["PrivateKeyPEM"]
         again = client.get("/v1/agent/connect/ca/leaf/web")
         assert again["SerialNumber"] == leaf["SerialNumber"]  # served from the agent's cache
+        metrics = retry(lambda: (lambda t: t if "mesh_ca_leaf_expiry_seconds{service=\"web\"}" in t else None)(
+            client.get("/v1/agent/metrics?format=prometheus").decode()), 40, 0.5, "CA expiry metrics")
+        assert "mesh_ca_root_expiry_seconds{root=" in metrics
         if shutil.which("openssl"):
             (tmp_path / "leaf.pem").write_text(leaf["CertPEM"])
             pem, _ = client.request("GET", "/v1/agent/connect/ca/roots?pem=true")
