@@ -39,6 +39,21 @@ def _query(request: web.Request, *names: str) -> list[str]:
     return values
 
 
+def _stamped(intention: Any) -> Any:
+    """A new ID and both times, set here so the state machine never reads a clock."""
+    now = _now()
+    return replace(intention, id=str(uuid.uuid4()), created_at=now, updated_at=now)
+
+
+async def _find_exact(request: web.Request) -> Any:
+    """The read of ?source=&destination=, or 404."""
+    source, destination = _query(request, "source", "destination")
+    result = await read(request, "intentions.exact", {"source": source, "destination": destination})
+    if result.value is None:
+        raise NotFound(f"Intention not found: {source} => {destination}")
+    return result
+
+
 async def _write(request: web.Request, intention: Any, mode: str) -> Any:
     return await request.app["agent"].apply(MessageType.INTENTION_UPSERT, (intention, mode))
 
@@ -53,19 +68,13 @@ async def create(request: web.Request) -> web.Response:
     intention = parse_intention(await read_json(request))
     if intention.id:
         raise InvalidRequest("ID must be empty when creating a new intention")
-    now = _now()
-    intention = replace(intention, id=str(uuid.uuid4()), created_at=now, updated_at=now)
-    result = await _write(request, intention, "create")
+    result = await _write(request, _stamped(intention), "create")
     return json_response(request, {"ID": result["ID"]})
 
 
 @routes.get("/v1/connect/intentions/exact")
 async def get_exact(request: web.Request) -> web.Response:
-    source, destination = _query(request, "source", "destination")
-    result = await read(request, "intentions.exact", {"source": source, "destination": destination})
-    if result.value is None:
-        raise NotFound(f"Intention not found: {source} => {destination}")
-    return read_response(request, result)
+    return read_response(request, await _find_exact(request))
 
 
 @routes.put("/v1/connect/intentions/exact")
@@ -73,18 +82,13 @@ async def put_exact(request: web.Request) -> web.Response:
     source, destination = _query(request, "source", "destination")
     body = await read_json(request)
     intention = parse_intention(body, source=source, destination=destination)
-    now = _now()
-    intention = replace(intention, id=str(uuid.uuid4()), created_at=now, updated_at=now)
-    await _write(request, intention, "upsert")
+    await _write(request, _stamped(intention), "upsert")
     return json_response(request, True)
 
 
 @routes.delete("/v1/connect/intentions/exact")
 async def delete_exact(request: web.Request) -> web.Response:
-    source, destination = _query(request, "source", "destination")
-    found = await read(request, "intentions.exact", {"source": source, "destination": destination})
-    if found.value is None:
-        raise NotFound(f"Intention not found: {source} => {destination}")
+    found = await _find_exact(request)
     await request.app["agent"].apply(MessageType.INTENTION_DELETE, found.value["ID"])
     return json_response(request, True)
 

@@ -70,11 +70,8 @@ service {{
 ''')
     try:
         cluster.start()
-        c1 = cluster.add_client("c1", ["-config-file", str(config), "-ae-interval", "2s"])
-        c2 = cluster.add_client("c2", ["-ae-interval", "2s"])
-        c1.start()
-        c2.start()
-        retry(lambda: c1.get("/v1/agent/self") and c2.get("/v1/agent/self"), 15, 0.1, "client agents up")
+        cluster.start_client("c1", ["-config-file", str(config), "-ae-interval", "2s"])
+        cluster.start_client("c2", ["-ae-interval", "2s"])
         yield cluster
     finally:
         rep = getattr(request.node, "rep_call", None)

@@ -22,9 +22,7 @@ def mesh(tmp_path_factory):
     cluster = Cluster(tmp_path_factory.mktemp("compat"), 3)
     try:
         cluster.start()
-        client = cluster.add_client("app-1", ["-ae-interval", "2s"])
-        client.start()
-        retry(lambda: client.get("/v1/agent/self"), 15, 0.1)
+        cluster.start_client("app-1", ["-ae-interval", "2s"])
         yield cluster
     finally:
         cluster.stop()

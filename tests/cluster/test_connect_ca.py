@@ -24,9 +24,7 @@ def test_roots_survive_failover_and_leaves_verify_with_openssl(tmp_path):
         leader.kill()
         survivor = cluster.wait_leader(among=cluster.live())
         assert survivor.get("/v1/connect/ca/roots")["ActiveRootID"] == root_id  # no second root after failover
-        client = cluster.add_client("c1")
-        client.start()
-        retry(lambda: client.get("/v1/agent/self"), 15, 0.1)
+        client = cluster.start_client("c1")
         client.put("/v1/agent/service/register", {"Name": "web", "Port": 8080})
         leaf = retry(lambda: client.get("/v1/agent/connect/ca/leaf/web"), 10, 0.2, "leaf for web")
         trust_domain = survivor.get("/v1/connect/ca/roots")["TrustDomain"]

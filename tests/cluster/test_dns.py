@@ -9,7 +9,7 @@ import time
 import pytest
 from dnslib import QTYPE, RCODE, DNSRecord
 
-from tests.harness.cluster import Cluster, free_port, retry
+from tests.harness.cluster import Cluster, retry
 
 pytestmark = pytest.mark.cluster
 
@@ -27,11 +27,7 @@ def mesh(tmp_path):
     cluster = Cluster(tmp_path, 3)
     try:
         cluster.start()
-        client = cluster.add_client("c1")
-        client.dns_port = free_port()
-        client.args = [a for a in client.args if a not in ("-dns-port", "-1")] + ["-dns-port", str(client.dns_port)]
-        client.start()
-        retry(lambda: client.get("/v1/agent/self"), 15, 0.1)
+        cluster.start_client("c1", dns=True)
         yield cluster
     finally:
         cluster.stop()

@@ -29,9 +29,7 @@ def test_intentions_reach_clients_fast_and_survive_failover_and_restart(tmp_path
     cluster = Cluster(tmp_path, 3, extra_args=["-default-intention-policy", "deny"])
     try:
         cluster.start()
-        client = cluster.add_client("c1", ["-default-intention-policy", "deny"])
-        client.start()
-        retry(lambda: client.get("/v1/agent/self"), 15, 0.1)
+        client = cluster.start_client("c1", ["-default-intention-policy", "deny"])
         assert authorized(client, WEB, "db") is False  # default deny
         out = mesh_cli("intention", "create", "-http-addr", cluster.agents[1].http, "-allow", "web", "db")
         assert out.returncode == 0 and "Created: web => db (allow)" in out.stdout

@@ -59,9 +59,7 @@ def test_cluster_and_client_over_mutual_tls(tmp_path):
     cluster = Cluster(tmp_path / "c", 3, extra_args=tls)
     try:
         cluster.start()
-        client = cluster.add_client("c1", tls)
-        client.start()
-        retry(lambda: client.get("/v1/agent/self"), 15, 0.1, "client agent up")
+        client = cluster.start_client("c1", tls)
         client.put("/v1/agent/service/register", {"Name": "tlsweb", "Port": 443})
         retry(lambda: cluster.agents[0].get("/v1/catalog/service/tlsweb?stale"), 10, 0.1, "registered over TLS")
         server_rpc = cluster.agents[0].rpc

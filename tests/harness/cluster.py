@@ -78,6 +78,7 @@ class Agent:
     log_path: str
     proc: subprocess.Popen[bytes] | None = None
     extra_env: dict[str, str] = field(default_factory=dict)
+    dns_port: int = -1
 
     @property
     def http(self) -> str:
@@ -191,18 +192,26 @@ class Cluster:
         self.agents.append(agent)
         return agent.start()
 
-    def add_client(self, name: str, extra: list[str] | None = None) -> Agent:
-        """A client agent (not started) that joins every server; `extra` flags appended."""
+    def start_client(self, name: str, extra: list[str] | None = None, dns: bool = False) -> Agent:
+        """add_client, started, and answering its HTTP API."""
+        agent = self.add_client(name, extra, dns)
+        agent.start()
+        retry(lambda: agent.get("/v1/agent/self"), 15, 0.1, f"client agent {name} up")
+        return agent
+
+    def add_client(self, name: str, extra: list[str] | None = None, dns: bool = False) -> Agent:
+        """A client agent (not started) that joins every server; `extra` flags appended;
+        with `dns`, a DNS listener on a free port (`agent.dns_port`)."""
         agent = self._make(name)
         agent.server_port = 0
         agent.raft_port = 0
+        agent.dns_port = free_port() if dns else -1
         args = ["-node", name, "-data-dir", agent.data_dir, "-bind", "127.0.0.1", "-http-port", str(agent.http_port),
-                "-dns-port", "-1", "-encrypt", KEY, "-log-level", "debug"]
+                "-dns-port", str(agent.dns_port), "-encrypt", KEY, "-log-level", "debug"]
         for s in self.agents:
             if s.server_port:
                 args += ["-retry-join", s.rpc]
         agent.args = args + (extra or [])
-        agent.dns_port = -1
         self.clients.append(agent)
         return agent
 
