@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import datetime
 import os
 import random
 import socket
@@ -37,8 +36,8 @@ from .local.definitions import ServiceDefinition, parse_check, parse_service_def
 from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
-from .metrics import AGENT, CA, DNS
-from .server import ReadOptions, ServerRole
+from .metrics import AGENT, DNS
+from .server import ServerRole
 from .tasks import cancel_all
 from .tls import rpc_contexts
 from .watch import WatchHub
@@ -103,11 +102,12 @@ class Agent:
             self.backend = RemoteBackend(self.pool)
         self.ports: dict[str, int] = {"http": cfg.http_port, "dns": cfg.dns_port, "server": cfg.server_port,
                                       "raft": cfg.raft_port}
+        self.leaves = LeafCache(self.backend, cfg.datacenter, cfg.node_name, self._owns_service, self._sync_now)
+        self._sync_lock = asyncio.Lock()
         self.local = LocalState(self._node_row(), None if cfg.dev else cfg.data_dir, self._local_changed)
         self.checks = CheckManager(self)
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
         self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
-        self.leaves = LeafCache(self)
         self.local_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.dns: DNSServer | None = None
@@ -128,6 +128,7 @@ class Agent:
 
     def _local_changed(self) -> None:
         self.ae.trigger()
+        self.leaves.forget_unowned()
         self.local_changed.set()
         self.local_changed = asyncio.Event()
         AGENT.services.set(len(self.local.services))
@@ -170,7 +171,7 @@ class Agent:
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(loop.create_task(self.intentions.run(), name="intentions-cache"))
-        self._tasks.append(loop.create_task(self._ca_metrics_loop(), name="ca-metrics"))
+        self._tasks.append(loop.create_task(self.leaves.run(), name="ca-roots-watch"))
         if self.pool is not None:
             self._tasks.append(loop.create_task(self._refresh_servers_loop(), name="server-refresh"))
         log.info("agent_started", node=cfg.node_name, node_id=self.node_id, datacenter=cfg.datacenter,
@@ -204,23 +205,14 @@ class Agent:
             raise StartupError(f"cannot bind the DNS port {cfg.client_addr}:{cfg.dns_port}: {exc.strerror}") from None
         self._tasks.append(asyncio.get_running_loop().create_task(self._dns_metrics_loop(), name="dns-metrics"))
 
-    async def _ca_metrics_loop(self) -> None:
-        """Seconds until every trusted root and every cached leaf expires: the numbers
-        that warn before a certificate outage."""
-        while True:
-            CA.checks.inc()
-            now = datetime.datetime.now(datetime.UTC)
-            roots: dict[str, Any] = {}
-            try:
-                roots = (await self.backend.read("ca.roots", {}, ReadOptions(stale=True))).value
-                for root in roots.get("Roots", []):
-                    after = datetime.datetime.strptime(root["NotAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-                    CA.root_expiry.labels(root["ID"]).set((after - now).total_seconds())
-            except MeshError as exc:
-                log.debug("ca_metrics_failed", error=str(exc))
-            for service, seconds in self.leaves.expiries(now).items():
-                CA.leaf_expiry.labels(service).set(seconds)
-            await asyncio.sleep(30 if roots.get("Roots") else 2)  # soon after start, until the CA exists
+    async def _sync_now(self) -> None:
+        """One anti-entropy pass now; callers arriving during a pass share the next one."""
+        async with self._sync_lock:
+            await self.ae.sync_once()
+
+    def _owns_service(self, name: str) -> bool:
+        """Whether a service of that name is registered on this agent (its leaf renews)."""
+        return any(local.service.service.lower() == name.lower() for local in self.local.services.values())
 
     async def _dns_metrics_loop(self) -> None:
         """Cache hits are counted as plain integers on the hot path and published here."""

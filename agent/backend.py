@@ -70,6 +70,7 @@ class ServerPool:
     def __init__(self, seeds: list[str], encrypt: str, rng: random.Random | None = None,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self._servers = list(dict.fromkeys(seeds))
+        self._seeds = list(self._servers)
         self._client = RPCClient(encrypt, ssl_context=ssl_context)
         self._rng = rng or random.Random()
         self._next = self._rng.randrange(len(self._servers)) if self._servers else 0
@@ -126,7 +127,9 @@ class ServerPool:
         except MeshError:
             return
         if isinstance(servers, list) and servers:
-            known = [s for s in servers if isinstance(s, str)]
+            # the -retry-join addresses stay candidates: one server's partial view
+            # (just restarted, still replaying) must not leave us with none that answer
+            known = list(dict.fromkeys([s for s in servers if isinstance(s, str)] + self._seeds))
             if set(known) != set(self._servers):
                 log.info("servers_updated", servers=known)
                 self._servers = known

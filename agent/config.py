@@ -15,6 +15,7 @@ import socket
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
+from mesh.ca.manager import validate_config
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest, MeshError
 
@@ -63,6 +64,9 @@ class AgentConfig:
     dns_a_record_limit: int = 0
     recursors: tuple[str, ...] = ()
     default_intention_policy: str = "allow"
+    # connect { ca_config { ... } }: the CA's configuration when the cluster first
+    # creates it (API field names); afterwards only the API changes it, as in Consul
+    ca_config: tuple[tuple[str, Any], ...] = ()
     ca_file: str = ""
     cert_file: str = ""
     key_file: str = ""
@@ -146,7 +150,7 @@ _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": 
           "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
-_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl", "connect",
+_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl",
                    "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses",
                    "primary_datacenter", "disable_host_node_id", "limits"}
 # service and check definitions: kept raw here, parsed by agent.local.definitions
@@ -249,6 +253,9 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
         if key == "tls":
             _apply_tls(values, value, path)
             continue
+        if key == "connect":
+            _apply_connect(values, value, path)
+            continue
         if key == "ports":
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: ports must be an object")
@@ -315,6 +322,42 @@ def _apply_tls(values: dict[str, Any], block: Any, path: str) -> None:
     for key in ("ca_file", "cert_file", "key_file"):
         if key in defaults:
             values[key] = _coerce(key, "str", defaults[key], f"{path}: tls.{key}")
+
+
+_CA_CONFIG_KEYS = {"leaf_cert_ttl": "LeafCertTTL", "root_cert_ttl": "RootCertTTL",
+                   "intermediate_cert_ttl": "IntermediateCertTTL", "private_key_type": "PrivateKeyType",
+                   "private_key_bits": "PrivateKeyBits", "rotation_period": "RotationPeriod",
+                   "csr_max_per_second": "CSRMaxPerSecond", "csr_max_concurrent": "CSRMaxConcurrent"}
+
+
+def _one(block: Any) -> Any:
+    """HCL blocks arrive as one-element lists."""
+    return block[0] if isinstance(block, list) and len(block) == 1 else block
+
+
+def _apply_connect(values: dict[str, Any], block: Any, path: str) -> None:
+    """Consul's `connect { enabled, ca_provider, ca_config { leaf_cert_ttl ... } }`.
+    Connect is always on in mesh; the CA config is checked here, so a bad one stops
+    the agent at start rather than the leader later."""
+    block = _one(block)
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: connect must be an object")
+    unknown = set(block) - {"enabled", "ca_provider", "ca_config"}
+    if unknown:
+        raise ConfigError(f"{path}: unknown connect keys: {', '.join(sorted(unknown))}")
+    raw = _one(block.get("ca_config", {}))
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: connect.ca_config must be an object")
+    config = {}
+    for key, value in raw.items():
+        if key not in _CA_CONFIG_KEYS:
+            raise ConfigError(f"{path}: unknown connect.ca_config key {key!r}")
+        config[_CA_CONFIG_KEYS[key]] = value
+    try:
+        validated = validate_config({"Provider": block.get("ca_provider", "consul"), "Config": config})
+    except InvalidRequest as exc:
+        raise ConfigError(f"{path}: connect.ca_config: {exc}") from None
+    values["ca_config"] = tuple(sorted(validated.items()))
 
 
 def _dir_files(path: str) -> list[str]:

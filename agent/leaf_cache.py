@@ -1,9 +1,15 @@
 """The agent's leaf certificates: the key is generated here and never leaves the agent.
 
-A cached leaf is served until its renewal point, a random moment between 60% and 90%
-of its lifetime (spreads renewals out), or until the active root changes; then a new
-key and CSR go to a server for signing. While servers are unreachable the cached leaf
-keeps being served.
+The first request for a service's leaf issues one; from then on a renewer task keeps
+it fresh without being asked: at a random moment between 60% and 90% of the leaf's
+lifetime (spreads the renewals of many services out), and at once when the active
+root changes. Blocking requests (`?index`) wake when the renewer replaces the leaf, so
+a proxy holding one always has the next before the last expires. While servers are
+unreachable the cached leaf keeps being served and the renewer retries. A service
+deregistered from this agent loses its renewer and its cached leaf.
+
+One watch on the roots (a blocking query) tells every renewer about a rotation and
+keeps the roots' expiry metrics current.
 """
 
 from __future__ import annotations
@@ -11,73 +17,266 @@ from __future__ import annotations
 import asyncio
 import datetime
 import random
-from dataclasses import dataclass
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.ca import x509 as certs
-from mesh.ca.manager import RFC3339
+from mesh.ca.manager import parse_time
 from mesh.ca.spiffe import ServiceID
-from mesh.catalog.errors import MeshError
+from mesh.catalog.errors import InvalidRequest, MeshError
 
+from .logging import get_logger
 from .metrics import CA
 from .server import ReadOptions
 
 __all__ = ["LeafCache"]
+
+log = get_logger("ca")
+
+_RETRY_MIN, _RETRY_MAX = 0.5, 10.0
+
+
+def _forget(gauge: Any, label: str) -> None:
+    try:
+        gauge.remove(label)
+    except KeyError:
+        pass
+
+
+def _now() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
 
 
 @dataclass
 class _Leaf:
     body: dict[str, Any]
     root_id: str
+    index: int
+    issued: datetime.datetime
     renew_at: datetime.datetime
+    expires: datetime.datetime
+    last_error: str = ""
+    failures: int = field(default=0)
 
 
 class LeafCache:
-    def __init__(self, agent: Any, rng: random.Random | None = None) -> None:
-        self._agent = agent
+    def __init__(self, backend: Any, datacenter: str, node_name: str, owns: Callable[[str], bool],
+                 sync: Callable[[], Awaitable[Any]], rng: random.Random | None = None) -> None:
+        self._backend = backend
+        self._sync = sync
+        self._datacenter = datacenter
+        self._node_name = node_name
+        self._owns = owns
         self._rng = rng or random.Random()
         self._leaves: dict[str, _Leaf] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._renewers: dict[str, asyncio.Task[None]] = {}
+        self._leaf_changed: dict[str, asyncio.Event] = {}  # set (and dropped) when the service's leaf is replaced
+        self._roots_changed = asyncio.Event()  # set (and replaced) when the roots change
+        self.roots: dict[str, Any] = {}
+        self.roots_index = 0
+        self.roots_error = ""
+        self._published_roots: set[str] = set()
 
+    # ---- reading ---------------------------------------------------------------
     def expiries(self, now: datetime.datetime) -> dict[str, float]:
         """Seconds until each cached leaf expires (negative once expired)."""
-        out = {}
-        for service, leaf in self._leaves.items():
-            before = datetime.datetime.strptime(leaf.body["ValidBefore"], RFC3339).replace(tzinfo=datetime.UTC)
-            out[service] = (before - now).total_seconds()
-        return out
+        return {service: (leaf.expires - now).total_seconds() for service, leaf in self._leaves.items()}
 
-    async def _roots(self) -> dict[str, Any]:
-        result = await self._agent.backend.read("ca.roots", {}, ReadOptions(stale=True))
-        return dict(result.value)
+    def describe(self) -> list[dict[str, Any]]:
+        """The cache as `mesh connect ca status` shows it: no private keys."""
+        return [{
+            "Service": service, "SerialNumber": leaf.body["SerialNumber"], "ServiceURI": leaf.body["ServiceURI"],
+            "ValidAfter": leaf.body["ValidAfter"], "ValidBefore": leaf.body["ValidBefore"],
+            "RenewAt": leaf.renew_at.strftime("%Y-%m-%dT%H:%M:%SZ"), "RootID": leaf.root_id,
+            "ModifyIndex": leaf.index, "LastError": leaf.last_error,
+        } for service, leaf in sorted(self._leaves.items())]
 
-    async def get(self, service: str) -> dict[str, Any]:
-        lock = self._locks.setdefault(service, asyncio.Lock())
-        async with lock:
-            cached = self._leaves.get(service)
-            now = datetime.datetime.now(datetime.UTC)
+    async def get(self, service: str, min_index: int = 0, wait: float = 0.0) -> tuple[dict[str, Any], int]:
+        """(leaf, index). With `min_index`, waits up to `wait` seconds for a leaf newer
+        than that index (a renewal), then answers with the current one."""
+        leaf = self._leaves.get(service)
+        if leaf is None:
+            leaf = await self._first(service)
+        deadline = time.monotonic() + wait
+        while min_index and leaf.index <= min_index and (remaining := deadline - time.monotonic()) > 0:
+            changed = self._leaf_changed.setdefault(service, asyncio.Event())
             try:
-                roots = await self._roots()
-            except MeshError:
-                if cached is not None:
-                    return cached.body  # servers unreachable: the cached leaf still serves
-                raise
-            if not roots.get("ActiveRootID"):
-                raise MeshError("the CA is not initialized yet (no cluster leader?)")
-            if cached is not None and cached.root_id == roots["ActiveRootID"] and now < cached.renew_at:
-                return cached.body
-            leaf = await self._issue(service, roots)
-            self._leaves[service] = leaf
-            CA.leaf_expiry.labels(service).set(self.expiries(now)[service])
-            return leaf.body
+                await asyncio.wait_for(changed.wait(), remaining)
+            except TimeoutError:
+                break
+            leaf = self._leaves.get(service) or leaf
+        return leaf.body, leaf.index
 
+    async def _first(self, service: str) -> _Leaf:
+        lock = self._locks.setdefault(service, asyncio.Lock())
+        try:
+            return await self._first_locked(service, lock)
+        finally:
+            if service not in self._leaves:
+                self._locks.pop(service, None)  # refused names leave nothing behind
+
+    async def _first_locked(self, service: str, lock: asyncio.Lock) -> _Leaf:
+        async with lock:
+            leaf = self._leaves.get(service)
+            if leaf is None:
+                roots = await self._current_roots()
+                try:
+                    leaf = await self._issue(service, roots)
+                except InvalidRequest:
+                    if not self._owns(service):
+                        raise
+                    # registered here a moment ago and not yet in the catalog the
+                    # servers check against: push it now rather than refuse
+                    await self._sync()
+                    leaf = await self._issue(service, roots)
+                await self._store(service, leaf)
+                if service not in self._renewers:
+                    self._renewers[service] = asyncio.get_running_loop().create_task(
+                        self._renew_loop(service), name=f"leaf-renewer-{service}")
+            return leaf
+
+    async def _current_roots(self) -> dict[str, Any]:
+        roots = self.roots
+        if not roots.get("ActiveRootID"):
+            roots = dict((await self._backend.read("ca.roots", {}, ReadOptions(stale=True))).value)
+        if not roots.get("ActiveRootID"):
+            raise MeshError("the CA is not initialized yet (no cluster leader?)")
+        return roots
+
+    def forget_unowned(self) -> None:
+        """A local deregistration: stop renewing leaves of services no longer here."""
+        for service, task in list(self._renewers.items()):
+            if not self._owns(service):
+                log.info("leaf_dropped", service=service, reason="service deregistered")
+                task.cancel()
+                self._drop(service)  # now: a task cancelled before it ran never reaches its finally
+
+    # ---- issuing -----------------------------------------------------------------
     async def _issue(self, service: str, roots: dict[str, Any]) -> _Leaf:
-        cfg = self._agent.cfg
-        uri = ServiceID(roots["TrustDomain"], "default", cfg.datacenter, service).uri()
-        key_pem, csr_pem = await asyncio.to_thread(certs.make_csr, uri)
-        signed = await self._agent.backend.sign({"csr": csr_pem, "service": service, "node": cfg.node_name})
-        after = datetime.datetime.strptime(signed["ValidAfter"], RFC3339).replace(tzinfo=datetime.UTC)
-        before = datetime.datetime.strptime(signed["ValidBefore"], RFC3339).replace(tzinfo=datetime.UTC)
-        renew_at = after + (before - after) * (0.6 + 0.3 * self._rng.random())
-        body = dict(signed, PrivateKeyPEM=key_pem, CreateIndex=0, ModifyIndex=0)
-        return _Leaf(body, roots["ActiveRootID"], renew_at)
+        uri = ServiceID(roots["TrustDomain"], "default", self._datacenter, service).uri()
+        active = next((r for r in roots.get("Roots", []) if r["ID"] == roots["ActiveRootID"]), {})
+        # the leaf's key follows the CA's key type, as Consul's do
+        key_type, bits = str(active.get("PrivateKeyType") or "ec"), int(active.get("PrivateKeyBits") or 256)
+        key_pem, csr_pem = await asyncio.to_thread(certs.make_csr, uri, key_type, bits)
+        signed = await self._backend.sign({"csr": csr_pem, "service": service, "node": self._node_name})
+        # The lifetime counts from now, not from ValidAfter: that is backdated for
+        # clock skew and would pull the renewal point before the leaf is even issued.
+        issued, expires = _now(), parse_time(signed["ValidBefore"])
+        renew_at = issued + (expires - issued) * (0.6 + 0.3 * self._rng.random())
+        index = int(signed.get("ModifyIndex") or 0)
+        body = dict(signed, PrivateKeyPEM=key_pem, CreateIndex=index, ModifyIndex=index)
+        return _Leaf(body, roots["ActiveRootID"], index, issued, renew_at, expires)
+
+    async def _store(self, service: str, leaf: _Leaf) -> None:
+        self._leaves[service] = leaf
+        changed = self._leaf_changed.pop(service, None)
+        if changed is not None:
+            changed.set()  # wakes this service's blocking requests, nobody else's
+        CA.leaf_expiry.labels(service).set((leaf.expires - _now()).total_seconds())
+
+    def _due(self, service: str) -> float:
+        """Seconds until the renewer must act: 0 when the root changed under the leaf."""
+        leaf = self._leaves[service]
+        if self.roots.get("ActiveRootID") and self.roots["ActiveRootID"] != leaf.root_id:
+            return 0.0
+        return max(0.0, (leaf.renew_at - _now()).total_seconds())
+
+    async def _renew_loop(self, service: str) -> None:
+        try:
+            while True:
+                due = self._due(service)
+                if due > 0:
+                    try:
+                        await asyncio.wait_for(self._roots_changed.wait(), due)
+                    except TimeoutError:
+                        pass
+                    continue
+                if not self._owns(service):
+                    log.info("leaf_dropped", service=service, reason="service deregistered")
+                    return
+                await self._renew(service)
+        finally:
+            if self._renewers.get(service) is asyncio.current_task():
+                self._drop(service)  # not if it was dropped already and has a new renewer
+
+    def _drop(self, service: str) -> None:
+        self._renewers.pop(service, None)
+        self._locks.pop(service, None)
+        self._leaves.pop(service, None)
+        _forget(CA.leaf_expiry, service)
+        waiting = self._leaf_changed.pop(service, None)
+        if waiting is not None:
+            waiting.set()
+
+    async def _renew(self, service: str) -> None:
+        old = self._leaves[service]
+        try:
+            leaf = await self._issue(service, await self._current_roots())
+        except InvalidRequest as exc:
+            # the servers refuse (service gone from the catalog, CSR rejected): keep
+            # serving the old leaf; the owner check stops us once it is gone here too
+            self._note_failure(service, old, str(exc))
+        except MeshError as exc:
+            self._note_failure(service, old, str(exc))
+        else:
+            log.debug("leaf_renewed", service=service, serial=leaf.body["SerialNumber"], root=leaf.root_id)
+            CA.leaf_renewals.inc()
+            CA.leaf_renewed_at.observe((_now() - old.issued) / (old.expires - old.issued))
+            await self._store(service, leaf)
+            return
+        backoff = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(old.failures, 6))
+        await asyncio.sleep(backoff * (0.5 + self._rng.random() / 2))
+
+    def _note_failure(self, service: str, leaf: _Leaf, error: str) -> None:
+        leaf.failures += 1
+        leaf.last_error = error
+        CA.leaf_renewal_errors.inc()
+        log.warning("leaf_renewal_failed", service=service, error=error, attempts=leaf.failures,
+                    expires=leaf.body["ValidBefore"])
+
+    # ---- the roots watch -------------------------------------------------------------
+    async def run(self) -> None:
+        """Follow the roots with a blocking query; wake the renewers on a rotation."""
+        backoff = _RETRY_MIN
+        try:
+            while True:
+                try:
+                    result = await self._backend.read(
+                        "ca.roots", {}, ReadOptions(min_index=self.roots_index, wait=60.0, stale=True))
+                except MeshError as exc:
+                    self.roots_error = str(exc)
+                    log.debug("ca_roots_watch_failed", error=str(exc))
+                    await asyncio.sleep(backoff)
+                    backoff = min(backoff * 2, _RETRY_MAX)
+                    continue
+                backoff = _RETRY_MIN
+                self.roots_error = ""
+                await asyncio.sleep(0)  # an in-process backend answers without suspending
+                self.roots_index = max(1, result.index) if result.index >= self.roots_index else 0
+                roots = dict(result.value or {})
+                rotated = roots.get("ActiveRootID") != self.roots.get("ActiveRootID")
+                if rotated and self.roots:
+                    log.info("ca_active_root_changed", root=roots.get("ActiveRootID"), leaves=len(self._leaves))
+                self.roots = roots
+                self._publish_root_metrics()
+                if rotated:
+                    self._roots_changed.set()  # every renewer re-issues its leaf now
+                    self._roots_changed = asyncio.Event()
+        finally:
+            for task in list(self._renewers.values()):
+                task.cancel()
+
+    def _publish_root_metrics(self) -> None:
+        CA.checks.inc()
+        now = _now()
+        current = {root["ID"] for root in self.roots.get("Roots", [])}
+        for pruned in self._published_roots - current:
+            _forget(CA.root_expiry, pruned)
+        self._published_roots = current
+        for root in self.roots.get("Roots", []):
+            CA.root_expiry.labels(root["ID"]).set((parse_time(root["NotAfter"]) - now).total_seconds())
+        for service, seconds in self.expiries(now).items():
+            CA.leaf_expiry.labels(service).set(seconds)

@@ -81,6 +81,7 @@ class _Leader:
     def __init__(self) -> None:
         self.liveness_runs = Counter("mesh_leader_liveness_runs_total", "Leader liveness loop iterations", registry=REGISTRY)
         self.nodes_failed = Counter("mesh_leader_nodes_failed_total", "Nodes marked failed (serfHealth critical)", registry=REGISTRY)
+        self.ca_errors = Counter("mesh_leader_ca_errors_total", "Failed CA maintenance runs (creation, rotation, pruning)", registry=REGISTRY)
 
 
 class _DNS:
@@ -113,7 +114,15 @@ class _CA:
                                       registry=REGISTRY, buckets=_LATENCY_BUCKETS)
         self.sign_errors = Counter("mesh_ca_sign_errors_total", "Leaf signing requests refused or failed", registry=REGISTRY)
         self.rotations = Counter("mesh_ca_rotations_total", "Root rotations this server carried out", registry=REGISTRY)
-        self.checks = Counter("mesh_ca_metrics_runs_total", "CA expiry metric refreshes", registry=REGISTRY)
+        self.leaf_renewals = Counter("mesh_ca_leaf_renewals_total", "Leaves this agent renewed (expiry or root change)",
+                                     registry=REGISTRY)
+        self.leaf_renewed_at = Histogram(
+            "mesh_ca_leaf_renewed_at_fraction", "How far into the old leaf's lifetime its successor arrived "
+            "(due between 0.6 and 0.9; above 0.9 is late)", registry=REGISTRY,
+            buckets=(0.1, 0.6, 0.7, 0.8, 0.9, 0.95, 1.0))
+        self.leaf_renewal_errors = Counter("mesh_ca_leaf_renewal_errors_total",
+                                           "Failed leaf renewals (the cached leaf kept serving)", registry=REGISTRY)
+        self.checks = Counter("mesh_ca_metrics_runs_total", "Roots watch results (CA expiry metrics refreshed)", registry=REGISTRY)
 
 
 AGENT = _Agent()

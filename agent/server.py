@@ -26,7 +26,7 @@ from typing import Any
 from mesh.ca import manager as ca_manager
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, decode
 from mesh.catalog.errors import InvalidRequest, MeshError
-from mesh.catalog.fsm import FSM
+from mesh.catalog.fsm import FSM, SERIALS_PER_ENTRY
 from mesh.catalog.structs import CRITICAL, PASSING, Check, Node, ServerInfo
 
 from . import liveness
@@ -363,7 +363,10 @@ class ServerRole:
         raft = self.raft
         if raft is None or not raft.started:
             return [self.rpc_address]
-        return [self.rpc_address_of(v) for v in raft.voters()]
+        # a server just restarted may not know its peers' RPC addresses yet (the log is
+        # still replaying): name only those it knows, never a Raft address
+        known = [self.rpc_address_of(v) for v in raft.voters()]
+        return list(dict.fromkeys([self.rpc_address, *(a for a in known if a not in raft.voters())]))
 
     # ---- writes from agents -------------------------------------------------------------------
     async def apply_raw(self, raw: bytes) -> Any:
@@ -444,7 +447,8 @@ class ServerRole:
             return
         serial = await raft.apply(MessageType.CA_SERIAL)
         now = datetime.datetime.now(datetime.UTC)
-        state = await asyncio.to_thread(ca_manager.initial_state, now, self.cfg.encrypt, int(serial))
+        state = await asyncio.to_thread(ca_manager.initial_state, now, self.cfg.encrypt, int(serial),
+                                        dict(self.cfg.ca_config) or None)
         result = await raft.apply(MessageType.CA_SET, state)
         if result is True:
             log.info("ca_initialized", trust_domain=state["trust_domain"], root=state["active_root_id"])
@@ -470,7 +474,8 @@ class ServerRole:
             CA.sign_errors.inc()
             raise
         CA.sign_seconds.observe(time.perf_counter() - started)
-        return signed
+        index = int(serial) // SERIALS_PER_ENTRY  # the Raft entry that recorded the serial
+        return dict(signed, CreateIndex=index, ModifyIndex=index)
 
     async def _rpc_ca_sign(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.sign(args)
@@ -488,17 +493,42 @@ class ServerRole:
         old = state["config"]
         if any(config[k] != old.get(k) for k in ("PrivateKeyType", "PrivateKeyBits", "RootCertTTL")) or \
                 bool(body.get("ForceRotation")):
-            serial = await raft.apply(MessageType.CA_SERIAL)
-            now = datetime.datetime.now(datetime.UTC)
-            new_state = await asyncio.to_thread(ca_manager.rotate, state, config, now, self.cfg.encrypt, int(serial))
-            CA.rotations.inc()
-            log.info("ca_root_rotated", old=state["active_root_id"], new=new_state["active_root_id"])
+            await self._ca_rotate(raft, state, config, "configuration changed")
         else:
-            new_state = dict(state, config=config)
-        result = await raft.apply(MessageType.CA_SET, new_state)
+            await self._ca_commit(raft, state, dict(state, config=config))
+        return True
+
+    async def _ca_rotate(self, raft: Raft, state: dict[str, Any], config: dict[str, Any], reason: str) -> None:
+        serial = await raft.apply(MessageType.CA_SERIAL)
+        now = datetime.datetime.now(datetime.UTC)
+        new_state = await asyncio.to_thread(ca_manager.rotate, state, config, now, self.cfg.encrypt, int(serial))
+        await self._ca_commit(raft, state, new_state)
+        CA.rotations.inc()
+        log.info("ca_root_rotated", old=state["active_root_id"], new=new_state["active_root_id"], reason=reason)
+
+    @staticmethod
+    async def _ca_commit(raft: Raft, based_on: dict[str, Any], new_state: dict[str, Any]) -> None:
+        """CA_SET, refused by the FSM if another change landed since `based_on` was read
+        (a configuration change racing the leader's own rotation or pruning)."""
+        result = await raft.apply(MessageType.CA_SET, dict(new_state, cas_index=based_on.get("index", 0)))
         if result is not True:
             raise InvalidRequest(str(result.get("Error") if isinstance(result, dict) else result))
-        return True
+
+    async def _ca_maintenance(self, raft: Raft) -> None:
+        """The leader's CA duties each second: create the CA once, rotate the root well
+        before it expires, prune rotated-out roots once no leaf of theirs can be valid."""
+        await self._ensure_ca(raft)
+        with raft.lock:
+            state = self.fsm.store.ca
+        now = datetime.datetime.now(datetime.UTC)
+        reason = ca_manager.rotation_due(state, now)
+        if reason:
+            await self._ca_rotate(raft, state, state["config"], reason)
+            return
+        pruned = ca_manager.prune(state, now)
+        if pruned is not None:
+            await self._ca_commit(raft, state, pruned)
+            log.info("ca_roots_pruned", removed=sorted({r["ID"] for r in state["roots"]} - {r["ID"] for r in pruned["roots"]}))
 
     async def _rpc_ca_configure(self, args: dict[str, Any]) -> bool:
         return await self.ca_configure(args.get("body"))
@@ -514,9 +544,10 @@ class ServerRole:
                 was_leader = False
                 continue
             try:
-                await self._ensure_ca(raft)
+                await self._ca_maintenance(raft)
             except MeshError as exc:
-                log.warning("ca_init_failed", error=str(exc))
+                LEADER.ca_errors.inc()
+                log.warning("ca_maintenance_failed", error=str(exc))
             now = time.monotonic()
             with raft.lock:
                 store = self.fsm.store

@@ -9,6 +9,7 @@ loop (key generation and signing are CPU work).
 from __future__ import annotations
 
 import datetime
+import functools
 import uuid
 from typing import Any
 
@@ -18,11 +19,21 @@ from . import x509 as certs
 from .spiffe import ServiceID, parse_service_id, trust_domain_for
 
 __all__ = ["DEFAULT_CONFIG", "initial_state", "roots_api", "sign_csr", "RFC3339", "validate_config", "rotate",
-           "config_api"]
+           "config_api", "rotation_due", "prune", "parse_time", "ROTATE_AT"]
 
 DEFAULT_CONFIG = {"LeafCertTTL": "72h", "RootCertTTL": "87600h", "IntermediateCertTTL": "8760h",
                   "PrivateKeyType": "ec", "PrivateKeyBits": 256}
 RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
+# The leader replaces the active root once this much of its lifetime has passed: the
+# rest (at least 3/4 of a leaf lifetime, as RootCertTTL >= 3 x LeafCertTTL) is the
+# time for every agent to fetch the new root and re-issue its leaves.
+ROTATE_AT = 0.75
+# Clock skew allowed for between servers and agents when pruning.
+_PRUNE_SLACK = datetime.timedelta(minutes=1)
+
+
+def parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.strptime(text, RFC3339).replace(tzinfo=datetime.UTC)
 
 
 def _hours(text: str) -> datetime.timedelta:
@@ -100,9 +111,51 @@ def rotate(state: dict[str, Any], config: dict[str, Any], now: datetime.datetime
         "SigningKey": certs.seal_key(certs.key_pem(key), secret),
         "RotatedFrom": old["ID"],
     }
-    rotated_old = dict(old, RotatedOutAt=now.strftime(RFC3339))
+    rotated_old = dict(old, RotatedOutAt=now.strftime(RFC3339),
+                       LeafTTLAtRotation=_hours(state["config"]["LeafCertTTL"]).total_seconds())
     others = [r for r in state["roots"] if r["ID"] != old["ID"]]
     return dict(state, config=config, active_root_id=root_id, roots=[*others, rotated_old, new_root])
+
+
+def rotation_due(state: dict[str, Any], now: datetime.datetime) -> str:
+    """Why the active root must be replaced now ("" if it need not): it has lived
+    ROTATE_AT of its lifetime, or a new leaf would be cut short by its expiry."""
+    active = next((r for r in state.get("roots", []) if r["ID"] == state.get("active_root_id")), None)
+    if active is None:
+        return ""
+    not_before, not_after = parse_time(active["NotBefore"]), parse_time(active["NotAfter"])
+    if now >= not_before + (not_after - not_before) * ROTATE_AT:
+        return f"the active root expires at {active['NotAfter']}"
+    return ""
+
+
+def prune(state: dict[str, Any], now: datetime.datetime) -> dict[str, Any] | None:
+    """The state without rotated-out roots whose leaves have all expired (their
+    rotation time plus the leaf lifetime then, plus clock slack) or that expired
+    themselves; a cross-signed certificate from a pruned root goes with it. None when
+    nothing is due."""
+    def gone(root: dict[str, Any]) -> bool:
+        if root["ID"] == state.get("active_root_id"):
+            return False
+        if parse_time(root["NotAfter"]) <= now:
+            return True
+        if "RotatedOutAt" not in root:
+            return False
+        leaf_ttl = datetime.timedelta(seconds=float(root.get("LeafTTLAtRotation", 0)))
+        leaf_ttl = max(leaf_ttl, _hours(state["config"]["LeafCertTTL"]))
+        return parse_time(root["RotatedOutAt"]) + leaf_ttl + _PRUNE_SLACK <= now
+
+    pruned = {r["ID"] for r in state.get("roots", []) if gone(r)}
+    if not pruned:
+        return None
+    roots = []
+    for root in state["roots"]:
+        if root["ID"] in pruned:
+            continue
+        if root.get("RotatedFrom") in pruned:
+            root = dict(root, IntermediateCerts=None)
+        roots.append(root)
+    return dict(state, roots=roots)
 
 
 def initial_state(now: datetime.datetime, secret: str, serial: int, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -135,17 +188,27 @@ def initial_state(now: datetime.datetime, secret: str, serial: int, config: dict
     }
 
 
+_PRIVATE_ROOT_FIELDS = frozenset({"SigningKey", "LeafTTLAtRotation", "RotatedFrom"})
+
+
 def roots_api(state: dict[str, Any], index: int) -> dict[str, Any]:
     """/v1/connect/ca/roots: every root (clients must trust all), private parts removed."""
     roots = []
     for root in state.get("roots", []):
-        row = {k: v for k, v in root.items() if k != "SigningKey"}
+        row = {k: v for k, v in root.items() if k not in _PRIVATE_ROOT_FIELDS}
         row.update(Active=root["ID"] == state.get("active_root_id"),
                    RotatedOutAt=root.get("RotatedOutAt", "0001-01-01T00:00:00Z"),
                    CreateIndex=state.get("index", index), ModifyIndex=state.get("index", index))
         roots.append(row)
     return {"ActiveRootID": state.get("active_root_id", ""), "TrustDomain": state.get("trust_domain", ""),
             "Roots": roots}
+
+
+@functools.lru_cache(maxsize=8)
+def _signing_material(sealed_key: str, root_pem: str, secret: str) -> tuple[certs.PrivateKey, Any]:
+    """Unsealing and parsing the key costs more than signing a leaf (an RSA key above
+    all); the same root signs every leaf until a rotation."""
+    return certs.unseal_key(sealed_key, secret), certs.load_cert(root_pem)
 
 
 def sign_csr(state: dict[str, Any], csr_pem: str, service: str, datacenter: str, serial: int,
@@ -160,8 +223,7 @@ def sign_csr(state: dict[str, Any], csr_pem: str, service: str, datacenter: str,
     if sid != expected:
         raise InvalidRequest(f"CSR SPIFFE ID {uri!r} does not match the requested service {expected.uri()!r}")
     root = next(r for r in state["roots"] if r["ID"] == state["active_root_id"])
-    key = certs.unseal_key(root["SigningKey"], secret)
-    root_cert = certs.load_cert(root["RootCert"])
+    key, root_cert = _signing_material(root["SigningKey"], root["RootCert"], secret)
     leaf = certs.sign_leaf(csr, uri, key, root_cert, serial, now, _hours(state["config"]["LeafCertTTL"]))
     chain = "".join(root.get("IntermediateCerts") or [])
     return {

@@ -38,6 +38,9 @@ __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
 
 SNAPSHOT_VERSION = 2
 DEDUPE_LIMIT = 16384
+# A Raft entry carries a batch of commands (at most 4096, see agent/raft.py), so a CA
+# serial is the entry's index times this plus the command's place in the batch.
+SERIALS_PER_ENTRY = 1 << 16
 
 
 class FSM:
@@ -56,8 +59,9 @@ class FSM:
             MessageType.INTENTION_UPSERT: self._intention_upsert,
             MessageType.INTENTION_DELETE: self._intention_delete,
             MessageType.CA_SET: self._ca_set,
-            MessageType.CA_SERIAL: lambda index, cmd: index,  # the Raft index: a cluster-unique serial
+            MessageType.CA_SERIAL: lambda index, cmd: index * SERIALS_PER_ENTRY + self._position,
         }
+        self._position = 0  # the command's place in the entry being applied
 
     # ---- apply ---------------------------------------------------------------
     def apply_batch(
@@ -71,14 +75,16 @@ class FSM:
 
         With `clock` and `observe`, reports (command type, seconds) per command for the
         metrics; time never reaches the state."""
-        if clock is None or observe is None:
-            results = [self.apply(index, raw) for raw in decode_batch(payload)]
-        else:
-            results = []
-            for raw in decode_batch(payload):
+        results = []
+        for position, raw in enumerate(decode_batch(payload)):
+            self._position = position
+            if clock is None or observe is None:
+                results.append(self.apply(index, raw))
+            else:
                 started = clock()
                 results.append(self.apply(index, raw))
                 observe(raw[0] & 0x7F if raw else -1, clock() - started)
+        self._position = 0
         self.last_index = max(self.last_index, index)
         return results
 
@@ -171,6 +177,10 @@ class FSM:
             return {"Error": "CA state needs roots and an active root"}
         if not any(r.get("ID") == state["active_root_id"] for r in state["roots"]):
             return {"Error": "the active root is not among the roots"}
+        state = dict(state)
+        expected = state.pop("cas_index", None)
+        if expected is not None and expected != self.store.ca.get("index", 0):
+            return {"Error": "the CA state changed meanwhile; retry"}
         self.store.ca = dict(state, index=index)
         self.store.touch_key(index, "ca")
         return True

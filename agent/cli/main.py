@@ -342,20 +342,62 @@ async def _connect(argv: list[str]) -> int:
             await c.put("/v1/connect/ca/configuration", body)
             print("Configuration updated!")
             return 0
+        return await _ca_status(c)
+
+
+def _left(until: datetime.datetime, now: datetime.datetime) -> str:
+    """"in 3649 days", "in 5h 12m", "EXPIRED 3m ago": whole units a reader can act on."""
+    seconds = int((until - now).total_seconds())
+    span = abs(seconds)
+    text = f"{span // 86400}d" if span >= 86400 else f"{span // 3600}h {span % 3600 // 60}m" if span >= 3600 \
+        else f"{span // 60}m {span % 60}s"
+    return f"in {text}" if seconds > 0 else f"EXPIRED {text} ago"
+
+
+async def _ca_status(c: Client) -> int:
+    """Roots, cross-signing and this agent's cached leaves, read from data only (never
+    a TLS handshake), so it works when certificates have already expired. Exit 1 with
+    a WARNING line on stderr when a root expires within 24h, a leaf has expired, or a
+    leaf is late for renewal and expires within 24h. A leaf merely having less than 24h
+    left is normal (short leaves renew all the time) and is not warned about."""
+    from mesh.ca.manager import parse_time
+
+    now = datetime.datetime.now(datetime.UTC)
+    day = datetime.timedelta(hours=24)
+    warnings: list[str] = []
+    try:
         roots = await c.get("/v1/agent/connect/ca/roots")
-        now = datetime.datetime.now(datetime.UTC)
-        warn = False
-        print(f"Trust domain: {roots['TrustDomain']}")
+    except APIError as exc:
+        if exc.status == 0:
+            raise  # no agent to ask at all
+        roots = None
+        warnings.append(f"roots unavailable: {exc}")
+    if roots is not None:
+        print(f"Trust domain: {roots['TrustDomain'] or '(the CA is not initialized yet)'}")
         for root in roots["Roots"]:
-            not_after = datetime.datetime.strptime(root["NotAfter"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
-            left = not_after - now
-            state = "active" if root["Active"] else "rotated out"
-            cross = " (cross-signed by the previous root)" if root.get("IntermediateCerts") else ""
-            print(f"Root {root['ID'][:23]}...  {state}{cross}  expires {root['NotAfter']} (in {left.days} days)")
-            if left < datetime.timedelta(hours=24):
-                warn = True
-                print(f"WARNING: root {root['ID'][:23]}... expires within 24h", file=sys.stderr)
-        return 1 if warn else 0
+            not_after = parse_time(root["NotAfter"])
+            if root["Active"]:
+                state = "active, cross-signed by the previous root" if root.get("IntermediateCerts") else "active"
+            else:
+                state = f"rotated out {root['RotatedOutAt']}, kept until its leaves have expired"
+            print(f"Root {root['ID'][:23]}...  {state}  expires {root['NotAfter']} ({_left(not_after, now)})")
+            if not_after - now < day:
+                warnings.append(f"root {root['ID'][:23]}... expires {_left(not_after, now)}")
+    cache = await c.get("/v1/agent/mesh/leaves")
+    leaves = cache["Leaves"]
+    print(f"Leaves cached on this agent: {len(leaves)}")
+    for leaf in leaves:
+        before, renew_at = parse_time(leaf["ValidBefore"]), parse_time(leaf["RenewAt"])
+        note = f"  last renewal failed: {leaf['LastError']}" if leaf["LastError"] else ""
+        print(f"  {leaf['Service']:<24} serial {leaf['SerialNumber']:<12} expires {leaf['ValidBefore']} "
+              f"({_left(before, now)}), renews {leaf['RenewAt']}{note}")
+        if before <= now:
+            warnings.append(f"leaf for {leaf['Service']} {_left(before, now)}")
+        elif before - now < day and (now > renew_at + datetime.timedelta(minutes=1) or leaf["LastError"]):
+            warnings.append(f"leaf for {leaf['Service']} expires {_left(before, now)} and has not been renewed")
+    for warning in warnings:
+        print(f"WARNING: {warning}", file=sys.stderr)
+    return 1 if warnings else 0
 
 
 def _intention_files(paths: list[str]) -> list[dict[str, Any]]:

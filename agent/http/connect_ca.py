@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .query import flag, json_response, read, read_json, read_response
+from mesh.catalog.errors import MeshError
+
+from .query import flag, json_response, parse_options, read, read_json, read_response
 
 __all__ = ["routes"]
 
@@ -26,7 +28,21 @@ async def roots(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/connect/ca/roots")
 async def agent_roots(request: web.Request) -> web.Response:
-    return await _roots(request)
+    """Like Consul's agent cache: when no server answers, the roots this agent last
+    saw (its roots watch), marked `X-Cache: HIT`, so sidecars keep their trust bundle."""
+    try:
+        return await _roots(request)
+    except MeshError:
+        leaves = request.app["agent"].leaves
+        if not leaves.roots.get("Roots"):
+            raise
+        if flag(request, "pem"):
+            resp = web.Response(text="".join(r["RootCert"] for r in leaves.roots["Roots"]),
+                                content_type="application/pem-certificate-chain")
+        else:
+            resp = json_response(request, leaves.roots, index=max(1, leaves.roots_index))
+        resp.headers["X-Cache"] = "HIT"
+        return resp
 
 
 @routes.get("/v1/connect/ca/configuration")
@@ -44,5 +60,16 @@ async def set_configuration(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/connect/ca/leaf/{service}")
 async def leaf(request: web.Request) -> web.Response:
-    """The key is generated on this agent; only the CSR goes to a server."""
-    return json_response(request, await request.app["agent"].leaves.get(request.match_info["service"]))
+    """The key is generated on this agent; only the CSR goes to a server. `?index`
+    blocks until the agent has renewed the leaf (X-Consul-Index is its ModifyIndex)."""
+    opts = parse_options(request)
+    body, index = await request.app["agent"].leaves.get(request.match_info["service"], opts.min_index, opts.wait)
+    return json_response(request, body, index=max(1, index))
+
+
+@routes.get("/v1/agent/mesh/leaves")
+async def cached_leaves(request: web.Request) -> web.Response:
+    """mesh's own: the leaves this agent caches and renews (no keys), for
+    `mesh connect ca status`; answers without any server."""
+    leaves = request.app["agent"].leaves
+    return json_response(request, {"Leaves": leaves.describe(), "RootsError": leaves.roots_error})

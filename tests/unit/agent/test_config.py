@@ -67,6 +67,10 @@ def test_json_and_hcl_files_and_precedence(tmp_path):
         ("x.json", '{"ports": {"gopher": 1}}', "unknown port"),
         ("x.json", '{"bootstrap_expect": "three"}', "invalid number"),
         ("x.yaml", "a: 1", "must end in .json or .hcl"),
+        ("c.json", '{"connect": {"ca_config": {"leaf_cert_ttl": "1s"}}}', "LeafCertTTL must be between"),
+        ("c.json", '{"connect": {"ca_config": {"private_key_type": "dsa"}}}', "PrivateKeyType"),
+        ("c.json", '{"connect": {"ca_provider": "vault"}}', "unsupported CA provider"),
+        ("c.json", '{"connect": {"ca_config": {"leaf_ttl": "1h"}}}', "unknown connect.ca_config key"),
     ],
 )
 def test_bad_config_files(tmp_path, name, text, message):
@@ -74,6 +78,15 @@ def test_bad_config_files(tmp_path, name, text, message):
     path.write_text(text)
     with pytest.raises(ConfigError, match=message):
         parse_args(["-dev", "-config-file", str(path)])
+
+
+def test_connect_ca_config_in_hcl_uses_consul_names(tmp_path):
+    path = tmp_path / "ca.hcl"
+    path.write_text('connect {\n  enabled = true\n  ca_config {\n    leaf_cert_ttl = "1h"\n'
+                    '    private_key_type = "rsa"\n    private_key_bits = 2048\n  }\n}\n')
+    config = dict(parse_args(["-dev", "-config-file", str(path)]).ca_config)
+    assert config["LeafCertTTL"] == "1h" and config["PrivateKeyType"] == "rsa" and config["PrivateKeyBits"] == 2048
+    assert config["RootCertTTL"] == "87600h"  # defaults filled in
 
 
 def test_key_hint_mentions_keygen():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import ssl
 
 import pytest
 from cryptography import x509
@@ -11,6 +12,7 @@ from mesh.ca import manager
 from mesh.ca import x509 as certs
 from mesh.ca.spiffe import ServiceID
 from mesh.catalog.errors import InvalidRequest
+from tests.harness.mtls import handshake
 
 NOW = datetime.datetime(2026, 11, 25, 12, 0, tzinfo=datetime.UTC)
 
@@ -80,3 +82,47 @@ def test_rotation_keeps_old_leaves_valid_and_chains_new_ones(state):
     assert certs.verifies(new_leaf, new_root)
     assert certs.verifies(new_leaf, cross) and certs.verifies(cross, old_root)  # old-root holders accept it too
     assert signed["CertPEM"].count("BEGIN CERTIFICATE") == 2  # leaf + cross-signed chain
+
+
+def test_rotation_is_due_at_three_quarters_of_the_root_lifetime():
+    config = manager.validate_config({"Config": {"LeafCertTTL": "10s", "IntermediateCertTTL": "30s",
+                                                 "RootCertTTL": "40s"}})
+    young = manager.initial_state(NOW, "", 1, config)
+    born = manager.parse_time(young["roots"][0]["NotBefore"])  # backdated by the clock slack
+    lifetime = manager.parse_time(young["roots"][0]["NotAfter"]) - born
+    assert manager.rotation_due(young, born + lifetime * 0.7) == ""
+    assert "expires at" in manager.rotation_due(young, born + lifetime * 0.76)
+    assert manager.rotation_due({}, NOW) == ""
+
+
+def test_prune_drops_a_rotated_root_once_its_leaves_can_have_expired(state):
+    config = manager.validate_config({"Config": {"PrivateKeyType": "ec", "PrivateKeyBits": 384}})
+    rotated = manager.rotate(state, config, NOW, "c2VjcmV0", 60)
+    assert manager.prune(rotated, NOW) is None
+    leaf_ttl = datetime.timedelta(hours=72)
+    assert manager.prune(rotated, NOW + leaf_ttl) is None  # a leaf signed just before may still be valid
+    pruned = manager.prune(rotated, NOW + leaf_ttl + datetime.timedelta(minutes=2))
+    assert [r["ID"] for r in pruned["roots"]] == [rotated["active_root_id"]]
+    assert pruned["roots"][0]["IntermediateCerts"] is None  # the cross-signature from the pruned root goes too
+    assert manager.prune(pruned, NOW + leaf_ttl * 2) is None
+
+
+def test_a_sidecar_trusting_only_the_old_root_accepts_a_new_leaf_in_a_real_handshake(tmp_path):
+    """OpenSSL's path rules (path length, key usage) through the cross-signed certificate."""
+    now = datetime.datetime.now(datetime.UTC)
+    old = manager.initial_state(now, "", 1)
+    new = manager.rotate(old, old["config"], now, "", 2)
+
+    def leaf(state, name, serial):
+        uri = ServiceID(state["trust_domain"], "default", "dc1", name).uri()
+        key, csr = certs.make_csr(uri)
+        return dict(manager.sign_csr(state, csr, name, "dc1", serial, now, ""), PrivateKeyPEM=key)
+
+    old_roots = old["roots"][0]["RootCert"]
+    both = "".join(r["RootCert"] for r in new["roots"])
+    web_new, api_old = leaf(new, "web", 3), leaf(old, "api", 4)
+    peer = handshake(tmp_path, web_new, both, api_old, old_roots)
+    assert ("URI", api_old["ServiceURI"]) in peer["subjectAltName"]
+    handshake(tmp_path, api_old, old_roots, web_new, both)
+    with pytest.raises(ssl.SSLError):  # a side that dropped the old root too soon refuses old leaves
+        handshake(tmp_path, web_new, new["roots"][1]["RootCert"], api_old, old_roots)

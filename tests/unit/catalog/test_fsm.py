@@ -198,3 +198,24 @@ def test_codec_round_trip(body, rid):
     req = parse_register(body)
     cmd = decode(encode(MessageType.REGISTER, req, rid))
     assert cmd.type == MessageType.REGISTER and cmd.request_id == rid and cmd.body == req
+
+
+def test_ca_serials_are_unique_within_one_batched_entry_and_across_entries():
+    fsm = FSM()
+    first = apply(fsm, 7, *(encode(MessageType.CA_SERIAL, None, uuid.uuid4().bytes) for _ in range(3)))
+    second = apply(fsm, 8, encode(MessageType.CA_SERIAL, None, uuid.uuid4().bytes))
+    serials = first + second
+    assert len(set(serials)) == 4 and serials == sorted(serials)
+    assert all(s // 65536 in (7, 8) for s in serials)  # derived from the Raft index
+
+
+def test_ca_set_with_a_stale_cas_index_changes_nothing():
+    fsm = FSM()
+    state = {"roots": [{"ID": "r1"}], "active_root_id": "r1"}
+    assert apply(fsm, 3, encode(MessageType.CA_SET, state, uuid.uuid4().bytes)) == [True]
+    newer = {"roots": [{"ID": "r2"}], "active_root_id": "r2", "cas_index": 2}
+    assert "changed meanwhile" in apply(fsm, 4, encode(MessageType.CA_SET, newer, uuid.uuid4().bytes))[0]["Error"]
+    assert fsm.store.ca["active_root_id"] == "r1"
+    ok = dict(newer, cas_index=3)
+    assert apply(fsm, 5, encode(MessageType.CA_SET, ok, uuid.uuid4().bytes)) == [True]
+    assert fsm.store.ca["active_root_id"] == "r2" and "cas_index" not in fsm.store.ca
