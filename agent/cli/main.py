@@ -349,8 +349,8 @@ def _left(until: datetime.datetime, now: datetime.datetime) -> str:
     """"in 3649 days", "in 5h 12m", "EXPIRED 3m ago": whole units a reader can act on."""
     seconds = int((until - now).total_seconds())
     span = abs(seconds)
-    text = f"{span // 86400}d" if span >= 86400 else f"{span // 3600}h {span % 3600 // 60}m" if span >= 3600 \
-        else f"{span // 60}m {span % 60}s"
+    text = f"{span // 86400}d {span % 86400 // 3600}h" if span >= 86400 else \
+        f"{span // 3600}h {span % 3600 // 60}m" if span >= 3600 else f"{span // 60}m {span % 60}s"
     return f"in {text}" if seconds > 0 else f"EXPIRED {text} ago"
 
 
