@@ -24,7 +24,7 @@ from typing import Any
 
 from mesh.ca import x509 as certs
 from mesh.ca.manager import parse_time
-from mesh.ca.spiffe import ServiceID
+from mesh.ca.spiffe import ServiceID, check_service_name
 from mesh.catalog.errors import InvalidRequest, MeshError
 
 from .logging import get_logger
@@ -112,6 +112,7 @@ class LeafCache:
         return leaf.body, leaf.index
 
     async def _first(self, service: str) -> _Leaf:
+        check_service_name(service)
         lock = self._locks.setdefault(service, asyncio.Lock())
         try:
             return await self._first_locked(service, lock)
@@ -157,6 +158,7 @@ class LeafCache:
 
     # ---- issuing -----------------------------------------------------------------
     async def _issue(self, service: str, roots: dict[str, Any]) -> _Leaf:
+        check_service_name(service)
         uri = ServiceID(roots["TrustDomain"], "default", self._datacenter, service).uri()
         active = next((r for r in roots.get("Roots", []) if r["ID"] == roots["ActiveRootID"]), {})
         # the leaf's key follows the CA's key type, as Consul's do

@@ -55,6 +55,8 @@ def validate_config(body: Any) -> dict[str, Any]:
     Returns the full config (defaults filled in) or raises InvalidRequest with the reason."""
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
+    if not isinstance(body.get("ForceRotation", False), bool):
+        raise InvalidRequest("ForceRotation must be true or false")
     provider = body.get("Provider", "consul")
     if provider != "consul":
         raise InvalidRequest(f"unsupported CA provider {provider!r} (only the built-in \"consul\" provider)")

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from mesh.catalog.errors import InvalidRequest
 
-__all__ = ["ServiceID", "parse_service_id", "trust_domain_for"]
+__all__ = ["ServiceID", "parse_service_id", "trust_domain_for", "check_service_name"]
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
@@ -29,6 +29,13 @@ class ServiceID:
 
     def uri(self) -> str:
         return f"spiffe://{self.trust_domain}/ns/{self.namespace}/dc/{self.datacenter}/svc/{self.service}"
+
+
+def check_service_name(name: str) -> None:
+    """A service can have an identity only if its name fits in one URI path segment."""
+    if not _LABEL.match(name):
+        raise InvalidRequest(f"service name {name!r} cannot be part of a SPIFFE identity: "
+                             "use letters, digits, '.', '_' and '-', starting with a letter or digit")
 
 
 def trust_domain_for(cluster_id: str) -> str:

@@ -52,6 +52,11 @@ KEY_TYPES = {("ec", 256), ("ec", 384), ("rsa", 2048), ("rsa", 4096)}
 _SKEW = datetime.timedelta(minutes=1)
 
 
+def _common_name(uri: str) -> str:
+    """The service name, cut to X.509's 64-character limit (the URI SAN is the identity)."""
+    return uri.rsplit("/", 1)[-1][:64]
+
+
 def generate_key(key_type: str = "ec", bits: int = 256) -> PrivateKey:
     """CPU-heavy for RSA: callers on an event loop run it in a thread."""
     if (key_type, bits) not in KEY_TYPES:
@@ -126,7 +131,7 @@ def sign_leaf(csr: x509.CertificateSigningRequest, uri: str, root_key: PrivateKe
     sans += [x509.DNSName(d) for d in dns_names]
     return (
         x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri.rsplit("/", 1)[-1])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(uri))]))
         .issuer_name(root.subject).public_key(public).serial_number(serial)
         .not_valid_before(v.not_before).not_valid_after(min(v.not_after, root.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
@@ -161,7 +166,7 @@ def make_csr(uri: str, key_type: str = "ec", bits: int = 256) -> tuple[str, str]
     key = generate_key(key_type, bits)
     csr = (
         x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, uri.rsplit("/", 1)[-1])]))
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(uri))]))
         .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(uri)]), critical=False)
         .sign(key, _hash(key))
     )

@@ -162,3 +162,23 @@ def test_deregister_critical_service_after(tmp_path):
         retry(lambda: agent.get("/v1/catalog/service/doomed") == [], 5, 0.1)
     finally:
         agent.kill()
+
+
+def test_leaf_requests_with_bad_input_get_400_with_the_reason(dev):
+    retry(lambda: dev.get("/v1/connect/ca/roots")["Roots"], 10, 0.1, "CA initialized")
+    dev.put("/v1/agent/service/register", {"Name": "my svc", "ID": "badname", "Port": 80})
+    try:
+        for path, reason in (("/v1/agent/connect/ca/leaf/my%20svc", "cannot be part of a SPIFFE identity"),
+                             ("/v1/agent/connect/ca/leaf/" + "a" * 3000, "not registered"),
+                             ("/v1/agent/connect/ca/leaf/nope", "not registered"),
+                             ("/v1/agent/connect/ca/leaf/nope?index=x", "Invalid index")):
+            with pytest.raises(HTTPError) as err:
+                dev.get(path)
+            assert err.value.status == 400 and reason in err.value.body, (path, err.value.body)
+        roots = dev.get("/v1/connect/ca/roots")["ActiveRootID"]
+        with pytest.raises(HTTPError) as err:
+            dev.request("PUT", "/v1/connect/ca/configuration", {"Config": {}, "ForceRotation": "yes"})
+        assert err.value.status == 400 and dev.get("/v1/connect/ca/roots")["ActiveRootID"] == roots
+        assert [lf for lf in dev.get("/v1/agent/mesh/leaves")["Leaves"] if lf["Service"] == "nope"] == []
+    finally:
+        dev.request("PUT", "/v1/agent/service/deregister/badname")

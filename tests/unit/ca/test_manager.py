@@ -61,6 +61,7 @@ def test_sign_checks_the_identity(state):
     ({"Config": {"RootCertTTL": "10h"}}, "RootCertTTL"),
     ({"Config": {"Bogus": 1}}, "unknown CA config keys"),
     ([], "JSON object"),
+    ({"ForceRotation": "yes"}, "ForceRotation must be true or false"),
 ])
 def test_bad_ca_config_is_rejected(body, message):
     with pytest.raises(InvalidRequest, match=message):

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from mesh.ca import x509 as ca
-from mesh.ca.spiffe import ServiceID, parse_service_id, trust_domain_for
+from mesh.ca.spiffe import ServiceID, check_service_name, parse_service_id, trust_domain_for
 from mesh.catalog.errors import InvalidRequest
 
 TD = trust_domain_for("11111111-2222-3333-4444-555555555555")
@@ -110,3 +110,14 @@ def test_unsupported_key_types():
         ca.generate_key("rsa", 1024)
     with pytest.raises(InvalidRequest):
         ca.generate_key("dsa", 2048)
+
+
+def test_service_names_that_cannot_be_identities_are_refused_and_long_ones_fit():
+    for bad in ("my svc", "", "-web", "web/x"):
+        with pytest.raises(InvalidRequest, match="cannot be part of a SPIFFE identity"):
+            check_service_name(bad)
+    long_name = "a" * 200
+    check_service_name(long_name)
+    _, csr_pem = ca.make_csr(ServiceID(TD, "default", "dc1", long_name).uri())
+    csr = x509.load_pem_x509_csr(csr_pem.encode())
+    assert len(csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value) == 64  # X.509's limit
