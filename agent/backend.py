@@ -16,7 +16,7 @@ import random
 import ssl
 from typing import Any, Protocol
 
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
 from .logging import get_logger
 from .raft import NoLeader
@@ -101,6 +101,8 @@ class ServerPool:
                         raise InvalidRequest(text) from None  # the server's answer, not a failure
                     if exc.kind == "notfound":
                         raise NotFound(text) from None
+                    if exc.kind == "ratelimit":
+                        raise RateLimited(text) from None
                     if exc.kind == "noleader":
                         last = NoLeader(text)  # another server may know a leader
                         continue

@@ -25,7 +25,7 @@ from typing import Any
 from mesh.ca import x509 as certs
 from mesh.ca.manager import parse_time
 from mesh.ca.spiffe import ServiceID, check_service_name
-from mesh.catalog.errors import InvalidRequest, MeshError
+from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 
 from .logging import get_logger
 from .metrics import CA
@@ -37,6 +37,7 @@ log = get_logger("ca")
 
 _RETRY_MIN, _RETRY_MAX = 0.5, 10.0
 RENEW_FROM, RENEW_BY = 0.6, 0.9  # of a leaf's lifetime
+_FIRST_PATIENCE = 30.0  # seconds a first leaf request retries rate-limited servers
 
 
 def _forget(gauge: Any, label: str) -> None:
@@ -126,14 +127,14 @@ class LeafCache:
             if leaf is None:
                 roots = await self._current_roots()
                 try:
-                    leaf = await self._issue(service, roots)
+                    leaf = await self._issue_patiently(service, roots)
                 except InvalidRequest:
                     if not self._owns(service):
                         raise
                     # registered here a moment ago and not yet in the catalog the
                     # servers check against: push it now rather than refuse
                     await self._sync()
-                    leaf = await self._issue(service, roots)
+                    leaf = await self._issue_patiently(service, roots)
                 await self._store(service, leaf)
                 if service not in self._renewers:
                     self._renewers[service] = asyncio.get_running_loop().create_task(
@@ -155,6 +156,20 @@ class LeafCache:
                 log.info("leaf_dropped", service=service, reason="service deregistered")
                 task.cancel()
                 self._drop(service)  # now: a task cancelled before it ran never reaches its finally
+
+    async def _issue_patiently(self, service: str, roots: dict[str, Any]) -> _Leaf:
+        """A first leaf someone is waiting for: rate-limited servers (CSRMaxPerSecond)
+        are asked again after a jittered pause, for up to _FIRST_PATIENCE seconds."""
+        deadline = time.monotonic() + _FIRST_PATIENCE
+        pause = 0.1
+        while True:
+            try:
+                return await self._issue(service, roots)
+            except RateLimited:
+                if time.monotonic() + pause > deadline:
+                    raise
+                await asyncio.sleep(pause * (0.5 + self._rng.random()))
+                pause = min(pause * 2, 2.0)
 
     # ---- issuing -----------------------------------------------------------------
     async def _issue(self, service: str, roots: dict[str, Any]) -> _Leaf:
@@ -225,11 +240,11 @@ class LeafCache:
         old = self._leaves[service]
         try:
             leaf = await self._issue(service, await self._current_roots())
-        except InvalidRequest as exc:
-            # the servers refuse (service gone from the catalog, CSR rejected): keep
-            # serving the old leaf; the owner check stops us once it is gone here too
-            self._note_failure(service, old, str(exc))
+        except RateLimited as exc:
+            self._note_failure(service, old, str(exc), expected=True)  # servers asked us to wait
         except MeshError as exc:
+            # unreachable servers, or a refusal (service gone from the catalog): keep
+            # serving the old leaf; the owner check stops us once it is gone here too
             self._note_failure(service, old, str(exc))
         else:
             log.debug("leaf_renewed", service=service, serial=leaf.body["SerialNumber"], root=leaf.root_id)
@@ -240,11 +255,11 @@ class LeafCache:
         backoff = min(_RETRY_MAX, _RETRY_MIN * 2 ** min(old.failures, 6))
         await asyncio.sleep(backoff * (0.5 + self._rng.random() / 2))
 
-    def _note_failure(self, service: str, leaf: _Leaf, error: str) -> None:
+    def _note_failure(self, service: str, leaf: _Leaf, error: str, expected: bool = False) -> None:
         leaf.failures += 1
         leaf.last_error = error
         CA.leaf_renewal_errors.inc()
-        log.warning("leaf_renewal_failed", service=service, error=error, attempts=leaf.failures,
+        (log.debug if expected else log.warning)("leaf_renewal_failed", service=service, error=error, attempts=leaf.failures,
                     expires=leaf.body["ValidBefore"])
 
     # ---- the roots watch -------------------------------------------------------------

@@ -112,6 +112,9 @@ class _CA:
                                  registry=REGISTRY)
         self.sign_seconds = Histogram("mesh_ca_sign_seconds", "Time for a server to sign a leaf (serial included)",
                                       registry=REGISTRY, buckets=_LATENCY_BUCKETS)
+        self.sign_rate_limited = Counter("mesh_ca_sign_rate_limited_total",
+                                         "Signings refused by CSRMaxPerSecond/CSRMaxConcurrent (agents retry)",
+                                         registry=REGISTRY)
         self.sign_errors = Counter("mesh_ca_sign_errors_total", "Leaf signing requests refused or failed", registry=REGISTRY)
         self.rotations = Counter("mesh_ca_rotations_total", "Root rotations this server carried out", registry=REGISTRY)
         self.leaf_renewals = Counter("mesh_ca_leaf_renewals_total", "Leaves this agent renewed (expiry or root change)",

@@ -23,7 +23,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
 from .logging import get_logger
 from .metrics import RPC
@@ -41,7 +41,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 class RPCError(MeshError):
     """A failed call. `kind` says what the server answered: "invalid" (bad input),
-    "notfound", "noleader", "error" (other server-side failure), or "transport" when
+    "notfound", "noleader", "ratelimit", "error" (other server-side failure), or "transport" when
     the server could not be reached at all (then another server may be tried)."""
 
     def __init__(self, message: str, kind: str = "transport") -> None:
@@ -54,6 +54,8 @@ def _kind(exc: MeshError) -> str:
         return "invalid"
     if isinstance(exc, NotFound):
         return "notfound"
+    if isinstance(exc, RateLimited):
+        return "ratelimit"
     if type(exc).__name__ == "NoLeader":
         return "noleader"
     return "error"

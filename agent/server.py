@@ -25,12 +25,13 @@ from typing import Any
 
 from mesh.ca import manager as ca_manager
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, decode
-from mesh.catalog.errors import InvalidRequest, MeshError
+from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 from mesh.catalog.fsm import FSM, SERIALS_PER_ENTRY
 from mesh.catalog.structs import CRITICAL, PASSING, Check, Node, ServerInfo
 
 from . import liveness
 from .config import AgentConfig
+from .csr_limit import CSRLimiter
 from .logging import get_logger
 from .metrics import CA, LEADER, RPC
 from .queries import QUERIES
@@ -87,6 +88,7 @@ class ServerRole:
         self._last_seen: dict[str, float] = {}
         self._failed_since: dict[str, float] = {}
         self._registering: set[str] = set()
+        self._csr_limiter = CSRLimiter()
         self.recently_left: dict[str, dict[str, Any]] = {}
         self._read_cache: OrderedDict[tuple[str, str], tuple[Any, int, Any]] = OrderedDict()
         self._known: dict[str, dict[str, Any]] = {}
@@ -465,6 +467,13 @@ class ServerRole:
             CA.sign_errors.inc()
             raise InvalidRequest(f"service {service!r} is not registered on node {node!r}: cannot sign its identity")
         started = time.perf_counter()
+        config = state.get("config", {}) if state else {}
+        try:
+            self._csr_limiter.acquire(time.monotonic(), float(config.get("CSRMaxPerSecond") or 0),
+                                      int(config.get("CSRMaxConcurrent") or 0))
+        except RateLimited:
+            CA.sign_rate_limited.inc()
+            raise
         try:
             serial = await raft.apply(MessageType.CA_SERIAL)
             now = datetime.datetime.now(datetime.UTC)
@@ -473,6 +482,8 @@ class ServerRole:
         except MeshError:
             CA.sign_errors.inc()
             raise
+        finally:
+            self._csr_limiter.release()
         CA.sign_seconds.observe(time.perf_counter() - started)
         index = int(serial) // SERIALS_PER_ENTRY  # the Raft entry that recorded the serial
         return dict(signed, CreateIndex=index, ModifyIndex=index)

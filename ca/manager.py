@@ -71,6 +71,10 @@ def validate_config(body: Any) -> dict[str, Any]:
     if not isinstance(bits, int) or (key_type, bits) not in certs.KEY_TYPES:
         raise InvalidRequest(f"unsupported PrivateKeyType/PrivateKeyBits: {key_type} {bits} "
                              "(ec 256/384, rsa 2048/4096)")
+    for key, kind in (("CSRMaxPerSecond", (int, float)), ("CSRMaxConcurrent", (int,))):
+        value = config.get(key, 0)
+        if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
+            raise InvalidRequest(f"Config.{key} must be a number >= 0 (0: no limit)")
     leaf, root, intermediate = (_ttl_hours(config, k) for k in ("LeafCertTTL", "RootCertTTL", "IntermediateCertTTL"))
     if not 1 / 3600 * 10 <= leaf <= 8760:
         raise InvalidRequest("Config.LeafCertTTL must be between 10s and 8760h")

@@ -1,6 +1,7 @@
 """Errors of the pure catalog layer.
 
     MeshError
+    ├── RateLimited          a server refused for load (CSRMaxPerSecond): retry later, 429
     └── CatalogError
         ├── InvalidRequest   bad input: the HTTP layer answers 400 with the message
         ├── NotFound         unknown object: 404
@@ -9,7 +10,7 @@
 
 from __future__ import annotations
 
-__all__ = ["MeshError", "CatalogError", "InvalidRequest", "NotFound", "FatalStateError"]
+__all__ = ["MeshError", "CatalogError", "InvalidRequest", "NotFound", "FatalStateError", "RateLimited"]
 
 
 class MeshError(Exception):
@@ -17,6 +18,10 @@ class MeshError(Exception):
 
 
 class CatalogError(MeshError):
+    pass
+
+
+class RateLimited(MeshError):
     pass
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
 from ..logging import get_logger
 from ..metrics import HTTP
@@ -42,6 +42,8 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = _text(400, str(exc))
     except NotFound as exc:
         resp = _text(404, str(exc))
+    except RateLimited as exc:
+        resp = _text(429, str(exc))
     except NoLeader as exc:
         resp = _text(500, str(exc))
     except RaftError as exc:

@@ -182,3 +182,30 @@ def test_leaf_requests_with_bad_input_get_400_with_the_reason(dev):
         assert [lf for lf in dev.get("/v1/agent/mesh/leaves")["Leaves"] if lf["Service"] == "nope"] == []
     finally:
         dev.request("PUT", "/v1/agent/service/deregister/badname")
+
+
+def test_csr_rate_limit_makes_agents_wait_not_fail(dev):
+    """CSRMaxPerSecond 2 and eight first leaves at once: all arrive (the agent retries
+    the refused signings with backoff) and the server counted the refusals."""
+    import concurrent.futures
+
+    retry(lambda: dev.get("/v1/connect/ca/roots")["Roots"], 10, 0.1, "CA initialized")
+    names = [f"limited-{i}" for i in range(8)]
+    for name in names:
+        dev.put("/v1/agent/service/register", {"Name": name, "Port": 80})
+    before = dev.get("/v1/connect/ca/configuration")["Config"]
+    dev.request("PUT", "/v1/connect/ca/configuration", {"Config": {**before, "CSRMaxPerSecond": 2}})
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            leaves = list(pool.map(lambda n: dev.get(f"/v1/agent/connect/ca/leaf/{n}", timeout=40), names))
+        assert sorted(leaf["Service"] for leaf in leaves) == names
+        text = dev.get("/v1/agent/metrics?format=prometheus").decode()
+        refused = [line for line in text.splitlines() if line.startswith("mesh_ca_sign_rate_limited_total ")]
+        assert refused and float(refused[0].split()[1]) > 0
+        with pytest.raises(HTTPError) as err:
+            dev.request("PUT", "/v1/connect/ca/configuration", {"Config": {**before, "CSRMaxPerSecond": -1}})
+        assert err.value.status == 400 and "CSRMaxPerSecond" in err.value.body
+    finally:
+        dev.request("PUT", "/v1/connect/ca/configuration", {"Config": before})
+        for name in names:
+            dev.request("PUT", f"/v1/agent/service/deregister/{name}")
