@@ -30,6 +30,7 @@ from .dns_view import CatalogDNSView
 from .http.app import build_app
 from .intentions_cache import IntentionCache
 from .leaf_cache import LeafCache
+from .leaf_files import LeafFiles
 from .local.anti_entropy import AntiEntropy
 from .local.checks import CheckManager
 from .local.definitions import ServiceDefinition, parse_check, parse_service_definition
@@ -102,7 +103,8 @@ class Agent:
             self.backend = RemoteBackend(self.pool)
         self.ports: dict[str, int] = {"http": cfg.http_port, "dns": cfg.dns_port, "server": cfg.server_port,
                                       "raft": cfg.raft_port}
-        self.leaves = LeafCache(self.backend, cfg.datacenter, cfg.node_name, self._owns_service, self._sync_now)
+        self.leaves = LeafCache(self.backend, cfg.datacenter, cfg.node_name, self._owns_service, self._sync_now,
+                                files=LeafFiles(None if cfg.dev else cfg.data_dir))
         self._sync_lock = asyncio.Lock()
         self.local = LocalState(self._node_row(), None if cfg.dev else cfg.data_dir, self._local_changed)
         self.checks = CheckManager(self)

@@ -6,7 +6,9 @@ lifetime (spreads the renewals of many services out), and at once when the activ
 root changes. Blocking requests (`?index`) wake when the renewer replaces the leaf, so
 a proxy holding one always has the next before the last expires. While servers are
 unreachable the cached leaf keeps being served and the renewer retries. A service
-deregistered from this agent loses its renewer and its cached leaf.
+deregistered from this agent loses its renewer and its cached leaf. With a data-dir the
+leaves and roots are kept on disk too (agent.leaf_files), so an agent restarted while no
+server answers still serves them.
 
 One watch on the roots (a blocking query) tells every renewer about a rotation and
 keeps the roots' expiry metrics current.
@@ -27,6 +29,7 @@ from mesh.ca.manager import parse_time
 from mesh.ca.spiffe import ServiceID, check_service_name
 from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 
+from .leaf_files import LeafFiles
 from .logging import get_logger
 from .metrics import CA
 from .server import ReadOptions
@@ -47,6 +50,18 @@ def _forget(gauge: Any, label: str) -> None:
         pass
 
 
+def _record(leaf: _Leaf) -> dict[str, Any]:
+    return {"body": leaf.body, "root_id": leaf.root_id, "index": leaf.index, "issued": leaf.issued.isoformat(),
+            "renew_at": leaf.renew_at.isoformat()}
+
+
+def _from_record(record: dict[str, Any]) -> _Leaf:
+    body = dict(record["body"])
+    return _Leaf(body, str(record["root_id"]), int(record["index"]),
+                 datetime.datetime.fromisoformat(record["issued"]),
+                 datetime.datetime.fromisoformat(record["renew_at"]), parse_time(body["ValidBefore"]))
+
+
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -65,8 +80,10 @@ class _Leaf:
 
 class LeafCache:
     def __init__(self, backend: Any, datacenter: str, node_name: str, owns: Callable[[str], bool],
-                 sync: Callable[[], Awaitable[Any]], rng: random.Random | None = None) -> None:
+                 sync: Callable[[], Awaitable[Any]], rng: random.Random | None = None,
+                 files: LeafFiles | None = None) -> None:
         self._backend = backend
+        self._files = files or LeafFiles(None)
         self._sync = sync
         self._datacenter = datacenter
         self._node_name = node_name
@@ -197,6 +214,7 @@ class LeafCache:
 
     async def _store(self, service: str, leaf: _Leaf) -> None:
         self._leaves[service] = leaf
+        self._files.save_leaf(service, _record(leaf))
         changed = self._leaf_changed.pop(service, None)
         if changed is not None:
             changed.set()  # wakes this service's blocking requests, nobody else's
@@ -221,13 +239,16 @@ class LeafCache:
                     continue
                 if not self._owns(service):
                     log.info("leaf_dropped", service=service, reason="service deregistered")
+                    self._drop(service)
                     return
                 await self._renew(service)
         finally:
+            # cancelled at shutdown the leaf stays, on disk too, for the next start
             if self._renewers.get(service) is asyncio.current_task():
-                self._drop(service)  # not if it was dropped already and has a new renewer
+                self._renewers.pop(service, None)
 
     def _drop(self, service: str) -> None:
+        self._files.delete_leaf(service)
         self._renewers.pop(service, None)
         self._locks.pop(service, None)
         self._leaves.pop(service, None)
@@ -263,9 +284,33 @@ class LeafCache:
                     expires=leaf.body["ValidBefore"])
 
     # ---- the roots watch -------------------------------------------------------------
+    def _restore(self) -> None:
+        """What the data-dir kept from before a restart: served at once, renewed by
+        the usual rules (a root change seen later re-issues them)."""
+        roots, index, records = self._files.load()
+        if roots.get("ActiveRootID") and not self.roots:
+            self.roots, self.roots_index = roots, index
+        for service, record in records.items():
+            if not self._owns(service):
+                self._files.delete_leaf(service)
+                continue
+            try:
+                leaf = _from_record(record)
+            except (KeyError, ValueError, TypeError) as exc:
+                log.warning("leaf_file_unreadable", service=service, error=str(exc))
+                self._files.delete_leaf(service)
+                continue
+            self._leaves[service] = leaf
+            CA.leaf_expiry.labels(service).set((leaf.expires - _now()).total_seconds())
+            self._renewers[service] = asyncio.get_running_loop().create_task(
+                self._renew_loop(service), name=f"leaf-renewer-{service}")
+        if records:
+            log.info("leaves_restored", services=sorted(self._leaves), roots=len(self.roots.get("Roots", [])))
+
     async def run(self) -> None:
         """Follow the roots with a blocking query; wake the renewers on a rotation."""
         backoff = _RETRY_MIN
+        self._restore()
         try:
             while True:
                 try:
@@ -285,6 +330,8 @@ class LeafCache:
                 rotated = roots.get("ActiveRootID") != self.roots.get("ActiveRootID")
                 if rotated and self.roots:
                     log.info("ca_active_root_changed", root=roots.get("ActiveRootID"), leaves=len(self._leaves))
+                if roots != self.roots:
+                    self._files.save_roots(roots, self.roots_index)
                 self.roots = roots
                 self._publish_root_metrics()
                 if rotated:

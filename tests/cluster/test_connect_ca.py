@@ -218,6 +218,8 @@ def _status(agent) -> subprocess.CompletedProcess[str]:
 
 
 def test_with_every_server_down_the_agent_serves_its_cache_and_status_reports_expiry(tmp_path):
+    """Servers SIGKILLed, then the client restarted too: its leaf and roots come from
+    its data-dir; status reports the leaf's expiry; servers back, the leaf renews."""
     cluster = Cluster(tmp_path / "c", 3)
     try:
         cluster.start()
@@ -233,6 +235,11 @@ def test_with_every_server_down_the_agent_serves_its_cache_and_status_reports_ex
             server.kill()
         cached, _ = client.request("GET", "/v1/agent/connect/ca/leaf/web")
         assert cached["SerialNumber"] == leaf["SerialNumber"]  # served from the cache, no server needed
+        client.kill()
+        client.start()  # an agent restarted while no server answers: leaf and roots from its data-dir
+        retry(lambda: client.get("/v1/agent/self"), 15, 0.1, "client back")
+        cached, _ = client.request("GET", "/v1/agent/connect/ca/leaf/web")
+        assert cached["SerialNumber"] == leaf["SerialNumber"] and cached["PrivateKeyPEM"] == leaf["PrivateKeyPEM"]
         roots, headers = client.request("GET", "/v1/agent/connect/ca/roots", timeout=30)
         assert headers.get("X-Cache") == "HIT" and roots["Roots"]
         expired = retry(lambda: (lambda r: r if r.returncode == 1 and "EXPIRED" in r.stderr and

@@ -9,6 +9,7 @@ import datetime
 import random
 
 from mesh.agent.leaf_cache import LeafCache
+from mesh.agent.leaf_files import LeafFiles
 from mesh.agent.server import ReadResult
 from mesh.ca import manager
 from mesh.catalog.errors import InvalidRequest, MeshError
@@ -53,13 +54,13 @@ class FakeServers:
         return dict(signed, ModifyIndex=self.serial)
 
 
-def run_with_cache(servers: FakeServers, owned: set[str], scenario) -> None:
+def run_with_cache(servers: FakeServers, owned: set[str], scenario, files: LeafFiles | None = None) -> None:
     """Runs `scenario(cache)` with the cache's roots watch going, then stops it."""
     async def sync() -> None:
         return None
 
     async def main() -> None:
-        cache = LeafCache(servers, "dc1", "n1", lambda s: s in owned, sync, rng=random.Random(1))
+        cache = LeafCache(servers, "dc1", "n1", lambda s: s in owned, sync, rng=random.Random(1), files=files)
         watch = asyncio.get_running_loop().create_task(cache.run())
         try:
             for _ in range(100):
@@ -121,3 +122,31 @@ def test_a_deregistered_service_loses_its_leaf():
         assert [leaf["Service"] for leaf in cache.describe()] == ["web"]
 
     run_with_cache(servers, owned, scenario)
+
+
+def test_a_restarted_agent_serves_its_saved_leaf_and_roots_without_servers(tmp_path):
+    servers = FakeServers(leaf_seconds=3600)
+    saved = {}
+
+    async def before(cache: LeafCache) -> None:
+        saved["leaf"], _ = await cache.get("web")
+        await cache.get("api")
+
+    run_with_cache(servers, {"web", "api"}, before, LeafFiles(str(tmp_path)))
+    assert oct((tmp_path / "connect" / "leaf-web.json").stat().st_mode & 0o777) == "0o600"  # it holds the key
+    servers.down = True
+
+    async def after(cache: LeafCache) -> None:
+        leaf, _ = await cache.get("web")  # no server answers: from the data-dir
+        assert leaf["SerialNumber"] == saved["leaf"]["SerialNumber"] and leaf["PrivateKeyPEM"]
+        assert cache.roots["ActiveRootID"] == servers.state["active_root_id"]
+        assert [lf["Service"] for lf in cache.describe()] == ["web"]
+
+    run_with_cache(servers, {"web"}, after, LeafFiles(str(tmp_path)))  # api is no longer registered
+    assert not (tmp_path / "connect" / "leaf-api.json").exists()
+    (tmp_path / "connect" / "leaf-web.json").write_text("{not json")
+
+    async def corrupt(cache: LeafCache) -> None:
+        assert cache.describe() == []  # an unreadable file is skipped, not fatal
+
+    run_with_cache(servers, {"web"}, corrupt, LeafFiles(str(tmp_path)))
