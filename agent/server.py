@@ -506,7 +506,7 @@ class ServerRole:
                 bool(body.get("ForceRotation")):
             await self._ca_rotate(raft, state, config, "configuration changed")
         else:
-            await self._ca_commit(raft, state, dict(state, config=config))
+            await self._ca_commit(raft, state, ca_manager.reconfigure(state, config))
         return True
 
     async def _ca_rotate(self, raft: Raft, state: dict[str, Any], config: dict[str, Any], reason: str) -> None:

@@ -19,7 +19,7 @@ from . import x509 as certs
 from .spiffe import ServiceID, parse_service_id, trust_domain_for
 
 __all__ = ["DEFAULT_CONFIG", "initial_state", "roots_api", "sign_csr", "RFC3339", "validate_config", "rotate",
-           "config_api", "rotation_due", "prune", "parse_time", "ROTATE_AT"]
+           "config_api", "rotation_due", "prune", "parse_time", "ROTATE_AT", "reconfigure"]
 
 DEFAULT_CONFIG = {"LeafCertTTL": "72h", "RootCertTTL": "87600h", "IntermediateCertTTL": "8760h",
                   "PrivateKeyType": "ec", "PrivateKeyBits": 256}
@@ -117,10 +117,24 @@ def rotate(state: dict[str, Any], config: dict[str, Any], now: datetime.datetime
         "SigningKey": certs.seal_key(certs.key_pem(key), secret),
         "RotatedFrom": old["ID"],
     }
-    rotated_old = dict(old, RotatedOutAt=now.strftime(RFC3339),
-                       LeafTTLAtRotation=_hours(state["config"]["LeafCertTTL"]).total_seconds())
+    rotated_old = dict(old, RotatedOutAt=now.strftime(RFC3339), LeafTTLAtRotation=_longest_leaf_ttl(state, old))
     others = [r for r in state["roots"] if r["ID"] != old["ID"]]
     return dict(state, config=config, active_root_id=root_id, roots=[*others, rotated_old, new_root])
+
+
+def _longest_leaf_ttl(state: dict[str, Any], root: dict[str, Any]) -> float:
+    """Seconds: the longest leaf lifetime this root has signed with, as far as the
+    state knows (the current LeafCertTTL, or a longer one it had before a change)."""
+    return max(_hours(state["config"]["LeafCertTTL"]).total_seconds(), float(root.get("LeafTTLMax", 0)))
+
+
+def reconfigure(state: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+    """A config change that keeps the root. A shorter LeafCertTTL does not shorten
+    the leaves already out there: the active root remembers the longest it has used,
+    so pruning it later waits for those."""
+    roots = [dict(r, LeafTTLMax=_longest_leaf_ttl(state, r)) if r["ID"] == state["active_root_id"] else r
+             for r in state["roots"]]
+    return dict(state, config=config, roots=roots)
 
 
 def rotation_due(state: dict[str, Any], now: datetime.datetime) -> str:
@@ -194,7 +208,7 @@ def initial_state(now: datetime.datetime, secret: str, serial: int, config: dict
     }
 
 
-_PRIVATE_ROOT_FIELDS = frozenset({"SigningKey", "LeafTTLAtRotation", "RotatedFrom"})
+_PRIVATE_ROOT_FIELDS = frozenset({"SigningKey", "LeafTTLAtRotation", "LeafTTLMax", "RotatedFrom"})
 
 
 def roots_api(state: dict[str, Any], index: int) -> dict[str, Any]:

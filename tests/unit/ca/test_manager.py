@@ -127,3 +127,11 @@ def test_a_sidecar_trusting_only_the_old_root_accepts_a_new_leaf_in_a_real_hands
     handshake(tmp_path, api_old, old_roots, web_new, both)
     with pytest.raises(ssl.SSLError):  # a side that dropped the old root too soon refuses old leaves
         handshake(tmp_path, web_new, new["roots"][1]["RootCert"], api_old, old_roots)
+
+
+def test_shortening_the_leaf_ttl_does_not_prune_a_root_before_its_longer_leaves_expire(state):
+    shorter = manager.reconfigure(state, manager.validate_config({"Config": {"LeafCertTTL": "1h"}}))
+    assert "LeafTTLMax" not in manager.roots_api(shorter, 1)["Roots"][0]  # bookkeeping stays private
+    rotated = manager.rotate(shorter, dict(shorter["config"], PrivateKeyBits=384), NOW, "c2VjcmV0", 70)
+    assert manager.prune(rotated, NOW + datetime.timedelta(hours=2)) is None  # 72 h leaves may be out
+    assert manager.prune(rotated, NOW + datetime.timedelta(hours=72, minutes=2)) is not None
