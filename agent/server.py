@@ -504,15 +504,18 @@ class ServerRole:
         old = state["config"]
         if any(config[k] != old.get(k) for k in ("PrivateKeyType", "PrivateKeyBits", "RootCertTTL")) or \
                 bool(body.get("ForceRotation")):
-            await self._ca_rotate(raft, state, config, "configuration changed")
+            await self._ca_rotate(raft, state, config, "configuration changed",
+                                  without_cross_signing=bool(body.get("ForceWithoutCrossSigning")))
         else:
             await self._ca_commit(raft, state, ca_manager.reconfigure(state, config))
         return True
 
-    async def _ca_rotate(self, raft: Raft, state: dict[str, Any], config: dict[str, Any], reason: str) -> None:
+    async def _ca_rotate(self, raft: Raft, state: dict[str, Any], config: dict[str, Any], reason: str,
+                         without_cross_signing: bool = False) -> None:
         serial = await raft.apply(MessageType.CA_SERIAL)
         now = datetime.datetime.now(datetime.UTC)
-        new_state = await asyncio.to_thread(ca_manager.rotate, state, config, now, self.cfg.encrypt, int(serial))
+        new_state = await asyncio.to_thread(ca_manager.rotate, state, config, now, self.cfg.encrypt, int(serial),
+                                            without_cross_signing)
         await self._ca_commit(raft, state, new_state)
         CA.rotations.inc()
         log.info("ca_root_rotated", old=state["active_root_id"], new=new_state["active_root_id"], reason=reason)

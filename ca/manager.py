@@ -55,8 +55,9 @@ def validate_config(body: Any) -> dict[str, Any]:
     Returns the full config (defaults filled in) or raises InvalidRequest with the reason."""
     if not isinstance(body, dict):
         raise InvalidRequest("body must be a JSON object")
-    if not isinstance(body.get("ForceRotation", False), bool):
-        raise InvalidRequest("ForceRotation must be true or false")
+    for flag in ("ForceRotation", "ForceWithoutCrossSigning"):
+        if not isinstance(body.get(flag, False), bool):
+            raise InvalidRequest(f"{flag} must be true or false")
     provider = body.get("Provider", "consul")
     if provider != "consul":
         raise InvalidRequest(f"unsupported CA provider {provider!r} (only the built-in \"consul\" provider)")
@@ -94,25 +95,36 @@ def config_api(state: dict[str, Any]) -> dict[str, Any]:
 
 
 def rotate(state: dict[str, Any], config: dict[str, Any], now: datetime.datetime, secret: str,
-           serial: int) -> dict[str, Any]:
+           serial: int, without_cross_signing: bool = False) -> dict[str, Any]:
     """A new root with the new config, cross-signed by the active one. Both stay
     trusted (the old one until its leaves can have expired); new leaves chain to the
-    new root through the cross-signed certificate for peers that know only the old."""
+    new root through the cross-signed certificate for peers that know only the old.
+
+    An old key that cannot be used (sealed with another cluster's key after a
+    snapshot restore, say) refuses the rotation unless `without_cross_signing`, as
+    Consul's ForceWithoutCrossSigning: then peers that have not fetched the new root
+    yet refuse new leaves until they do."""
     old = next(r for r in state["roots"] if r["ID"] == state["active_root_id"])
-    old_key = certs.unseal_key(old["SigningKey"], secret)
+    try:
+        old_key = certs.unseal_key(old["SigningKey"], secret)
+    except InvalidRequest as exc:
+        if not without_cross_signing:
+            raise InvalidRequest(f"cannot cross-sign the new root: {exc}; "
+                                 "set ForceWithoutCrossSigning to rotate anyway") from None
+        old_key = None
     old_cert = certs.load_cert(old["RootCert"])
     cluster_id = state["cluster_id"]
     key = certs.generate_key(str(config["PrivateKeyType"]), int(config["PrivateKeyBits"]))
     root = certs.build_root(key, state["trust_domain"], serial, now, _hours(config["RootCertTTL"]),
                             common_name=f"pri-{serial}.consul.ca.{cluster_id[:8]}.consul")
-    cross = certs.cross_sign(root, old_key, old_cert, serial, now)
+    cross = certs.cross_sign(root, old_key, old_cert, serial, now) if old_key is not None else None
     root_id = certs.fingerprint(root)
     new_root = {
         "ID": root_id, "Name": "Consul CA Root Cert", "SerialNumber": serial,
         "SigningKeyID": certs.serial_hex(int.from_bytes(root.fingerprint(certs.hashes.SHA256())[:20], "big")),
         "ExternalTrustDomain": cluster_id,
         "NotBefore": root.not_valid_before_utc.strftime(RFC3339), "NotAfter": root.not_valid_after_utc.strftime(RFC3339),
-        "RootCert": certs.pem(root), "IntermediateCerts": [certs.pem(cross)],
+        "RootCert": certs.pem(root), "IntermediateCerts": [certs.pem(cross)] if cross is not None else None,
         "PrivateKeyType": config["PrivateKeyType"], "PrivateKeyBits": config["PrivateKeyBits"],
         "SigningKey": certs.seal_key(certs.key_pem(key), secret),
         "RotatedFrom": old["ID"],

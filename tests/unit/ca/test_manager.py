@@ -135,3 +135,19 @@ def test_shortening_the_leaf_ttl_does_not_prune_a_root_before_its_longer_leaves_
     rotated = manager.rotate(shorter, dict(shorter["config"], PrivateKeyBits=384), NOW, "c2VjcmV0", 70)
     assert manager.prune(rotated, NOW + datetime.timedelta(hours=2)) is None  # 72 h leaves may be out
     assert manager.prune(rotated, NOW + datetime.timedelta(hours=72, minutes=2)) is not None
+
+
+def test_an_unusable_old_key_refuses_rotation_unless_forced_without_cross_signing(state):
+    """A snapshot restored into a cluster with another -encrypt key: the old root's key
+    cannot be unsealed, so only a rotation without cross-signing gets the CA back."""
+    other_secret = "b3RoZXI="
+    with pytest.raises(InvalidRequest, match="ForceWithoutCrossSigning"):
+        manager.rotate(state, state["config"], NOW, other_secret, 80)
+    rotated = manager.rotate(state, state["config"], NOW, other_secret, 81, without_cross_signing=True)
+    new_root = next(r for r in rotated["roots"] if r["ID"] == rotated["active_root_id"])
+    assert new_root["IntermediateCerts"] is None
+    web = ServiceID(state["trust_domain"], "default", "dc1", "web").uri()
+    leaf = manager.sign_csr(rotated, certs.make_csr(web)[1], "web", "dc1", 82, NOW, other_secret)
+    assert certs.verifies(certs.load_cert(leaf["CertPEM"]), certs.load_cert(new_root["RootCert"]))
+    with pytest.raises(InvalidRequest, match="ForceWithoutCrossSigning must be"):
+        manager.validate_config({"ForceWithoutCrossSigning": 1})
