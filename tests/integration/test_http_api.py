@@ -209,6 +209,27 @@ def test_py_consul_client_works_unchanged(dev):
     assert c.agent.self()["Config"]["NodeName"] == "devnode"
 
 
+def test_py_consul_connect_ca_calls_work_unchanged(dev):
+    consul = pytest.importorskip("consul")
+    c = consul.Consul(host="127.0.0.1", port=dev.http_port)
+    retry(lambda: c.connect.ca.roots()["Roots"], 10, 0.1, "CA initialized")
+    roots = c.connect.ca.roots()  # py-consul sends ?pem=0: JSON, not PEM
+    assert roots["ActiveRootID"] == c.agent.connect.ca.roots()["ActiveRootID"]
+    before = c.connect.ca.configuration()
+    assert before["Provider"] == "consul"
+    assert c.connect.ca.update_configuration("consul", {**before["Config"], "LeafCertTTL": "48h"}) is True
+    assert c.connect.ca.configuration()["Config"]["LeafCertTTL"] == "48h"
+    with pytest.raises(consul.exceptions.BadRequest):
+        c.connect.ca.update_configuration("consul", {"PrivateKeyType": "dsa"})
+    c.connect.ca.update_configuration("consul", before["Config"])
+    c.agent.service.register("pyleaf", port=4321)
+    try:
+        leaf = c.agent.connect.ca.leaf("pyleaf")
+        assert leaf["ServiceURI"].endswith("/svc/pyleaf") and leaf["PrivateKeyPEM"]
+    finally:
+        c.agent.service.deregister("pyleaf")
+
+
 def test_port_zero_and_disabled_listeners(tmp_path):
     log = tmp_path / "z.log"
     proc = subprocess.Popen([sys.executable, "-m", "mesh.agent.cli.main", "agent", "-dev", "-http-port", "0",
