@@ -89,6 +89,7 @@ class ServerRole:
         self._failed_since: dict[str, float] = {}
         self._registering: set[str] = set()
         self._csr_limiter = CSRLimiter()
+        self._ca_task: asyncio.Task[None] | None = None
         self.recently_left: dict[str, dict[str, Any]] = {}
         self._read_cache: OrderedDict[tuple[str, str], tuple[Any, int, Any]] = OrderedDict()
         self._known: dict[str, dict[str, Any]] = {}
@@ -149,7 +150,7 @@ class ServerRole:
         self._tasks.append(loop.create_task(self._leader_loop(), name="leader-duties"))
 
     async def stop(self) -> None:
-        await cancel_all(self._tasks)
+        await cancel_all(self._tasks + ([self._ca_task] if self._ca_task is not None else []))
         await self.rpc.stop()
         await self.client.close()
         if self.raft is not None:
@@ -544,6 +545,13 @@ class ServerRole:
             await self._ca_commit(raft, state, pruned)
             log.info("ca_roots_pruned", removed=sorted({r["ID"] for r in state["roots"]} - {r["ID"] for r in pruned["roots"]}))
 
+    async def _ca_maintenance_logged(self, raft: Raft) -> None:
+        try:
+            await self._ca_maintenance(raft)
+        except MeshError as exc:
+            LEADER.ca_errors.inc()
+            log.warning("ca_maintenance_failed", error=str(exc))
+
     async def _rpc_ca_configure(self, args: dict[str, Any]) -> bool:
         return await self.ca_configure(args.get("body"))
 
@@ -557,11 +565,10 @@ class ServerRole:
             if raft is None or not raft.started or not raft.is_leader or not raft.lease_valid():
                 was_leader = False
                 continue
-            try:
-                await self._ca_maintenance(raft)
-            except MeshError as exc:
-                LEADER.ca_errors.inc()
-                log.warning("ca_maintenance_failed", error=str(exc))
+            if self._ca_task is None or self._ca_task.done():
+                # its own task: generating a key (RSA 4096 takes seconds) must not hold
+                # up the liveness decisions below
+                self._ca_task = asyncio.get_running_loop().create_task(self._ca_maintenance_logged(raft))
             now = time.monotonic()
             with raft.lock:
                 store = self.fsm.store
