@@ -90,6 +90,7 @@ class ServerRole:
         self._registering: set[str] = set()
         self._csr_limiter = CSRLimiter()
         self._ca_task: asyncio.Task[None] | None = None
+        self._ca_last_error: tuple[str, float] = ("", 0.0)
         self.recently_left: dict[str, dict[str, Any]] = {}
         self._read_cache: OrderedDict[tuple[str, str], tuple[Any, int, Any]] = OrderedDict()
         self._known: dict[str, dict[str, Any]] = {}
@@ -546,11 +547,16 @@ class ServerRole:
             log.info("ca_roots_pruned", removed=sorted({r["ID"] for r in state["roots"]} - {r["ID"] for r in pruned["roots"]}))
 
     async def _ca_maintenance_logged(self, raft: Raft) -> None:
+        """Runs each second while something fails: the metric counts every failure, the
+        log says a repeated one once a minute."""
         try:
             await self._ca_maintenance(raft)
         except MeshError as exc:
             LEADER.ca_errors.inc()
-            log.warning("ca_maintenance_failed", error=str(exc))
+            now = time.monotonic()
+            if str(exc) != self._ca_last_error[0] or now - self._ca_last_error[1] >= 60:
+                log.warning("ca_maintenance_failed", error=str(exc))
+                self._ca_last_error = (str(exc), now)
 
     async def _rpc_ca_configure(self, args: dict[str, Any]) -> bool:
         return await self.ca_configure(args.get("body"))
