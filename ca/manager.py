@@ -13,7 +13,7 @@ import functools
 import uuid
 from typing import Any
 
-from mesh.catalog.errors import InvalidRequest
+from mesh.catalog.errors import InvalidRequest, MeshError
 
 from . import x509 as certs
 from .spiffe import ServiceID, parse_service_id, trust_domain_for
@@ -240,7 +240,11 @@ def roots_api(state: dict[str, Any], index: int) -> dict[str, Any]:
 def _signing_material(sealed_key: str, root_pem: str, secret: str) -> tuple[certs.PrivateKey, Any]:
     """Unsealing and parsing the key costs more than signing a leaf (an RSA key above
     all); the same root signs every leaf until a rotation."""
-    return certs.unseal_key(sealed_key, secret), certs.load_cert(root_pem)
+    try:
+        key = certs.unseal_key(sealed_key, secret)
+    except InvalidRequest as exc:
+        raise MeshError(f"the CA cannot sign: {exc}") from None  # the servers' fault, not the request's
+    return key, certs.load_cert(root_pem)
 
 
 def sign_csr(state: dict[str, Any], csr_pem: str, service: str, datacenter: str, serial: int,
