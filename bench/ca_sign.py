@@ -128,8 +128,8 @@ async def main() -> None:
                     async with http.get(f"http://{agent.http}/v1/agent/metrics?format=prometheus") as resp:
                         text = await resp.text()
                     buckets = metric(text, "mesh_ca_leaf_renewed_at_fraction_bucket")
-                    within = next(v for k, v in buckets.items() if 'le="0.9"' in k)
-                    count = next(v for k, v in buckets.items() if 'le="+Inf"' in k)
+                    within = next((v for k, v in buckets.items() if 'le="0.9"' in k), 0.0)
+                    count = next((v for k, v in buckets.items() if 'le="+Inf"' in k), 0.0)
                     late += count - within
                     total += count
                     errors += sum(metric(text, "mesh_ca_leaf_renewal_errors_total").values())

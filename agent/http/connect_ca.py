@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from mesh.catalog.errors import MeshError
@@ -13,11 +15,16 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 
+def _pem_bundle(roots: dict[str, Any]) -> web.Response:
+    """`?pem=true`: every root, concatenated (clients must trust them all)."""
+    return web.Response(text="".join(root["RootCert"] for root in roots["Roots"]),
+                        content_type="application/pem-certificate-chain")
+
+
 async def _roots(request: web.Request) -> web.Response:
     result = await read(request, "ca.roots")
     if flag(request, "pem"):
-        text = "".join(root["RootCert"] for root in result.value["Roots"])
-        return web.Response(text=text, content_type="application/pem-certificate-chain")
+        return _pem_bundle(result.value)
     return read_response(request, result)
 
 
@@ -37,8 +44,7 @@ async def agent_roots(request: web.Request) -> web.Response:
         if not leaves.roots.get("Roots"):
             raise
         if flag(request, "pem"):
-            resp = web.Response(text="".join(r["RootCert"] for r in leaves.roots["Roots"]),
-                                content_type="application/pem-certificate-chain")
+            resp = _pem_bundle(leaves.roots)
         else:
             resp = json_response(request, leaves.roots, index=max(1, leaves.roots_index))
         resp.headers["X-Cache"] = "HIT"

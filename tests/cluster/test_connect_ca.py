@@ -14,11 +14,10 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 
 from mesh.agent.rpc import RPCClient, RPCError
+from mesh.ca.manager import parse_time
 from mesh.ca.x509 import make_csr
 from tests.harness.cluster import KEY, Cluster, retry
 from tests.harness.mtls import handshake
-
-RFC3339 = "%Y-%m-%dT%H:%M:%SZ"
 
 pytestmark = pytest.mark.cluster
 
@@ -166,11 +165,11 @@ def test_short_leaves_renew_without_a_gap_through_automatic_root_rotations(tmp_p
             if new["SerialNumber"] == web["SerialNumber"]:
                 continue
             renewals += 1
-            valid_after = datetime.datetime.strptime(new["ValidAfter"], RFC3339).replace(tzinfo=datetime.UTC)
-            valid_before = datetime.datetime.strptime(new["ValidBefore"], RFC3339).replace(tzinfo=datetime.UTC)
+            valid_after = parse_time(new["ValidAfter"])
+            valid_before = parse_time(new["ValidBefore"])
             now = datetime.datetime.fromtimestamp(arrived, datetime.UTC)
             assert valid_after <= now < valid_before, new
-            old_before = datetime.datetime.strptime(web["ValidBefore"], RFC3339).replace(tzinfo=datetime.UTC)
+            old_before = parse_time(web["ValidBefore"])
             # no gap: the next leaf is here by the previous one's 90% mark (1 s before expiry), give or take
             assert now <= old_before - datetime.timedelta(seconds=0.5), (web, new)
             current = client.get("/v1/agent/connect/ca/roots")
@@ -252,7 +251,7 @@ def test_with_every_server_down_the_agent_serves_its_cache_and_status_reports_ex
         cluster.wait_leader()
         renewed = retry(lambda: (lambda lf: lf if lf["SerialNumber"] != leaf["SerialNumber"] else None)(
             client.get("/v1/agent/connect/ca/leaf/web")), 40, 0.5, "renewed once servers are back")
-        assert datetime.datetime.strptime(renewed["ValidBefore"], RFC3339).replace(tzinfo=datetime.UTC) > \
+        assert parse_time(renewed["ValidBefore"]) > \
             datetime.datetime.now(datetime.UTC)
         retry(lambda: _status(client).returncode == 0, 20, 1.0, "status healthy again")
     except BaseException:
