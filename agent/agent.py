@@ -38,6 +38,7 @@ from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
 from .metrics import AGENT, DNS
+from .raft import RaftError
 from .server import ServerRole
 from .tasks import cancel_all
 from .tls import rpc_contexts
@@ -56,6 +57,16 @@ def _free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+def _probe_bind(host: str, port: int) -> None:
+    """Fail now if the Raft port is taken: pysyncobj binds it on its own thread and would
+    retry forever, leaving a leaderless agent running instead of exiting with the reason."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as pysyncobj binds it
+        s.bind((host, port))
+        s.listen(1)
 
 
 def _load_node_id(cfg: AgentConfig) -> str:
@@ -146,9 +157,15 @@ class Agent:
         if self.server is not None:
             raft_port = cfg.raft_port or _free_port(cfg.bind_addr)
             try:
+                _probe_bind(cfg.bind_addr, raft_port)
+            except OSError as exc:
+                raise StartupError(f"cannot bind the Raft port {cfg.bind_addr}:{raft_port}: {exc.strerror}") from None
+            try:
                 await self.server.start(raft_port)
             except OSError as exc:
                 raise StartupError(f"cannot bind the server port {cfg.bind_addr}:{cfg.server_port}: {exc.strerror}") from None
+            except RaftError as exc:
+                raise StartupError(str(exc)) from None
             self.ports["server"] = self.server.rpc.port
             self.ports["raft"] = raft_port
             consul = Service(id="consul", service="consul", port=self.server.rpc.port)

@@ -48,6 +48,12 @@ class _Raft:
         self.snapshots = Counter("mesh_raft_snapshots_total", "Snapshots written, by result", ["result"], registry=REGISTRY)
         self.snapshot_seconds = Gauge("mesh_raft_last_snapshot_seconds", "Time to encode and write the last snapshot", registry=REGISTRY)
         self.watchdog_runs = Counter("mesh_raft_watchdog_runs_total", "Watchdog loop iterations", registry=REGISTRY)
+        self.wire_rejects = Counter(
+            "mesh_raft_wire_rejects_total", "Raft-port connections dropped or refused, by reason", ["reason"], registry=REGISTRY
+        )
+        self.wire_authenticated = Counter(
+            "mesh_raft_wire_authenticated_total", "Raft-port connections whose first frame authenticated", registry=REGISTRY
+        )
 
 
 class _Http:

@@ -16,7 +16,10 @@ What it adds to the library (../shared/reference/raft.md §4):
   is copied on the Raft thread and encoded and written (tmp, fsync, rename) on another.
 - Reads: `lease_valid()` (a leader that has not heard from a quorum within the lease
   is no leader for reads) and `barrier()` for ?consistent.
-- Security: always a bind address; the password (cluster key) encrypts Raft traffic.
+- Security: always a bind address and always a key (the cluster's -encrypt key, or a
+  random one for a server that has no peers); every frame is authenticated before it is
+  decoded, and nothing on the wire or in the log is pickled (pysyncobj_fixes'
+  safe wire, raft_wire's codec and frame caps).
 - A watchdog that notices a broken node and resyncs it from the leader's snapshot.
 
 Threading: pysyncobj's tick thread applies entries to the FSM under `self.lock`;
@@ -48,7 +51,7 @@ from mesh.catalog.commands import MessageType, encode, encode_batch
 from mesh.catalog.errors import FatalStateError, MeshError
 from mesh.catalog.fsm import FSM
 
-from . import pysyncobj_fixes
+from . import pysyncobj_fixes, raft_wire
 from .logging import get_logger
 from .metrics import RAFT
 from .tasks import cancel_all
@@ -123,7 +126,8 @@ class _Node(SyncObj):
         self._journal_dirty = False
         self._no_truncate = False
         self._last_leader_contact = time.monotonic()
-        super().__init__(self_address, partners, conf)
+        self._chunks: bytearray | None = None  # a large entry arriving in pieces
+        super().__init__(self_address, partners, conf, transportClass=pysyncobj_fixes.MeshTransport)
         journal = self._SyncObj__raftLog
         if adapter.config.data_dir is not None and adapter.config.fsync:
             original_add, original_delete = journal.add, journal.deleteEntriesFrom
@@ -186,8 +190,43 @@ class _Node(SyncObj):
             return None
         return log_[pos][2]
 
+    def _reassemble(self, message: dict[str, Any]) -> bool:
+        """Collect a large entry sent in chunks ourselves (the library concatenates
+        immutable bytes, quadratic in the entry's size, and its 'finish' mark can come
+        one chunk early); hand the library the whole entry as a plain append. False:
+        drop the message."""
+        transmission = message["transmission"]
+        data = message.get("data")
+        if not isinstance(data, bytes) or transmission not in ("start", "process", "finish"):
+            return False
+        if transmission == "start":
+            self._chunks = bytearray()
+        elif self._chunks is None:
+            return False
+        self._chunks += data
+        if len(self._chunks) > raft_wire.MAX_ENTRY:
+            self._chunks = None
+            return False
+        if transmission == "finish":
+            try:
+                entry = pysyncobj_fixes.CODEC.loads(self._chunks)
+            except Exception:  # noqa: BLE001 - incomplete: the real last chunk is still to come
+                entry = None
+            if isinstance(entry, tuple) and len(entry) == 3:
+                self._chunks = None
+                del message["transmission"], message["data"]
+                message["entries"] = [entry]
+                return True
+            message["transmission"] = "process"
+        message["data"] = b""  # the library answers as usual and keeps nothing
+        return True
+
     def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:
         if message.get("type") == "append_entries":
+            if "serialized" in message and self._adapter.raft_dir is None:
+                return  # an in-memory (-dev) node has no peers to install a snapshot from
+            if message.get("transmission") is not None and not self._reassemble(message):
+                return
             self._last_leader_contact = time.monotonic()
             log_ = self._SyncObj__raftLog
             last = log_[-1][1] if len(log_) else 0
@@ -226,6 +265,9 @@ class Raft:
     def __init__(self, config: RaftConfig, fsm: FSM, on_change: Callable[[set[str], int], None]) -> None:
         pysyncobj_fixes.check_version()
         pysyncobj_fixes.patch_meta_storer(config.fsync)
+        pysyncobj_fixes.install_safe_wire()
+        if not config.password:
+            raise RaftError("the Raft port needs a key: -encrypt, or a generated one for a single server")
         self.config = config
         self.fsm = fsm
         self.lock = threading.RLock()
@@ -268,10 +310,20 @@ class Raft:
             return None
         return [p for p in peers if isinstance(p, str)] if isinstance(peers, list) else None
 
+    def check_data_format(self) -> None:
+        """Refuse a data-dir whose Raft log an older mesh wrote with pickle: we no longer
+        unpickle anything, so it could not be applied."""
+        if self.raft_dir and pysyncobj_fixes.pickled_meta(os.path.join(self.raft_dir, "journal.meta")):
+            raise RaftError(
+                f"{self.raft_dir} was written by an older mesh (pickled Raft log); start this server on a "
+                "fresh -data-dir and restore a snapshot ('mesh snapshot restore')"
+            )
+
     def start(self, partners: list[str]) -> None:
         """Create the pysyncobj node. Must run on the main thread (pysyncobj's tick
         thread exits when the thread that created it does)."""
         self._loop = asyncio.get_running_loop()
+        self.check_data_format()
         logging.getLogger("pysyncobj").addHandler(self._log_handler)
         self._partners = sorted(p for p in partners if p != self.config.self_address)
         self._node = self._create_node(self._partners)

@@ -18,6 +18,7 @@ import asyncio
 import datetime
 import json
 import random
+import secrets
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -129,7 +130,9 @@ class ServerRole:
                 self_address=self.raft_address,
                 bind_host=self.cfg.bind_addr,
                 data_dir=data_dir,
-                password=self.cfg.encrypt or None,
+                # A server without -encrypt has no peers (config refuses that), so a random
+                # per-process key keeps its Raft port closed to everyone.
+                password=self.cfg.encrypt or secrets.token_urlsafe(32),
                 fsync=self.cfg.raft_fsync,
                 fast_elections=self.cfg.dev,
                 compaction_min_entries=self.cfg.raft_snapshot_threshold,
@@ -138,6 +141,7 @@ class ServerRole:
             self.fsm,
             self._on_change,
         )
+        self.raft.check_data_format()
         loop = asyncio.get_running_loop()
         saved = self.raft.saved_peers()
         if saved is not None:

@@ -41,7 +41,8 @@ def nodes():
         port = free_port()
         leader = f"127.0.0.1:{free_port()}"
         if ours:
-            adapter = Raft(RaftConfig(self_address=f"127.0.0.1:{port}", bind_host="127.0.0.1", data_dir=None),
+            adapter = Raft(RaftConfig(self_address=f"127.0.0.1:{port}", bind_host="127.0.0.1", data_dir=None,
+                                      password="test-key"),
                            FSM(), lambda keys, index: None)
             node = _Node(adapter, f"127.0.0.1:{port}", [leader], _conf(port))
         else:
