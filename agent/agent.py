@@ -110,7 +110,8 @@ class Agent:
             self.server = ServerRole(cfg, self.node_id, self.watch)
             self.backend = LocalBackend(self.server)
         else:
-            self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt, ssl_context=rpc_contexts(cfg)[1])
+            self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt, ssl_context=rpc_contexts(cfg)[1],
+                                   state_file=os.path.join(cfg.data_dir, "servers.json") if cfg.data_dir else None)
             self.backend = RemoteBackend(self.pool)
         self.ports: dict[str, int] = {"http": cfg.http_port, "dns": cfg.dns_port, "server": cfg.server_port,
                                       "raft": cfg.raft_port}

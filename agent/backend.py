@@ -6,14 +6,19 @@ which kind of agent they run in.
 
 A client's ServerPool spreads calls over the servers it knows (starting from a random
 one), fails over to the next on a connection error, backs off between rounds, and
-refreshes the server list from the servers themselves; it never needs all of them up.
+learns the current server set from every heartbeat answer; it never needs all of them
+up, nor the one it joined through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
 import ssl
+import time
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
@@ -26,6 +31,9 @@ from .server import ReadOptions, ReadResult, ServerRole
 __all__ = ["Backend", "LocalBackend", "RemoteBackend", "ServerPool"]
 
 log = get_logger("backend")
+
+NO_SERVERS = "No known Consul servers"  # Consul's text when no server can be reached
+BAD_SERVER_SECONDS = 10.0  # a server that refused, reset or timed out is tried last this long
 
 
 class Backend(Protocol):
@@ -67,18 +75,48 @@ class LocalBackend:
 
 
 class ServerPool:
+    """The servers a client agent calls, kept current from the servers themselves.
+
+    Every heartbeat answer carries the cluster's current server set (from the replicated
+    servers table), so a new, removed or moved server is known within seconds; the set
+    is written to `state_file` so an agent restarted while its -retry-join seeds are down
+    still finds the cluster. Calls rotate over the known servers; one that refuses, resets
+    or times out is skipped for a while (all are tried when every one is marked). The
+    -retry-join seeds come last: only when no learned server answers."""
+
     def __init__(self, seeds: list[str], encrypt: str, rng: random.Random | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        self._servers = list(dict.fromkeys(seeds))
-        self._seeds = list(self._servers)
+                 ssl_context: ssl.SSLContext | None = None, state_file: str | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._seeds = list(dict.fromkeys(seeds))
+        self._state_file = state_file
+        self._clock = clock
+        self._learned: list[str] = self._load()
+        self._bad_until: dict[str, float] = {}
         self._client = RPCClient(encrypt, ssl_context=ssl_context)
         self._rng = rng or random.Random()
-        self._next = self._rng.randrange(len(self._servers)) if self._servers else 0
+        self._next = self._rng.randrange(max(1, len(self._learned) or len(self._seeds)))
         self.healthy = False
 
     @property
     def servers(self) -> list[str]:
-        return list(self._servers)
+        """Every candidate: learned servers first, then seeds they do not name."""
+        return list(dict.fromkeys(self._learned + self._seeds))
+
+    def candidates(self) -> list[str]:
+        """This call's order: learned servers rotated, then the seeds; servers marked bad
+        go last (still tried: they may be back)."""
+        learned = self._learned
+        if learned:
+            start = self._next % len(learned)
+            self._next += 1
+            learned = learned[start:] + learned[:start]
+        order = list(dict.fromkeys(learned + self._seeds))
+        now = self._clock()
+        good = [a for a in order if self._bad_until.get(a, 0.0) <= now]
+        return good + [a for a in order if a not in good]
+
+    def mark_bad(self, address: str) -> None:
+        self._bad_until[address] = self._clock() + BAD_SERVER_SECONDS
 
     async def call(self, method: str, args: dict[str, Any], timeout: float = 10.0, deadline: float = 15.0) -> Any:
         """Call one server; on a connection error try the others, then back off and
@@ -88,12 +126,14 @@ class ServerPool:
         backoff = 0.05
         last: Exception | None = None
         while True:
-            for _ in range(len(self._servers)):
-                address = self._servers[self._next % len(self._servers)]
-                self._next += 1
+            for address in self.candidates():
+                remaining = end - loop.time()
+                if remaining <= 0:
+                    break
                 try:
-                    result = await self._client.call(address, method, args, timeout=timeout)
+                    result = await self._client.call(address, method, args, timeout=min(timeout, remaining))
                     self.healthy = True
+                    self._bad_until.pop(address, None)
                     return result
                 except RPCError as exc:
                     text = str(exc)
@@ -108,6 +148,7 @@ class ServerPool:
                         continue
                     if exc.kind == "error":
                         raise MeshError(text) from None
+                    self.mark_bad(address)
                     last = exc
             self.healthy = False
             if loop.time() + backoff >= end:
@@ -116,25 +157,54 @@ class ServerPool:
             backoff = min(backoff * 2, 1.0)
         if isinstance(last, NoLeader):
             raise last
-        raise MeshError(f"no server reachable ({', '.join(self._servers)}): {last}")
+        log.debug("no_server_reachable", servers=self.servers, error=str(last))
+        raise MeshError(NO_SERVERS)
 
     def add(self, address: str) -> None:
-        if address not in self._servers:
-            self._servers.append(address)
+        if address not in self._learned:
+            self.learn(self._learned + [address])
+
+    def learn(self, servers: Any) -> None:
+        """The cluster's server set as a server reported it: it replaces what we knew."""
+        if not isinstance(servers, list):
+            return
+        known = list(dict.fromkeys(a for a in servers if isinstance(a, str) and ":" in a))
+        if not known or known == self._learned:
+            return
+        if set(known) != set(self._learned):
+            log.info("servers_updated", servers=known)
+        self._learned = known
+        self._save()
 
     async def refresh(self) -> None:
-        """Learn every server from any server (the -retry-join list may name only one)."""
+        """Learn every server from any server (a fallback to the heartbeat's list)."""
         try:
             servers = await self.call("Server.List", {}, timeout=3, deadline=3)
         except MeshError:
             return
-        if isinstance(servers, list) and servers:
-            # the -retry-join addresses stay candidates: one server's partial view
-            # (just restarted, still replaying) must not leave us with none that answer
-            known = list(dict.fromkeys([s for s in servers if isinstance(s, str)] + self._seeds))
-            if set(known) != set(self._servers):
-                log.info("servers_updated", servers=known)
-                self._servers = known
+        self.learn(servers)
+
+    def _load(self) -> list[str]:
+        if not self._state_file:
+            return []
+        try:
+            with open(self._state_file) as f:
+                saved = json.load(f)
+        except (OSError, ValueError):
+            return []
+        return [a for a in saved if isinstance(a, str)] if isinstance(saved, list) else []
+
+    def _save(self) -> None:
+        if not self._state_file:
+            return
+        tmp = self._state_file + ".tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as f:
+                json.dump(self._learned, f)
+            os.replace(tmp, self._state_file)
+        except OSError as exc:
+            log.warning("servers_not_saved", path=self._state_file, error=str(exc))
 
     async def close(self) -> None:
         await self._client.close()
@@ -154,7 +224,11 @@ class RemoteBackend:
         return ReadResult(int(reply["i"]), reply["r"], bool(reply["kl"]), int(reply["lc"]))
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
-        return float(await self.pool.call("Node.Heartbeat", info, timeout=3, deadline=3) or 1.0)
+        reply = await self.pool.call("Node.Heartbeat", dict(info, v=2), timeout=3, deadline=3)
+        if isinstance(reply, dict):  # v2: the interval and the cluster's current servers
+            self.pool.learn(reply.get("servers"))
+            return float(reply.get("interval") or 1.0)
+        return float(reply or 1.0)
 
     async def leave(self, info: dict[str, Any]) -> None:
         await self.pool.call("Node.Leave", info, timeout=5, deadline=10)

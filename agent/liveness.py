@@ -8,15 +8,18 @@ longer than the reconnect timeout is reaped (deregistered).
 
 The plan functions are pure; the leader's loop in agent/server.py applies them. The
 memory of heartbeats is the leader's alone: a new leader starts every node's clock at
-its election, which errs on the side of not failing nodes during a failover.
+its election, which errs on the side of not failing nodes during a failover; a node it
+has never heard from (its heartbeats went to a leader that has since lost office, or
+never arrived) starts its clock when the leader first notices it, so it still fails.
 """
 
 from __future__ import annotations
 
 from mesh.catalog.store import Store
-from mesh.catalog.structs import CRITICAL, PASSING
+from mesh.catalog.structs import CRITICAL, PASSING, Check
 
-__all__ = ["SERF_CHECK_ID", "SERF_CHECK_NAME", "ALIVE_OUTPUT", "DEAD_OUTPUT", "HEARTBEAT_BUDGET", "liveness_plan", "reap_plan"]
+__all__ = ["SERF_CHECK_ID", "SERF_CHECK_NAME", "ALIVE_OUTPUT", "DEAD_OUTPUT", "HEARTBEAT_BUDGET", "liveness_plan",
+           "reap_plan", "unheard_nodes", "serf_check"]
 
 SERF_CHECK_ID = "serfHealth"
 SERF_CHECK_NAME = "Serf Health Status"
@@ -24,6 +27,19 @@ ALIVE_OUTPUT = "Agent alive and reachable"
 DEAD_OUTPUT = "Agent not live or unreachable"
 # heartbeats per second the leader is willing to handle; agents slow down past it
 HEARTBEAT_BUDGET = 1000.0
+
+
+def serf_check(status: str) -> Check:
+    """The node-level check that says whether the agent on a node is alive."""
+    return Check(check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=status,
+                 output=ALIVE_OUTPUT if status == PASSING else DEAD_OUTPUT)
+
+
+def unheard_nodes(store: Store, last_seen: dict[str, float]) -> list[str]:
+    """Agent nodes (those with serfHealth) the leader has no heartbeat time for. Their
+    clock starts when the leader first notices them: a node whose heartbeats never
+    reached this leader still fails one liveness timeout later."""
+    return [key for key, checks in store.checks.items() if SERF_CHECK_ID in checks and key not in last_seen]
 
 
 def liveness_plan(

@@ -28,9 +28,9 @@ from mesh.ca import manager as ca_manager
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, decode
 from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 from mesh.catalog.fsm import FSM, SERIALS_PER_ENTRY
-from mesh.catalog.structs import CRITICAL, PASSING, Check, Node, ServerInfo
+from mesh.catalog.structs import CRITICAL, PASSING, Node, ServerInfo, Service
 
-from . import liveness
+from . import liveness, reconcile
 from .config import AgentConfig
 from .csr_limit import CSRLimiter
 from .logging import get_logger
@@ -404,7 +404,8 @@ class ServerRole:
         Returns the interval the agent should use for its next heartbeat."""
         raft = self._require_raft()
         if not raft.is_leader:
-            return float(await self._forward("Node.Heartbeat", info) or self.cfg.heartbeat_interval)
+            forwarded = {k: v for k, v in info.items() if k != "v"}  # the leader answers with a plain interval
+            return float(await self._forward("Node.Heartbeat", forwarded) or self.cfg.heartbeat_interval)
         name = str(info.get("node", ""))
         if not name:
             raise InvalidRequest("heartbeat without a node name")
@@ -429,7 +430,7 @@ class ServerRole:
                 node=Node(node=name, address=str(info.get("address", "")), id=str(info.get("id", "")),
                           datacenter=self.cfg.datacenter, tagged_addresses=dict(info.get("tagged") or {}),
                           meta=dict(info.get("meta") or {})),
-                checks=(self._serf_check(PASSING),),
+                checks=(liveness.serf_check(PASSING),),
                 skip_node_update=node is not None,
             )
             result = await raft.apply(MessageType.REGISTER, req)
@@ -439,13 +440,20 @@ class ServerRole:
             self._registering.discard(key)
         return self.heartbeat_interval()
 
-    async def _rpc_heartbeat(self, args: dict[str, Any]) -> float:
-        return await self.heartbeat(args)
+    async def _rpc_heartbeat(self, args: dict[str, Any]) -> Any:
+        interval = await self.heartbeat(args)
+        if args.get("v") == 2:  # clients learn the current server set with every heartbeat
+            return {"interval": interval, "servers": self.server_rpc_addresses()}
+        return interval
 
-    @staticmethod
-    def _serf_check(status: str) -> Check:
-        return Check(check_id=liveness.SERF_CHECK_ID, name=liveness.SERF_CHECK_NAME, status=status,
-                     output=liveness.ALIVE_OUTPUT if status == PASSING else liveness.DEAD_OUTPUT)
+    def server_rpc_addresses(self) -> list[str]:
+        """RPC addresses of the current voters, from the replicated servers table."""
+        raft = self._require_raft()
+        voters = raft.voters()
+        with raft.lock:
+            table = self.fsm.store.servers
+            return [table[v].rpc_address for v in voters if v in table and table[v].rpc_address]
+
 
     async def _ensure_ca(self, raft: Raft) -> None:
         """On first leadership: the cluster's trust domain and first root, through Raft."""
@@ -566,10 +574,12 @@ class ServerRole:
         return await self.ca_configure(args.get("body"))
 
     async def _leader_loop(self) -> None:
-        """Liveness and reaping, on the leader only; runs once a second."""
+        """Liveness, reaping and server reconciliation, on the leader only; runs once a
+        second, and at once when the servers table changes (a server that joins is in
+        the catalog within a second)."""
         was_leader = False
         while True:
-            await asyncio.sleep(1.0)
+            await self.hub.wait(("servers",), 1.0)
             LEADER.liveness_runs.inc()
             raft = self.raft
             if raft is None or not raft.started or not raft.is_leader or not raft.lease_valid():
@@ -588,8 +598,13 @@ class ServerRole:
                     self._failed_since = {}
                 was_leader = True
                 self._last_seen[self.cfg.node_name.lower()] = now
+                for key in liveness.unheard_nodes(store, self._last_seen):
+                    self._last_seen[key] = now  # never heard from: one timeout from now
                 changes = liveness.liveness_plan(store, self._last_seen, now, self.cfg.liveness_timeout,
                                                  always_alive=self.cfg.node_name)
+                unregistered = reconcile.servers_to_register(store, raft.voters())
+            for info in unregistered:
+                await self._register_server(raft, info)
             for node, status in changes:
                 if status == CRITICAL:
                     self._failed_since.setdefault(node.lower(), now)
@@ -598,7 +613,7 @@ class ServerRole:
                 else:
                     self._failed_since.pop(node.lower(), None)
                     log.info("node_alive", node=node)
-                req = RegisterRequest(node=Node(node=node, address=""), checks=(self._serf_check(status),),
+                req = RegisterRequest(node=Node(node=node, address=""), checks=(liveness.serf_check(status),),
                                       skip_node_update=True)
                 try:
                     await raft.apply(MessageType.REGISTER, req)
@@ -614,6 +629,23 @@ class ServerRole:
                     self._last_seen.pop(node.lower(), None)
                 except MeshError as exc:
                     log.warning("reap_failed", node=node, error=str(exc))
+
+    async def _register_server(self, raft: Raft, info: ServerInfo) -> None:
+        """A server's node, its `consul` service and serfHealth, written by the leader
+        (the server's own agent adds its node details when it syncs)."""
+        host, port = reconcile.split_address(info.rpc_address)
+        with raft.lock:
+            known = self.fsm.store.node(info.node) is not None
+        req = RegisterRequest(
+            node=Node(node=info.node, address=host, id=info.node_id, datacenter=self.cfg.datacenter),
+            service=Service(id=reconcile.CONSUL_SERVICE, service=reconcile.CONSUL_SERVICE, port=port),
+            checks=(liveness.serf_check(PASSING),), skip_node_update=known,
+        )
+        try:
+            await raft.apply(MessageType.REGISTER, req)
+            log.info("server_reconciled", node=info.node)
+        except MeshError as exc:
+            log.warning("server_reconcile_failed", node=info.node, error=str(exc))
 
     async def node_leave(self, info: dict[str, Any]) -> None:
         """A client agent leaves gracefully: deregister its node at once."""

@@ -6,7 +6,9 @@ after a local change (debounced), and in full about every minute (scaled with th
 cluster size as Consul does, jittered), retrying sooner after a failure. Something the
 catalog lost or that somebody deregistered through the catalog API comes back;
 something the agent no longer has is removed. `serfHealth` belongs to the servers
-and is left alone.
+and is left alone, except that a node the catalog holds without one gets it (passing:
+the agent is evidently alive) with its first registration, so the leader can fail the
+node even if none of its heartbeats ever reached it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, encode
 from mesh.catalog.errors import MeshError
-from mesh.catalog.structs import Check, Node, Service, evolve, row_from_wire, same_content
+from mesh.catalog.structs import PASSING, Check, Node, Service, evolve, row_from_wire, same_content
 
-from ..liveness import SERF_CHECK_ID
+from ..liveness import SERF_CHECK_ID, serf_check
 from ..logging import get_logger
 from ..metrics import AE
 from ..server import ReadOptions
@@ -35,6 +37,7 @@ log = get_logger("anti_entropy")
 @dataclass
 class SyncPlan:
     register_node: bool = False
+    add_serf_check: bool = False
     services: list[str] = field(default_factory=list)
     deregister_services: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
@@ -42,8 +45,8 @@ class SyncPlan:
 
     @property
     def empty(self) -> bool:
-        return not (self.register_node or self.services or self.deregister_services or self.checks
-                    or self.deregister_checks)
+        return not (self.register_node or self.add_serf_check or self.services or self.deregister_services
+                    or self.checks or self.deregister_checks)
 
 
 def _node_differs(local: Node, remote: Node) -> bool:
@@ -61,6 +64,7 @@ def plan_sync(
     plan = SyncPlan()
     if remote is None:
         plan.register_node = True
+        plan.add_serf_check = True
         plan.services = sorted(services)
         plan.checks = sorted(c for c in checks if c != SERF_CHECK_ID)
         return plan
@@ -68,6 +72,7 @@ def plan_sync(
     r_services: dict[str, Service] = remote["services"]
     r_checks: dict[str, Check] = remote["checks"]
     plan.register_node = _node_differs(node, r_node)
+    plan.add_serf_check = SERF_CHECK_ID not in r_checks
     for sid, svc in sorted(services.items()):
         other = r_services.get(sid)
         if other is None:
@@ -162,6 +167,8 @@ class AntiEntropy:
             done_checks.update(c.check_id for c in own)
             writes.append(_register(node, services[sid], own))
         rest = tuple(checks[cid] for cid in plan.checks if cid not in done_checks)
+        if plan.add_serf_check:
+            rest += (serf_check(PASSING),)
         if rest or (plan.register_node and not plan.services):
             writes.append(_register(node, None, rest))
         for sid in plan.deregister_services:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import random
 
-from mesh.agent.liveness import SERF_CHECK_ID, liveness_plan, reap_plan
+from mesh.agent.liveness import SERF_CHECK_ID, liveness_plan, reap_plan, unheard_nodes
 from mesh.agent.local.anti_entropy import plan_sync, scaled_interval
+from mesh.agent.reconcile import servers_to_register, split_address
 from mesh.catalog.commands import MessageType, encode, encode_batch
 from mesh.catalog.fsm import FSM
 from mesh.catalog.requests import parse_register
-from mesh.catalog.structs import Check, Node, Service, evolve, with_index
+from mesh.catalog.structs import Check, Node, ServerInfo, Service, evolve, with_index
 
 NODE = Node(node="web-1", address="10.0.0.5", id="", datacenter="dc1")
 WEB = Service(id="web", service="web", node="web-1", port=80, tags=("v1",))
@@ -91,3 +92,38 @@ def test_nodes_without_a_heartbeat_record_are_left_alone_and_reaping_waits():
     fsm = _fsm_with_nodes("a")
     assert liveness_plan(fsm.store, {}, now=1000.0, timeout=5.0) == []
     assert reap_plan(fsm.store, {"a": 0.0}, now=1000.0, reconnect_timeout=10.0) == []  # still passing
+
+
+def test_first_registration_carries_serf_health():
+    assert plan_sync(NODE, {}, {}, None).add_serf_check
+    assert plan_sync(NODE, {"web": WEB}, {"service:web": CHECK}, remote([WEB], [CHECK])).add_serf_check
+    serf = Check(check_id=SERF_CHECK_ID, name="Serf Health Status", node="web-1", status="critical")
+    plan = plan_sync(NODE, {"web": WEB}, {"service:web": CHECK}, remote([WEB], [CHECK, serf]))
+    assert not plan.add_serf_check  # a critical serfHealth is the leader's verdict: left alone
+
+
+def test_unheard_nodes_start_their_clock_and_then_fail():
+    fsm = _fsm_with_nodes("a", "b")
+    seen: dict[str, float] = {"a": 100.0}
+    assert unheard_nodes(fsm.store, seen) == ["b"]
+    for key in unheard_nodes(fsm.store, seen):
+        seen[key] = 100.0
+    assert liveness_plan(fsm.store, seen, now=104.0, timeout=5.0) == []
+    assert sorted(liveness_plan(fsm.store, seen, now=105.5, timeout=5.0)) == [("a", "critical"), ("b", "critical")]
+
+
+def test_servers_missing_from_the_catalog_are_reconciled():
+    fsm = FSM()
+    rows = [ServerInfo("127.0.0.1:8301", "s1", "id1", "127.0.0.1:8300"),
+            ServerInfo("127.0.0.2:8301", "s2", "id2", "127.0.0.2:8300"),
+            ServerInfo("127.0.0.3:8301", "s3", "id3", "")]
+    for i, row in enumerate(rows):
+        fsm.apply_batch(i + 1, encode_batch([encode(MessageType.SERVER_UPSERT, row, bytes([i]) * 16)]))
+    req = parse_register({"Node": "s1", "Address": "127.0.0.1", "Service": {"ID": "consul", "Service": "consul", "Port": 8300},
+                          "Check": {"CheckID": SERF_CHECK_ID, "Name": "Serf Health Status", "Status": "passing"}})
+    fsm.apply_batch(10, encode_batch([encode(MessageType.REGISTER, req, b"r" * 16)]))
+    voters = ["127.0.0.1:8301", "127.0.0.2:8301", "127.0.0.3:8301", "127.0.0.4:8301"]
+    # s1 is complete, s3 has no RPC address yet, the fourth voter has no row yet
+    assert [s.node for s in servers_to_register(fsm.store, voters)] == ["s2"]
+    assert split_address("127.0.0.2:8300") == ("127.0.0.2", 8300)
+    assert split_address("[::1]:8300") == ("::1", 8300)
