@@ -108,16 +108,18 @@ def as_int(value: Any, what: str, *, lo: int | None = None, hi: int | None = Non
     lo = INT64_MIN if lo is None else lo
     hi = INT64_MAX if hi is None else hi
     if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidRequest(f"{what} must be an integer, got {value!r}")
-    if isinstance(value, float):
-        if not math.isfinite(value) or not value.is_integer():
-            raise InvalidRequest(f"{what} must be an integer, got {value!r}")
-        if not lo <= value <= hi:  # compared as a float: int(1e300) would be a 1000-bit int
-            raise InvalidRequest(f"{what} out of range: must be between {lo} and {hi}")
-        value = int(value)
+        raise InvalidRequest(f"{what} must be an integer, got {_short(value)}")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise InvalidRequest(f"{what} must be an integer, got {_short(value)}")
+    # compared before int(): int(1e300) would be a 1000-bit integer
     if not lo <= value <= hi:
-        raise InvalidRequest(f"{what} out of range: must be between {lo} and {hi}")
-    return value
+        raise InvalidRequest(f"{what} out of range: {_short(value)} (must be between {lo} and {hi})")
+    return int(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def validate_meta(meta: dict[str, str], what: str) -> dict[str, str]:
