@@ -99,15 +99,16 @@ class _AiohttpServerFilter(logging.Filter):
     level; those are bad input (one debug line, rate-limited). Anything else it
     logs keeps its traceback, rate-limited too."""
 
-    def __init__(self, limiter: RateLimiter) -> None:
+    def __init__(self, limiter: RateLimiter, logger: Any = None) -> None:
         super().__init__()
         self._limiter = limiter
+        self._log = logger if logger is not None else get_logger("http")
 
     def filter(self, record: logging.LogRecord) -> bool:
         exc = _exception_of(record)
         if isinstance(exc, HttpProcessingError):
             message = str(exc.message or exc).strip().splitlines()
-            log_limited(get_logger("http"), "debug", "http_malformed_request", limiter=self._limiter,
+            log_limited(self._log, "debug", "http_malformed_request", limiter=self._limiter,
                         error=type(exc).__name__, detail=(message[0] if message else "")[:200])
             return False
         if record.levelno >= logging.ERROR:
