@@ -267,7 +267,10 @@ def parse_check(
 
     http = f.str("HTTP")
     if http:
-        parts = urlsplit(http)
+        try:
+            parts = urlsplit(http)
+        except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+            raise InvalidRequest(f"{what}.HTTP: must be an http:// or https:// URL, got {http!r}") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidRequest(f"{what}.HTTP: must be an http:// or https:// URL, got {http!r}")
     method = f.str("Method") or "GET"
