@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.agent.config import load_file
 from mesh.agent.local.definitions import (
@@ -325,3 +327,25 @@ def test_definitions_are_frozen_values():
     assert isinstance(c, CheckDefinition)
     with pytest.raises(AttributeError):
         c.name = "other"  # type: ignore[misc]
+
+
+# --- any JSON is a definition or an InvalidRequest, never another exception (a 500) ---
+
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+            | st.sampled_from(["10s", "http://[::1", "http://a/", "127.0.0.1:80", "1e999h", "-1s", "passing"]))
+_KEYS = st.sampled_from(["Name", "ID", "Port", "Address", "Tags", "Meta", "Weights", "Passing", "Warning", "Check",
+                         "Checks", "HTTP", "TCP", "TTL", "Args", "Interval", "Timeout", "OutputMaxSize", "Header",
+                         "Status", "Kind", "Proxy", "Connect", "TaggedAddresses", "AliasService", "GRPC",
+                         "FailuresBeforeCritical", "DeregisterCriticalServiceAfter", "Method", "ServiceID"])
+_BODIES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=6),
+                       max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _BODIES, max_size=8))
+def test_fuzzed_bodies_are_definitions_or_invalid_request(body):
+    for parse in (lambda b: parse_service_definition(b), lambda b: parse_check(b, what="check")):
+        try:
+            parse(body)
+        except InvalidRequest:
+            pass

@@ -15,7 +15,8 @@ from mesh.catalog import jsonbody
 from mesh.catalog.durations import MAX_DURATION, parse_duration
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import MAX_DEPTH, compile_filter
-from mesh.catalog.requests import as_int, parse_register
+from mesh.catalog.intentions import parse_intention
+from mesh.catalog.requests import as_int, parse_deregister, parse_register
 
 # ---- the JSON reader -----------------------------------------------------------------
 
@@ -174,3 +175,25 @@ def test_filter_raises_only_invalid_request(words):
         return
     if pred is not None:
         pred({"a": 1, "b": ["x"]})
+
+
+# ---- whole request bodies: a request or an InvalidRequest, never another exception ----
+
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+            | st.sampled_from(["web", "10.0.0.1", "allow", "deny", "*", "passing", "00000000-0000-0000-0000-000000000000"]))
+_KEYS = st.sampled_from(["Node", "Address", "ID", "Datacenter", "TaggedAddresses", "NodeMeta", "Service", "Check",
+                         "Checks", "SkipNodeUpdate", "Port", "Weights", "Passing", "Warning", "Meta", "Tags", "Kind",
+                         "Status", "CheckID", "Name", "Definition", "SourceName", "DestinationName", "Action",
+                         "Description", "Permissions", "SourceType", "HTTP", "PathPrefix", "Header", "Methods"])
+_BODIES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=6),
+                       max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _BODIES, max_size=8))
+def test_fuzzed_bodies_are_requests_or_invalid_request(body):
+    for parse in (parse_register, parse_deregister, parse_intention):
+        try:
+            parse(body)
+        except InvalidRequest:
+            pass
