@@ -74,7 +74,9 @@ class AgentConfig:
     liveness_timeout: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
     heartbeat_interval: float = 1.0
-    enable_script_checks: bool = False
+    enable_script_checks: bool = False  # script checks from anywhere, the HTTP API included
+    enable_local_script_checks: bool = False  # script checks from config files only
+    check_output_max_size: int = 4096
     ae_interval: float = 60.0
     node_meta: tuple[tuple[str, str], ...] = ()
     default_query_time: float = 300.0
@@ -133,7 +135,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "reconnect-timeout": ("reconnect_timeout", "duration"),
     "heartbeat-interval": ("heartbeat_interval", "duration"),
     "enable-script-checks": ("enable_script_checks", "bool"),
-    "enable-local-script-checks": ("enable_script_checks", "bool"),
+    "enable-local-script-checks": ("enable_local_script_checks", "bool"),
     "ae-interval": ("ae_interval", "duration"),
     "node-meta": ("node_meta", "meta"),
     "config-file": ("config_files", "files"),
@@ -147,7 +149,7 @@ _PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "
 _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": "duration", "node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
           "ae_interval": "duration", "retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
-          "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int"}
+          "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
 _ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl",
@@ -270,8 +272,6 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
         if key in _DEFINITION_KEYS:
             values["definitions"] = tuple(values.get("definitions", ())) + ((path, {key: value}),)
             continue
-        if key == "enable_local_script_checks":
-            key = "enable_script_checks"
         names = {f.name for f in fields(AgentConfig)} - {"config_files"}
         if key not in names:
             raise ConfigError(f"{path}: unknown configuration key {raw_key!r}")
@@ -485,6 +485,8 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("-liveness-timeout must be longer than -heartbeat-interval")
     if cfg.default_intention_policy not in ("allow", "deny"):
         raise ConfigError(f"-default-intention-policy must be allow or deny, got {cfg.default_intention_policy!r}")
+    if cfg.check_output_max_size < 1:
+        raise ConfigError("check_output_max_size must be positive")
     if cfg.raft_snapshot_threshold < 2:
         raise ConfigError("-raft-snapshot-threshold must be at least 2")
     if cfg.raft_snapshot_interval <= 0:

@@ -13,6 +13,7 @@ import functools
 import uuid
 from typing import Any
 
+from mesh.catalog.durations import format_duration, parse_duration
 from mesh.catalog.errors import InvalidRequest, MeshError
 
 from . import x509 as certs
@@ -40,14 +41,22 @@ def _hours(text: str) -> datetime.timedelta:
     return datetime.timedelta(hours=float(str(text).rstrip("h")))
 
 
+# CSRMaxPerSecond and CSRMaxConcurrent: far past any real limit, small enough for every
+# server's arithmetic and for msgpack
+_CSR_LIMIT_MAX = (1 << 31) - 1
 _CONFIG_KEYS = {"LeafCertTTL", "RootCertTTL", "IntermediateCertTTL", "PrivateKeyType", "PrivateKeyBits",
                 "RotationPeriod", "CSRMaxPerSecond", "CSRMaxConcurrent", "SkipValidate"}
 
 
 def _ttl_hours(config: dict[str, Any], key: str) -> float:
-    from mesh.catalog.durations import parse_duration
-
     return parse_duration(config[key], what=f"Config.{key}") / 3600
+
+
+def _hours_text(hours: float) -> str:
+    """"72h"; plain digits for the large ones, where :g would write 2.56205e+06 (rounded
+    up past the longest duration, and not a Go duration at all)."""
+    text = f"{hours:g}"
+    return f"{hours:.15g}h" if "e" in text else f"{text}h"
 
 
 def validate_config(body: Any) -> dict[str, Any]:
@@ -74,8 +83,15 @@ def validate_config(body: Any) -> dict[str, Any]:
                              "(ec 256/384, rsa 2048/4096)")
     for key, kind in (("CSRMaxPerSecond", (int, float)), ("CSRMaxConcurrent", (int,))):
         value = config.get(key, 0)
-        if isinstance(value, bool) or not isinstance(value, kind) or value < 0:
-            raise InvalidRequest(f"Config.{key} must be a number >= 0 (0: no limit)")
+        if isinstance(value, bool) or not isinstance(value, kind) or not 0 <= value <= _CSR_LIMIT_MAX:
+            raise InvalidRequest(f"Config.{key} must be a number from 0 (no limit) to {_CSR_LIMIT_MAX}")
+    if not isinstance(config.get("SkipValidate", False), bool):
+        raise InvalidRequest("Config.SkipValidate must be true or false")
+    if "RotationPeriod" in config:
+        # kept as given (Consul echoes it), so it must be one msgpack and every server can carry
+        period = parse_duration(config["RotationPeriod"], what="Config.RotationPeriod")
+        if not isinstance(config["RotationPeriod"], str):
+            config["RotationPeriod"] = format_duration(period)
     leaf, root, intermediate = (_ttl_hours(config, k) for k in ("LeafCertTTL", "RootCertTTL", "IntermediateCertTTL"))
     if not 1 / 3600 * 10 <= leaf <= 8760:
         raise InvalidRequest("Config.LeafCertTTL must be between 10s and 8760h")
@@ -84,7 +100,7 @@ def validate_config(body: Any) -> dict[str, Any]:
     if root < intermediate:
         raise InvalidRequest("Config.RootCertTTL must be at least IntermediateCertTTL")
     for key in ("LeafCertTTL", "RootCertTTL", "IntermediateCertTTL"):
-        config[key] = f"{_ttl_hours(config, key):g}h"
+        config[key] = _hours_text(_ttl_hours(config, key))
     return config
 
 

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
 import re
 
 from .errors import InvalidRequest
 
-__all__ = ["parse_duration", "format_duration"]
+__all__ = ["parse_duration", "format_duration", "MAX_DURATION"]
+
+# Go's time.Duration is an int64 of nanoseconds (about 292 years): Consul cannot hold
+# a longer one, and a datetime or timer built from it would overflow.
+MAX_DURATION = ((1 << 63) - 1) / 1e9
 
 _UNITS = {
     "ns": 1e-9,
@@ -25,13 +30,15 @@ def parse_duration(text: str | int | float, *, what: str = "duration") -> float:
     """Seconds in a Go duration. Numbers are taken as seconds (config files allow it);
     "0" alone is zero, as in Go. Anything else raises InvalidRequest naming `what`."""
     if isinstance(text, bool):
-        raise InvalidRequest(f"Invalid {what}: {text!r}")
+        raise InvalidRequest(f"Invalid {what}: {_show(text)}")
     if isinstance(text, int | float):
+        if isinstance(text, float) and math.isnan(text):
+            raise InvalidRequest(f"Invalid {what}: {_show(text)}")
         if text < 0:
-            raise InvalidRequest(f"Invalid {what}: {text!r} is negative")
-        return float(text)
+            raise InvalidRequest(f"Invalid {what}: {_show(text)} is negative")
+        return _bounded(float(text) if text <= MAX_DURATION else math.inf, text, what)
     if not isinstance(text, str):
-        raise InvalidRequest(f"Invalid {what}: {text!r}")
+        raise InvalidRequest(f"Invalid {what}: {_show(text)}")
     s = text.strip()
     sign = 1.0
     if s.startswith(("-", "+")):
@@ -40,7 +47,7 @@ def parse_duration(text: str | int | float, *, what: str = "duration") -> float:
     if s == "0":
         return 0.0
     if not s:
-        raise InvalidRequest(f"Invalid {what}: {text!r}")
+        raise InvalidRequest(f"Invalid {what}: {_show(text)}")
     total, pos = 0.0, 0
     for match in _PART.finditer(s):
         if match.start() != pos:
@@ -48,10 +55,22 @@ def parse_duration(text: str | int | float, *, what: str = "duration") -> float:
         total += float(match.group(1)) * _UNITS[match.group(2)]
         pos = match.end()
     if pos != len(s):
-        raise InvalidRequest(f"Invalid {what}: {text!r} (expected a duration such as \"10s\" or \"1m30s\")")
+        raise InvalidRequest(f"Invalid {what}: {_show(text)} (expected a duration such as \"10s\" or \"1m30s\")")
     if sign < 0 and total:
-        raise InvalidRequest(f"Invalid {what}: {text!r} is negative")
-    return total
+        raise InvalidRequest(f"Invalid {what}: {_show(text)} is negative")
+    return _bounded(total, text, what)
+
+
+def _bounded(seconds: float, text: object, what: str) -> float:
+    if not seconds <= MAX_DURATION:
+        raise InvalidRequest(f"Invalid {what}: {_show(text)} is out of range (at most 2562047h)")
+    return seconds
+
+
+def _show(text: object) -> str:
+    """The input as the error message quotes it, cut short: it may be hostile and huge."""
+    shown = repr(text) if not isinstance(text, int) or abs(text) < 10**20 else "a number too large"
+    return shown if len(shown) <= 60 else shown[:57] + "..."
 
 
 def format_duration(seconds: float) -> str:

@@ -15,6 +15,11 @@ Grammar (case-sensitive keywords as in bexpr):
 
 Expressions are evaluated against the JSON object a row renders to. Matching a
 selector that does not exist is false (not an error), like bexpr with missing map keys.
+
+A filter comes from any HTTP client, so parsing and evaluation are bounded: nesting
+(parentheses and `not`) deeper than MAX_DEPTH is refused with InvalidRequest (the
+parser and the predicates it builds recurse once per level), and chains of `and`/`or`
+evaluate as one flat list, so a thousand `or`s cost no recursion at all.
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ from typing import Any
 
 from .errors import InvalidRequest
 
-__all__ = ["compile_filter", "Predicate"]
+__all__ = ["compile_filter", "Predicate", "MAX_DEPTH"]
+
+MAX_DEPTH = 32
 
 Predicate = Callable[[Any], bool]
 
@@ -53,7 +60,11 @@ def _tokenize(text: str) -> list[tuple[str, str]]:
         kind = m.lastgroup or ""
         value = m.group(kind)
         if kind == "str":
-            value = bytes(value[1:-1], "utf-8").decode("unicode_escape")
+            try:
+                value = bytes(value[1:-1], "utf-8").decode("unicode_escape")
+            except UnicodeDecodeError as exc:
+                raise InvalidRequest(f"Failed to create boolean expression evaluator: bad escape in {value[:60]!r}: "
+                                     f"{exc.reason}") from None
             kind = "value"
         elif kind == "raw":
             value = value[1:-1]
@@ -95,6 +106,7 @@ class _Parser:
     def __init__(self, text: str) -> None:
         self.tokens = _tokenize(text)
         self.pos = 0
+        self.depth = 0
 
     def peek(self, offset: int = 0) -> tuple[str, str] | None:
         i = self.pos + offset
@@ -118,34 +130,41 @@ class _Parser:
         return pred
 
     def parse_or(self) -> Predicate:
-        left = self.parse_and()
+        terms = [self.parse_and()]
         while self.word_is("or"):
             self.take()
-            right = self.parse_and()
-            left = (lambda a, b: lambda o: a(o) or b(o))(left, right)
-        return left
+            terms.append(self.parse_and())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda o: any(term(o) for term in terms)
 
     def parse_and(self) -> Predicate:
-        left = self.parse_unary()
+        terms = [self.parse_unary()]
         while self.word_is("and"):
             self.take()
-            right = self.parse_unary()
-            left = (lambda a, b: lambda o: a(o) and b(o))(left, right)
-        return left
+            terms.append(self.parse_unary())
+        if len(terms) == 1:
+            return terms[0]
+        return lambda o: all(term(o) for term in terms)
 
     def parse_unary(self) -> Predicate:
         tok = self.peek()
+        if tok not in (("word", "not"), ("op", "(")):
+            return self.parse_match()
+        self.depth += 1
+        if self.depth > MAX_DEPTH:
+            raise InvalidRequest(f"Failed to create boolean expression evaluator: filter nested deeper than {MAX_DEPTH} "
+                                 "levels of parentheses or 'not'")
+        self.take()
         if tok == ("word", "not"):
-            self.take()
             inner = self.parse_unary()
+            self.depth -= 1
             return lambda o: not inner(o)
-        if tok == ("op", "("):
-            self.take()
-            inner = self.parse_or()
-            if self.take() != ("op", ")"):
-                raise InvalidRequest("Failed to create boolean expression evaluator: missing ')'")
-            return inner
-        return self.parse_match()
+        inner = self.parse_or()
+        if self.take() != ("op", ")"):
+            raise InvalidRequest("Failed to create boolean expression evaluator: missing ')'")
+        self.depth -= 1
+        return inner
 
     def parse_match(self) -> Predicate:
         first = self.take()

@@ -8,6 +8,7 @@ field, which the HTTP layer sends back as a 400.
 
 from __future__ import annotations
 
+import math
 import re
 import uuid
 from typing import Any
@@ -16,8 +17,10 @@ from .commands import DeregisterRequest, RegisterRequest
 from .errors import InvalidRequest
 from .structs import CRITICAL, HEALTH_STATES, Check, Node, Service
 
-__all__ = ["Fields", "parse_register", "parse_deregister", "parse_service", "validate_meta"]
+__all__ = ["Fields", "as_int", "INT64_MIN", "INT64_MAX", "parse_register", "parse_deregister", "parse_service", "validate_meta"]
 
+INT64_MIN = -(1 << 63)
+INT64_MAX = (1 << 63) - 1
 _META_MAX_PAIRS = 64
 _META_KEY_MAX = 128
 _META_VALUE_MAX = 512
@@ -60,12 +63,7 @@ class Fields:
         value = self.raw(*names)
         if value is None:
             return default
-        if isinstance(value, bool) or not isinstance(value, int | float) or int(value) != value:
-            raise InvalidRequest(f"{self.what}.{names[0]} must be an integer, got {value!r}")
-        value = int(value)
-        if (lo is not None and value < lo) or (hi is not None and value > hi):
-            raise InvalidRequest(f"{self.what}.{names[0]} out of range: {value}")
-        return value
+        return as_int(value, f"{self.what}.{names[0]}", lo=lo, hi=hi)
 
     def bool(self, *names: str, default: bool = False) -> bool:
         value = self.raw(*names)
@@ -102,6 +100,28 @@ class Fields:
         return value
 
 
+def as_int(value: Any, what: str, *, lo: int | None = None, hi: int | None = None) -> int:
+    """An integer field of a request: a JSON integer, or a float with an integral value
+    (JSON has one number type; 8080.0 is 8080). NaN, infinities, fractions, booleans and
+    values outside [lo, hi] (by default Go's int64, what Consul's fields hold) raise
+    InvalidRequest naming `what`; int() of a non-finite float must never be reached."""
+    lo = INT64_MIN if lo is None else lo
+    hi = INT64_MAX if hi is None else hi
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidRequest(f"{what} must be an integer, got {_short(value)}")
+    if isinstance(value, float) and (not math.isfinite(value) or not value.is_integer()):
+        raise InvalidRequest(f"{what} must be an integer, got {_short(value)}")
+    # compared before int(): int(1e300) would be a 1000-bit integer
+    if not lo <= value <= hi:
+        raise InvalidRequest(f"{what} out of range: {_short(value)} (must be between {lo} and {hi})")
+    return int(value)
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def validate_meta(meta: dict[str, str], what: str) -> dict[str, str]:
     if len(meta) > _META_MAX_PAIRS:
         raise InvalidRequest(f"{what}: at most {_META_MAX_PAIRS} meta pairs are allowed")
@@ -120,7 +140,9 @@ def _weights(f: Fields) -> dict[str, int]:
     if raw is None:
         return {"Passing": 1, "Warning": 1}
     w = Fields(raw, f"{f.what}.Weights")
-    return {"Passing": w.int("Passing", default=1, lo=1), "Warning": w.int("Warning", default=1, lo=0)}
+    # DNS carries a weight in 16 bits (SRV): a larger one could not be answered
+    return {"Passing": w.int("Passing", default=1, lo=1, hi=65535),
+            "Warning": w.int("Warning", default=1, lo=0, hi=65535)}
 
 
 def parse_service(data: Any, what: str = "Service", *, require_port: bool = False) -> Service:

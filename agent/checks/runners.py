@@ -24,7 +24,12 @@ from typing import Any
 
 import aiohttp
 
-from mesh.agent.local.definitions import CheckDefinition, split_host_port
+from mesh.agent.local.definitions import (
+    DEFAULT_OUTPUT_MAX_SIZE,
+    CheckDefinition,
+    output_limit,
+    split_host_port,
+)
 from mesh.agent.logging import get_logger
 from mesh.catalog.durations import format_duration
 from mesh.catalog.errors import InvalidRequest, MeshError
@@ -76,8 +81,10 @@ class Runner:
         clock: Clock = time.monotonic,
         sleep: Sleep = asyncio.sleep,
         min_interval: float = MIN_INTERVAL,
+        output_max_size: int = DEFAULT_OUTPUT_MAX_SIZE,
     ) -> None:
         self.definition = definition
+        self.output_max_size = output_limit(definition.output_max_size, output_max_size)
         self.check_id = definition.check_id
         self._on_update = on_update
         self._rng = rng or random.Random()
@@ -226,7 +233,7 @@ class HTTPCheck(Runner):
                     allow_redirects=not d.disable_redirects,
                     **extra,
                 ) as resp:
-                    body = await _read_head(resp.content, d.output_max_size)
+                    body = await _read_head(resp.content, self.output_max_size)
                     reason = resp.reason or _phrase(resp.status)
                     text = body.decode("utf-8", errors="replace")
                     return _http_status(resp.status), f"{prefix}: {resp.status} {reason} Output: {text}"
@@ -321,7 +328,7 @@ class ScriptCheck(Runner):
         try:
             assert proc.stdout is not None
             async with asyncio.timeout(self.timeout):
-                tail, total = await _read_tail(proc.stdout, d.output_max_size)
+                tail, total = await _read_tail(proc.stdout, self.output_max_size)
                 code = await proc.wait()
         except TimeoutError:
             log.warning("check_script_timed_out", check_id=self.check_id, pid=proc.pid)
@@ -357,7 +364,7 @@ class TTLCheck(Runner):
         """A report from /v1/agent/check/pass|warn|fail|update: resets the TTL."""
         if status not in HEALTH_STATES:
             raise InvalidRequest(f"Unknown check status {status!r}: must be passing, warning or critical")
-        limit = self.definition.output_max_size
+        limit = self.output_max_size
         if len(output) > limit:
             output = f"{output[:limit]} ... (captured {limit} of {len(output)} bytes)"
         self._deadline = self._clock() + self.ttl
@@ -428,10 +435,13 @@ def make_runner(
     sleep: Sleep | None = None,
     min_interval: float = MIN_INTERVAL,
     tls_context: ssl.SSLContext | None = None,
+    output_max_size: int = DEFAULT_OUTPUT_MAX_SIZE,
 ) -> Runner | None:
     """The runner for a check, or None for a check with nothing to run (its status
-    changes only through the API). The caller starts `run()` and cancels it to stop."""
-    kwargs: dict[str, Any] = {"rng": rng, "min_interval": min_interval}
+    changes only through the API). The caller starts `run()` and cancels it to stop.
+    `output_max_size` is the agent's check_output_max_size: the most output any check
+    keeps, whatever its own OutputMaxSize says."""
+    kwargs: dict[str, Any] = {"rng": rng, "min_interval": min_interval, "output_max_size": output_max_size}
     if clock is not None:
         kwargs["clock"] = clock
     if sleep is not None:

@@ -2,8 +2,9 @@
 
 Errors are text/plain with Consul's status codes: 400 bad input, 404 unknown object
 or path, 405 wrong method, 413 oversized body, 500 "No cluster leader" and other
-server-side failures. An unexpected exception is logged and answered with a 500; it
-never takes the listener down.
+server-side failures. An unexpected exception is logged (with its traceback, rate-
+limited) and answered with a 500; it never takes the listener down. Bad input is a
+400 and is not logged here at all.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from aiohttp import web
 
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
-from ..logging import get_logger
+from ..logging import RateLimiter, get_logger, log_limited
 from ..metrics import HTTP
 from ..raft import NoLeader, RaftError
 from . import agent_api, catalog, connect_ca, health, intentions, system
@@ -24,6 +25,8 @@ from . import agent_api, catalog, connect_ca, health, intentions, system
 __all__ = ["build_app"]
 
 log = get_logger("http")
+# tracebacks of unexpected failures: a few at once, then one a minute
+_UNEXPECTED = RateLimiter(per_second=1 / 60, burst=5)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -59,8 +62,15 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             resp = _text(exc.status, exc.text or exc.reason)
         else:
             raise
+    except RecursionError:
+        # a structure nested past what a walk over it can take: bad input, not a bug
+        # (the JSON reader and the filter parser refuse depth before it gets here)
+        log_limited(log, "warning", "http_input_too_deep", method=request.method, path=request.path)
+        resp = _text(400, "Request decode failed: nested too deeply")
     except Exception:
-        log.exception("http_handler_failed", method=request.method, path=request.path)
+        # truly unexpected: the traceback is worth having, but never a flood of them
+        log_limited(log, "error", "http_handler_failed", limiter=_UNEXPECTED, exc_info=True,
+                    method=request.method, path=request.path)
         resp = _text(500, "Internal error: see the agent's log")
     resp.headers.setdefault("X-Consul-Default-ACL-Policy", "allow")
     HTTP.requests.labels(route, str(resp.status)).inc()

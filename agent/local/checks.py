@@ -20,9 +20,16 @@ from ..logging import get_logger
 from ..server import ReadOptions
 from .definitions import CheckDefinition
 
-__all__ = ["CheckManager"]
+__all__ = ["CheckManager", "scripts_allowed"]
 
 log = get_logger("checks")
+
+
+def scripts_allowed(cfg: Any, source: str) -> bool:
+    """Whether a script check from `source` (LocalState's: config, api, internal) may
+    run. enable_script_checks allows any; enable_local_script_checks only those of
+    config files, so an HTTP client cannot make the agent run a command."""
+    return bool(cfg.enable_script_checks or (source == "config" and cfg.enable_local_script_checks))
 
 
 class CheckManager:
@@ -33,7 +40,10 @@ class CheckManager:
         self._reaper: asyncio.Task[None] | None = None
 
     def validate(self, defn: CheckDefinition) -> None:
-        if defn.kind == "script" and not self._agent.cfg.enable_script_checks:
+        """A check registered through the API (HTTP, `mesh services register`): a
+        script needs enable_script_checks; enable_local_script_checks is for the
+        agent's own config files only, as in Consul."""
+        if defn.kind == "script" and not scripts_allowed(self._agent.cfg, "api"):
             raise InvalidRequest(SCRIPTS_DISABLED)
 
     @staticmethod
@@ -58,8 +68,9 @@ class CheckManager:
                 continue
             try:
                 runner = make_runner(local.defn, self._on_update,
-                                     enable_script_checks=self._agent.cfg.enable_script_checks,
-                                     alias_fetch=self._alias_fetch(local.defn))
+                                     enable_script_checks=scripts_allowed(self._agent.cfg, local.source),
+                                     alias_fetch=self._alias_fetch(local.defn),
+                                     output_max_size=self._agent.cfg.check_output_max_size)
             except InvalidRequest as exc:
                 log.warning("check_not_started", check=cid, error=str(exc))
                 continue

@@ -31,6 +31,7 @@ __all__ = [
     "services_from_config",
     "checks_from_config",
     "split_host_port",
+    "output_limit",
     "CHECK_KINDS",
     "DEFAULT_TIMEOUT",
     "DEFAULT_OUTPUT_MAX_SIZE",
@@ -113,7 +114,7 @@ class CheckDefinition:
     grpc_use_tls: bool = False
     status: str = CRITICAL
     notes: str = ""
-    output_max_size: int = DEFAULT_OUTPUT_MAX_SIZE
+    output_max_size: int = 0  # 0: the agent's check_output_max_size; a check may only lower it
     success_before_passing: int = 0
     failures_before_warning: int = 0
     failures_before_critical: int = 0
@@ -150,6 +151,13 @@ class ServiceDefinition:
 
     service: Service
     checks: tuple[CheckDefinition, ...] = ()
+
+
+def output_limit(check_value: int, agent_limit: int) -> int:
+    """Bytes of output a check keeps: the agent's check_output_max_size, or the
+    check's OutputMaxSize when that is lower. As in Consul, a check can only lower
+    the agent's limit: an API client must not make the agent store more."""
+    return min(check_value, agent_limit) if check_value > 0 else agent_limit
 
 
 def split_host_port(addr: str) -> tuple[str, int]:
@@ -259,7 +267,10 @@ def parse_check(
 
     http = f.str("HTTP")
     if http:
-        parts = urlsplit(http)
+        try:
+            parts = urlsplit(http)
+        except ValueError:  # "http://[::1": an unclosed IPv6 bracket
+            raise InvalidRequest(f"{what}.HTTP: must be an http:// or https:// URL, got {http!r}") from None
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidRequest(f"{what}.HTTP: must be an http:// or https:// URL, got {http!r}")
     method = f.str("Method") or "GET"
@@ -314,7 +325,7 @@ def parse_check(
         grpc_use_tls=f.bool("GRPCUseTLS"),
         status=status,
         notes=f.str("Notes"),
-        output_max_size=f.int("OutputMaxSize", lo=0) or DEFAULT_OUTPUT_MAX_SIZE,
+        output_max_size=f.int("OutputMaxSize", lo=0),
         success_before_passing=f.int("SuccessBeforePassing", lo=0),
         failures_before_warning=f.int("FailuresBeforeWarning", lo=0),
         failures_before_critical=f.int("FailuresBeforeCritical", lo=0),

@@ -1,4 +1,5 @@
-# Script checks run only on agents started with -enable-script-checks.
+# Script checks run only on agents started with -enable-script-checks (or, for a
+# config file such as this one given with -config-file, -enable-local-script-checks).
 service {
   name = "batch"
   port = 9000

@@ -9,6 +9,7 @@ import random
 import socket
 import ssl
 import time
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -27,7 +28,8 @@ from mesh.agent.checks.runners import (
     make_runner,
 )
 from mesh.agent.checks.state import CheckState
-from mesh.agent.local.definitions import CheckDefinition, parse_check
+from mesh.agent.local.checks import scripts_allowed
+from mesh.agent.local.definitions import CheckDefinition, output_limit, parse_check
 from mesh.agent.metrics import REGISTRY
 from mesh.catalog.errors import InvalidRequest
 
@@ -545,3 +547,47 @@ def test_make_runner_kinds_and_limits():
     assert r.interval == 1.0 and r.timeout == 1.0  # Consul's one-second floor; a probe fits its interval
     slow = parse_check({"Name": "h", "HTTP": "http://127.0.0.1/", "Interval": "1m", "Timeout": "2s"}, what="check")
     assert make_runner(slow, updates, enable_script_checks=False).timeout == 2.0
+
+
+# --- output limits and who may run scripts (issue 10) ---------------------------------
+
+
+@pytest.mark.parametrize("check_value, agent_limit, kept", [
+    (0, 4096, 4096),  # unset: the agent's limit
+    (10, 4096, 10),  # a check may lower it
+    (500000, 4096, 4096),  # never raise it
+    (0, 100, 100),
+    (8192, 16384, 8192),
+])
+def test_output_limit_only_lowers_the_agents(check_value, agent_limit, kept):
+    assert output_limit(check_value, agent_limit) == kept
+    defn = parse_check({"Name": "c", "TTL": "10s", "OutputMaxSize": check_value}, what="check")
+    assert make_runner(defn, Updates(), enable_script_checks=False, output_max_size=agent_limit).output_max_size == kept
+
+
+def test_ttl_output_is_capped_by_the_agent_limit():
+    updates = Updates()
+    r = runner_for({"TTL": "10s", "OutputMaxSize": 500000}, updates, output_max_size=8)
+    r.update("passing", "y" * 500000)
+    assert updates.calls == [("c", P, "yyyyyyyy ... (captured 8 of 500000 bytes)")]
+
+
+async def test_script_output_is_capped_by_the_agent_limit():
+    updates = Updates()
+    r = runner_for({"Args": ["/bin/sh", "-c", "printf 0123456789abcdefghij"], "Interval": "10s",
+                    "OutputMaxSize": 1000000}, updates, output_max_size=5)
+    await r.check_once()
+    assert updates.calls == [("c", P, "Captured 5 of 20 bytes\n...\nfghij")]
+
+
+@pytest.mark.parametrize("script, local, source, allowed", [
+    (False, False, "config", False),
+    (False, True, "config", True),  # enable_local_script_checks: config files only
+    (False, True, "api", False),
+    (True, False, "api", True),
+    (True, False, "config", True),
+    (False, True, "internal", False),
+])
+def test_scripts_allowed_by_source(script, local, source, allowed):
+    cfg = SimpleNamespace(enable_script_checks=script, enable_local_script_checks=local)
+    assert scripts_allowed(cfg, source) is allowed

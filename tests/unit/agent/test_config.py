@@ -91,3 +91,26 @@ def test_connect_ca_config_in_hcl_uses_consul_names(tmp_path):
 
 def test_key_hint_mentions_keygen():
     assert "mesh keygen" in KEY_HINT
+
+
+def test_local_script_checks_is_its_own_setting(tmp_path):
+    """Consul's enable_local_script_checks allows scripts from config files only; it
+    must not turn on enable_script_checks (which lets the HTTP API run commands)."""
+    cfg = parse_args(["-dev", "-enable-local-script-checks"])
+    assert cfg.enable_local_script_checks and not cfg.enable_script_checks
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps({"enable_local_script_checks": True}))
+    cfg = parse_args(["-dev", "-config-file", str(path)])
+    assert cfg.enable_local_script_checks and not cfg.enable_script_checks
+    cfg = parse_args(["-dev", "-enable-script-checks"])
+    assert cfg.enable_script_checks and not cfg.enable_local_script_checks
+
+
+def test_check_output_max_size(tmp_path):
+    assert parse_args(["-dev"]).check_output_max_size == 4096
+    path = tmp_path / "a.hcl"
+    path.write_text("check_output_max_size = 8192\n")
+    assert parse_args(["-dev", "-config-file", str(path)]).check_output_max_size == 8192
+    path.write_text("check_output_max_size = 0\n")
+    with pytest.raises(ConfigError, match="check_output_max_size must be positive"):
+        parse_args(["-dev", "-config-file", str(path)])

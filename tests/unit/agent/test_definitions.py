@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.agent.config import load_file
 from mesh.agent.local.definitions import (
@@ -105,6 +107,10 @@ def test_definition_api_renders_go_durations():
         ({"Name": "x", "TTL": "soon"}, r"Invalid check\.TTL"),
         ({"Name": "x", "TTL": "1s", "DeregisterCriticalServiceAfter": "1 hour"}, r"check\.DeregisterCriticalServiceAfter"),
         ({"Name": "x", "HTTP": "ftp://a/", "Interval": "1s"}, r"check\.HTTP: must be an http:// or https:// URL"),
+        ({"Name": "x", "HTTP": "http://[::1", "Interval": "1s"}, r"check\.HTTP: must be an http:// or https:// URL"),
+        ({"Name": "x", "TTL": "1s", "OutputMaxSize": float("nan")}, r"check\.OutputMaxSize must be an integer"),
+        ({"Name": "x", "TTL": "1s", "FailuresBeforeCritical": float("inf")}, r"check\.FailuresBeforeCritical"),
+        ({"Name": "x", "TTL": "999999999999999h"}, r"check\.TTL.*out of range"),
         ({"Name": "x", "HTTP": "127.0.0.1:80/health", "Interval": "1s"}, r"check\.HTTP"),
         ({"Name": "x", "TCP": "localhost", "Interval": "1s"}, r"check\.TCP: must be host:port"),
         ({"Name": "x", "TCP": "localhost:http", "Interval": "1s"}, r"check\.TCP: must be host:port"),
@@ -321,3 +327,25 @@ def test_definitions_are_frozen_values():
     assert isinstance(c, CheckDefinition)
     with pytest.raises(AttributeError):
         c.name = "other"  # type: ignore[misc]
+
+
+# --- any JSON is a definition or an InvalidRequest, never another exception (a 500) ---
+
+_SCALARS = (st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8)
+            | st.sampled_from(["10s", "http://[::1", "http://a/", "127.0.0.1:80", "1e999h", "-1s", "passing"]))
+_KEYS = st.sampled_from(["Name", "ID", "Port", "Address", "Tags", "Meta", "Weights", "Passing", "Warning", "Check",
+                         "Checks", "HTTP", "TCP", "TTL", "Args", "Interval", "Timeout", "OutputMaxSize", "Header",
+                         "Status", "Kind", "Proxy", "Connect", "TaggedAddresses", "AliasService", "GRPC",
+                         "FailuresBeforeCritical", "DeregisterCriticalServiceAfter", "Method", "ServiceID"])
+_BODIES = st.recursive(_SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=6),
+                       max_leaves=25)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(_KEYS, _BODIES, max_size=8))
+def test_fuzzed_bodies_are_definitions_or_invalid_request(body):
+    for parse in (lambda b: parse_service_definition(b), lambda b: parse_check(b, what="check")):
+        try:
+            parse(body)
+        except InvalidRequest:
+            pass

@@ -63,6 +63,19 @@ def test_sign_checks_the_identity(state):
     ({"Config": {"Bogus": 1}}, "unknown CA config keys"),
     ([], "JSON object"),
     ({"ForceRotation": "yes"}, "ForceRotation must be true or false"),
+    # out of range (issue 10): each a 400 naming the field, never an overflow later
+    ({"Config": {"RootCertTTL": "999999999999999h"}}, "Config.RootCertTTL"),
+    ({"Config": {"RootCertTTL": 2**70}}, "Config.RootCertTTL"),
+    ({"Config": {"LeafCertTTL": float("nan")}}, "Config.LeafCertTTL"),
+    ({"Config": {"CSRMaxPerSecond": 2**70}}, "Config.CSRMaxPerSecond"),
+    ({"Config": {"CSRMaxPerSecond": float("inf")}}, "Config.CSRMaxPerSecond"),
+    ({"Config": {"CSRMaxPerSecond": float("nan")}}, "Config.CSRMaxPerSecond"),
+    ({"Config": {"CSRMaxConcurrent": 2**70}}, "Config.CSRMaxConcurrent"),
+    ({"Config": {"CSRMaxConcurrent": 1.5}}, "Config.CSRMaxConcurrent"),
+    ({"Config": {"RotationPeriod": 2**70}}, "Config.RotationPeriod"),
+    ({"Config": {"RotationPeriod": "999999999999999h"}}, "Config.RotationPeriod"),
+    ({"Config": {"RotationPeriod": "soon"}}, "Config.RotationPeriod"),
+    ({"Config": {"SkipValidate": "yes"}}, "Config.SkipValidate"),
 ])
 def test_bad_ca_config_is_rejected(body, message):
     with pytest.raises(InvalidRequest, match=message):
@@ -152,3 +165,11 @@ def test_an_unusable_old_key_refuses_rotation_unless_forced_without_cross_signin
     assert certs.verifies(certs.load_cert(leaf["CertPEM"]), certs.load_cert(new_root["RootCert"]))
     with pytest.raises(InvalidRequest, match="ForceWithoutCrossSigning must be"):
         manager.validate_config({"ForceWithoutCrossSigning": 1})
+
+
+def test_longest_durations_validate_and_stay_valid():
+    """2562047h (Go's longest duration) is written back as plain digits, so the
+    stored config validates again (":g" made it 2.56205e+06h, past the maximum)."""
+    config = manager.validate_config({"Config": {"RootCertTTL": "2562047h", "RotationPeriod": 3600}})
+    assert config["RootCertTTL"] == "2562047h" and config["RotationPeriod"] == "1h0m0s"
+    assert manager.validate_config({"Config": config}) == config
