@@ -25,6 +25,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from aiohttp import web
 
@@ -68,7 +69,7 @@ class _GuardedProtocol(asyncio.Protocol):
         self._lost: list[Callable[[], None]] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        transport = cast(asyncio.Transport, transport)  # uvloop's transports are not asyncio's classes
         peer = transport.get_extra_info("peername")
         ip = str(peer[0]) if isinstance(peer, tuple) and peer else "?"
         if not self._limits.conns.acquire(ip):
