@@ -189,3 +189,27 @@ def test_a_gzip_bomb_snapshot_is_refused_with_bounded_memory_while_others_are_se
     growth_mib = (status(dev, "VmHWM") - peak_before) / 1024
     assert growth_mib < 450, f"peak RSS grew by {growth_mib:.0f} MiB"
     assert "Traceback" not in dev.log_tail(200)
+
+
+def test_bounded_gunzip_matches_gzip_below_the_limit_and_refuses_past_it():
+    import hashlib
+    import os
+
+    from mesh.agent.http.system import _gunzip_bounded, decode_snapshot
+    from mesh.catalog.errors import InvalidRequest
+    from mesh.catalog.fsm import FSM
+
+    for size in (0, 1, 4097, (1 << 20) + 7, 3 << 20):
+        raw = os.urandom(size // 2) + b"\0" * (size - size // 2)
+        assert _gunzip_bounded(gzip.compress(raw), 1 << 30) == raw
+        assert _gunzip_bounded(gzip.compress(raw) * 2, 1 << 30) == raw * 2  # several members
+    with pytest.raises(InvalidRequest, match="too large"):
+        _gunzip_bounded(gzip.compress(b"\0" * (5 << 20)), 4 << 20)
+    with pytest.raises(InvalidRequest, match="bad header"):
+        _gunzip_bounded(gzip.compress(b"\0" * (5 << 20)), 4 << 20, SNAPSHOT_MAGIC)  # refused at the first chunk
+    data = FSM().snapshot()
+    good = gzip.compress(SNAPSHOT_MAGIC + hashlib.sha256(data).digest() + data)
+    assert decode_snapshot(good) == data
+    for bad in (b"", b"x", good[:-5], good + b"junk"):
+        with pytest.raises(InvalidRequest, match="not a mesh snapshot"):
+            decode_snapshot(bad)

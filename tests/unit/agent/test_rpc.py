@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
 
 import pytest
 
+from mesh.agent.config import ConfigError, parse_args
 from mesh.agent.conn_limits import ConnLimiter, LogThrottle
 from mesh.agent.rpc import PROTOCOL_MAGIC, RPCClient, RPCError, RPCServer, _frame, hello_proof
 from mesh.catalog.errors import InvalidRequest
@@ -247,3 +249,24 @@ def test_log_throttle_allows_one_line_per_key_per_interval_with_bounded_memory()
     assert not throttle.allow("c", 62.0)  # full of recent keys: not logged, not remembered
     assert throttle.allow("c", 121.0)  # "a" expired and was forgotten
     assert len(throttle._last) <= 2
+
+
+def test_limits_block_sets_the_listener_limits_and_rejects_bad_values(tmp_path):
+    conf = tmp_path / "limits.hcl"
+    conf.write_text('limits {\n  rpc_handshake_timeout = "2s"\n  rpc_max_conns_per_client = 7\n'
+                    '  http_max_conns_per_client = 0\n  http_header_timeout = "3s"\n  http_idle_timeout = "1m"\n'
+                    '  rpc_rate = 100\n}\n')
+    cfg = parse_args(["-dev", "-config-file", str(conf)])
+    assert (cfg.rpc_handshake_timeout, cfg.rpc_max_conns_per_client, cfg.http_max_conns_per_client,
+            cfg.http_header_timeout, cfg.http_idle_timeout) == (2.0, 7, 0, 3.0, 60.0)
+    defaults = parse_args(["-dev"])
+    assert (defaults.rpc_handshake_timeout, defaults.rpc_max_conns_per_client,
+            defaults.http_max_conns_per_client) == (5.0, 100, 200)
+    for body, error in (({"limits": {"rpc_max_conns_per_client": -1}}, "must not be negative"),
+                        ({"limits": {"http_header_timeout": "0s"}}, "must be positive"),
+                        ({"limits": {"rpc_handshake_timeout": "soon"}}, "limits.rpc_handshake_timeout"),
+                        ({"limits": {"no_such_limit": 1}}, "unknown limits key")):
+        bad = tmp_path / "bad.json"
+        bad.write_text(json.dumps(body))
+        with pytest.raises(ConfigError, match=error):
+            parse_args(["-dev", "-config-file", str(bad)])
