@@ -20,7 +20,7 @@ import json
 import random
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mesh.ca import manager as ca_manager
@@ -365,6 +365,7 @@ class ServerRole:
     async def _rpc_read(self, args: dict[str, Any]) -> dict[str, Any]:
         name = rpc_args.string(args, "q", "Read")
         params, opts = rpc_args.read_params(args), ReadOptions.from_wire(rpc_args.read_options(args))
+        opts = replace(opts, wait=min(opts.wait, self.cfg.max_query_time))
         try:
             result = await self.read(name, params, opts)
         except KeyError as exc:
