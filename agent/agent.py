@@ -28,6 +28,8 @@ from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
 from .config import AgentConfig, reload_config
 from .dns_view import CatalogDNSView
 from .http.app import build_app
+from .http.listener import ListenerLimits
+from .http.listener import serve as serve_http
 from .intentions_cache import IntentionCache
 from .leaf_cache import LeafCache
 from .leaf_files import LeafFiles
@@ -124,6 +126,7 @@ class Agent:
         self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
         self.local_changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
+        self._http: asyncio.Server | None = None
         self.dns: DNSServer | None = None
         self.dns_view: CatalogDNSView
         self._tasks: list[asyncio.Task[None]] = []
@@ -176,16 +179,15 @@ class Agent:
             self.ports["raft"] = -1
         self.load_definitions(initial=True)
         if cfg.http_port >= 0:
-            self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0)
+            self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0,
+                                         keepalive_timeout=cfg.http_idle_timeout)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, cfg.client_addr, cfg.http_port, reuse_address=True)
+            limits = ListenerLimits(cfg.http_max_conns_per_client, cfg.http_header_timeout)
             try:
-                await site.start()
+                self._http = await serve_http(self._runner, cfg.client_addr, cfg.http_port, limits)
             except OSError as exc:
                 raise StartupError(f"cannot bind the HTTP port {cfg.client_addr}:{cfg.http_port}: {exc.strerror}") from None
-            server = site._server
-            assert server is not None
-            self.ports["http"] = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.ports["http"] = self._http.sockets[0].getsockname()[1]
         if cfg.dns_port >= 0:
             await self._start_dns()
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
@@ -330,6 +332,9 @@ class Agent:
             # round trip instead of an election timeout
             moved = await raft.transfer_leadership(timeout=3.0)
             log.info("leadership_transferred" if moved else "leadership_transfer_failed")
+        if self._http is not None:
+            self._http.close()
+            self._http = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

@@ -81,6 +81,12 @@ class AgentConfig:
     node_meta: tuple[tuple[str, str], ...] = ()
     default_query_time: float = 300.0
     max_query_time: float = 600.0
+    # limits { ... }: what one client may hold of the listeners (agent.conn_limits)
+    rpc_handshake_timeout: float = 5.0
+    rpc_max_conns_per_client: int = 100
+    http_max_conns_per_client: int = 200
+    http_header_timeout: float = 10.0
+    http_idle_timeout: float = 75.0
     config_files: tuple[str, ...] = field(default=(), compare=False)
     # raw `service`/`services`/`check`/`checks` blocks with the file they came from;
     # parsed and validated by the agent (agent.local.definitions)
@@ -149,12 +155,14 @@ _PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "
 _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": "duration", "node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
           "ae_interval": "duration", "retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
-          "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int"}
+           "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int",
+           "rpc_handshake_timeout": "duration", "rpc_max_conns_per_client": "int", "http_max_conns_per_client": "int",
+           "http_header_timeout": "duration", "http_idle_timeout": "duration"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
 _ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl",
                    "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses",
-                   "primary_datacenter", "disable_host_node_id", "limits"}
+                   "primary_datacenter", "disable_host_node_id"}
 # service and check definitions: kept raw here, parsed by agent.local.definitions
 _DEFINITION_KEYS = {"services", "service", "checks", "check"}
 
@@ -258,6 +266,9 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
         if key == "connect":
             _apply_connect(values, value, path)
             continue
+        if key == "limits":
+            _apply_limits(values, value, path)
+            continue
         if key == "ports":
             if not isinstance(value, dict):
                 raise ConfigError(f"{path}: ports must be an object")
@@ -358,6 +369,28 @@ def _apply_connect(values: dict[str, Any], block: Any, path: str) -> None:
     except InvalidRequest as exc:
         raise ConfigError(f"{path}: connect.ca_config: {exc}") from None
     values["ca_config"] = tuple(sorted(validated.items()))
+
+
+_LIMIT_KEYS = ("rpc_handshake_timeout", "rpc_max_conns_per_client", "http_max_conns_per_client",
+               "http_header_timeout", "http_idle_timeout")
+# Consul limits mesh has no use for yet: accepted so one file serves both
+_LIMITS_LATER = {"https_handshake_timeout", "request_limits", "rpc_client_timeout", "rpc_rate", "rpc_max_burst",
+                 "kv_max_value_size", "txn_max_req_len"}
+
+
+def _apply_limits(values: dict[str, Any], block: Any, path: str) -> None:
+    """Consul's `limits { rpc_handshake_timeout rpc_max_conns_per_client
+    http_max_conns_per_client }`, plus mesh's `http_header_timeout` and
+    `http_idle_timeout` (Consul leaves those to Go's HTTP server)."""
+    block = _one(block)
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: limits must be an object")
+    for key, value in block.items():
+        if key in _LIMITS_LATER:
+            continue
+        if key not in _LIMIT_KEYS:
+            raise ConfigError(f"{path}: unknown limits key {key!r}")
+        values[key] = _coerce(key, _KINDS[key], value, f"{path}: limits.{key}")
 
 
 def _dir_files(path: str) -> list[str]:
@@ -493,6 +526,9 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("-raft-snapshot-interval must be positive")
     if cfg.default_query_time <= 0 or cfg.max_query_time <= 0:
         raise ConfigError("query times must be positive")
+    for key in ("rpc_handshake_timeout", "http_header_timeout", "http_idle_timeout"):
+        if getattr(cfg, key) <= 0:
+            raise ConfigError(f"limits.{key} must be positive")
     if cfg.log_level.lower() not in ("trace", "debug", "info", "warn", "warning", "error", "err"):
         raise ConfigError(f"-log-level: unknown level {cfg.log_level!r}")
     if not cfg.datacenter or not cfg.datacenter.replace("-", "").replace("_", "").isalnum():

@@ -61,12 +61,21 @@ class _Http:
         self.requests = Counter("mesh_http_requests_total", "HTTP API requests by route and status code", ["route", "code"], registry=REGISTRY)
         self.seconds = Histogram("mesh_http_request_seconds", "HTTP API request time (blocking waits included)", ["route"], registry=REGISTRY, buckets=_LATENCY_BUCKETS)
         self.blocking = Gauge("mesh_http_blocking_queries", "Blocking queries waiting", registry=REGISTRY)
+        self.connections = Gauge("mesh_http_connections", "Open connections to the HTTP API", registry=REGISTRY)
+        self.rejected = Counter("mesh_http_connections_rejected_total",
+                                "HTTP connections closed by the agent's limits, by reason (per_client_limit, header_timeout)",
+                                ["reason"], registry=REGISTRY)
 
 
 class _Rpc:
     def __init__(self) -> None:
         self.requests = Counter("mesh_rpc_requests_total", "Server RPC requests by method and result", ["method", "result"], registry=REGISTRY)
         self.join_attempts = Counter("mesh_join_attempts_total", "Attempts to contact -retry-join addresses", registry=REGISTRY)
+        self.connections = Gauge("mesh_rpc_connections", "Open connections to the server RPC port", registry=REGISTRY)
+        self.inflight = Gauge("mesh_rpc_inflight_requests", "RPC requests being served (blocking reads included)", registry=REGISTRY)
+        self.rejected = Counter("mesh_rpc_connections_rejected_total",
+                                "RPC connections closed by the server's limits, by reason (per_client_limit, "
+                                "handshake_timeout, handshake_failed, frame_timeout, bad_frame)", ["reason"], registry=REGISTRY)
 
 
 class _Agent:

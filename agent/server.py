@@ -21,7 +21,7 @@ import random
 import secrets
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mesh.ca import manager as ca_manager
@@ -30,7 +30,7 @@ from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 from mesh.catalog.fsm import FSM, SERIALS_PER_ENTRY
 from mesh.catalog.structs import CRITICAL, PASSING, Node, ServerInfo, Service
 
-from . import liveness, reconcile
+from . import liveness, reconcile, rpc_args
 from .config import AgentConfig
 from .csr_limit import CSRLimiter
 from .logging import get_logger
@@ -82,7 +82,9 @@ class ServerRole:
         self.hub = hub
         self.fsm = FSM()
         server_tls, client_tls = rpc_contexts(cfg)
-        self.rpc = RPCServer(cfg.bind_addr, cfg.server_port, cfg.encrypt, server_tls)
+        self.rpc = RPCServer(cfg.bind_addr, cfg.server_port, cfg.encrypt, server_tls,
+                             handshake_timeout=cfg.rpc_handshake_timeout,
+                             max_conns_per_client=cfg.rpc_max_conns_per_client)
         self.client = RPCClient(cfg.encrypt, ssl_context=client_tls)
         self.raft: Raft | None = None
         self._on_change = hub.notify
@@ -223,26 +225,27 @@ class ServerRole:
         raft = self._require_raft()
         address = args.get("raft")
         if not isinstance(address, str) or ":" not in address:
-            raise MeshError("join needs the server's raft address")
+            raise InvalidRequest("join needs the server's raft address")
+        node, server_id, rpc = (rpc_args.string(args, k, "Server.Join") for k in ("node", "id", "rpc"))
         if not raft.is_leader:
             return await self._forward("Server.Join", args)  # type: ignore[no-any-return]
         await raft.add_peer(address)
-        await raft.apply(MessageType.SERVER_UPSERT, ServerInfo(address, str(args.get("node", "")),
-                                                               str(args.get("id", "")), str(args.get("rpc", ""))))
+        await raft.apply(MessageType.SERVER_UPSERT, ServerInfo(address, node, server_id, rpc))
         return raft.voters()
 
     async def _rpc_remove(self, args: dict[str, Any]) -> bool:
         raft = self._require_raft()
+        address = rpc_args.string(args, "raft", "Server.Remove")
+        deregister = rpc_args.boolean(args, "deregister", "Server.Remove", default=True)
         if not raft.is_leader:
             return await self._forward("Server.Remove", args)  # type: ignore[no-any-return]
-        address = str(args.get("raft", ""))
         if address == self.raft_address:
             raise MembershipError("the leader cannot remove itself: transfer leadership first")
         with raft.lock:
             info = self.fsm.store.servers.get(address)
         await raft.remove_peer(address)
         await raft.apply(MessageType.SERVER_REMOVE, address)
-        if info is not None and args.get("deregister", True):
+        if info is not None and deregister:
             await raft.apply(MessageType.DEREGISTER, DeregisterRequest(node=info.node))
         return True
 
@@ -364,7 +367,13 @@ class ServerRole:
         return ReadResult(index, value, raft.has_leader(), int(contact * 1000) if contact != float("inf") else 0)
 
     async def _rpc_read(self, args: dict[str, Any]) -> dict[str, Any]:
-        result = await self.read(str(args.get("q")), dict(args.get("p") or {}), ReadOptions.from_wire(args.get("o") or {}))
+        name = rpc_args.string(args, "q", "Read")
+        params, opts = rpc_args.read_params(args), ReadOptions.from_wire(rpc_args.read_options(args))
+        opts = replace(opts, wait=min(opts.wait, self.cfg.max_query_time))
+        try:
+            result = await self.read(name, params, opts)
+        except KeyError as exc:
+            raise InvalidRequest(f"Read {name}: missing parameter {exc}") from None
         return {"i": result.index, "r": result.value, "kl": result.known_leader, "lc": result.last_contact_ms}
 
     async def _rpc_server_list(self, args: dict[str, Any]) -> list[str]:
@@ -379,7 +388,10 @@ class ServerRole:
     # ---- writes from agents -------------------------------------------------------------------
     async def apply_raw(self, raw: bytes) -> Any:
         raft = self._require_raft()
-        cmd = decode(raw)
+        try:
+            cmd = decode(raw)
+        except (MeshError, ValueError, TypeError, KeyError) as exc:
+            raise InvalidRequest(f"Catalog.Apply: undecodable command ({type(exc).__name__})") from None
         if cmd.type not in CLIENT_WRITABLE:
             raise InvalidRequest(f"command type {cmd.type} may not be sent by an agent")
         return await raft.apply_raw(raw)
@@ -441,6 +453,10 @@ class ServerRole:
         return self.heartbeat_interval()
 
     async def _rpc_heartbeat(self, args: dict[str, Any]) -> Any:
+        for key in ("node", "address", "id"):
+            rpc_args.string(args, key, "Node.Heartbeat")
+        rpc_args.str_map(args, "tagged", "Node.Heartbeat")
+        rpc_args.str_map(args, "meta", "Node.Heartbeat")
         interval = await self.heartbeat(args)
         if args.get("v") == 2:  # clients learn the current server set with every heartbeat
             return {"interval": interval, "servers": self.server_rpc_addresses()}
@@ -503,6 +519,8 @@ class ServerRole:
         return dict(signed, CreateIndex=index, ModifyIndex=index)
 
     async def _rpc_ca_sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        for key in ("service", "node", "csr"):
+            rpc_args.string(args, key, "ConnectCA.Sign")
         return await self.sign(args)
 
     async def ca_configure(self, body: Any) -> bool:
@@ -662,6 +680,8 @@ class ServerRole:
         await raft.apply(MessageType.DEREGISTER, DeregisterRequest(node=name))
 
     async def _rpc_node_leave(self, args: dict[str, Any]) -> bool:
+        for key in ("node", "address", "id", "role"):
+            rpc_args.string(args, key, "Node.Leave")
         await self.node_leave(args)
         return True
 

@@ -79,7 +79,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def build_app(agent: Any) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=1 << 30, handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[errors], client_max_size=1 << 20, handler_args={"max_field_size": 16384})
     app["agent"] = agent
     app.add_routes(catalog.routes)
     app.add_routes(health.routes)

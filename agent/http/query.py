@@ -5,11 +5,15 @@ index is greater, for `?wait` (Go duration, default 5 min, capped at 10 min) plu
 to wait/16 of jitter, then answers with the current data and index. `X-Consul-Index`
 is never 0. `?stale` reads any server; the default read needs a server that knows a
 leader (a leader whose lease lapsed does not count); `?consistent` runs a barrier first.
+A blocking read whose client disconnects is cancelled at once (on a client agent, so
+is its Read on the server).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -22,6 +26,7 @@ from mesh.catalog.filter import Predicate, compile_filter
 
 from ..metrics import HTTP
 from ..server import ReadOptions, ReadResult
+from .listener import on_disconnect
 
 __all__ = ["QueryOptions", "parse_options", "read", "read_response", "json_response", "read_json", "read_body", "flag"]
 
@@ -102,14 +107,25 @@ async def read(request: web.Request, name: str, params: dict[str, Any] | None = 
     full.setdefault("node_meta", opts.node_meta or {})
     full.setdefault("tags", list(opts.tags))
     blocking = bool(opts.min_index)
+    unwatch: Callable[[], None] = _nothing
     if blocking:
+        # nobody is left to answer once the client has gone: stop waiting at once
+        # (a thousand abandoned waiters on one service slowed every write to it)
+        task = asyncio.current_task()
+        if task is not None:
+            unwatch = on_disconnect(request, task.cancel)
         HTTP.blocking.inc()
     try:
         return await agent.backend.read(  # type: ignore[no-any-return]
             name, full, ReadOptions(opts.min_index, opts.wait, opts.stale, opts.consistent))
     finally:
         if blocking:
+            unwatch()
             HTTP.blocking.dec()
+
+
+def _nothing() -> None:
+    pass
 
 
 def read_response(request: web.Request, result: ReadResult, body: Any = _SAME, status: int = 200) -> web.Response:

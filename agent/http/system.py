@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import hashlib
+import zlib
 from typing import Any
 
 from aiohttp import web
@@ -22,7 +24,14 @@ __all__ = ["routes", "SNAPSHOT_MAGIC"]
 routes = web.RouteTableDef()
 
 SNAPSHOT_MAGIC = b"MESHSNAP1\n"
-MAX_SNAPSHOT = 1 << 30
+# Ceilings for PUT /v1/snapshot: the upload, and what it may decompress to. A restore
+# travels through Raft as one entry and is held in memory several times over (body,
+# decompressed, the new state), so 256 MiB of snapshot is far past any catalog mesh
+# serves (10,000 nodes with 10 services each is ~50 MiB) while a gzip bomb costs at
+# most that much memory, briefly, in a worker thread.
+MAX_SNAPSHOT_DECOMPRESSED = 256 << 20
+MAX_SNAPSHOT = MAX_SNAPSHOT_DECOMPRESSED
+_CHUNK = 1 << 20
 
 
 def _server(request: web.Request) -> Any:
@@ -124,10 +133,37 @@ async def snapshot_save(request: web.Request) -> web.Response:
     return resp
 
 
-def decode_snapshot(body: bytes) -> bytes:
+def _gunzip_bounded(body: bytes, limit: int, prefix: bytes = b"") -> bytes:
+    """gzip.decompress with a ceiling: a few KB of gzip can expand to gigabytes, so
+    output is produced a chunk at a time and refused once it passes `limit` (or at
+    the first chunk, when it does not start with `prefix`)."""
+    out = bytearray()
+    data = body
+    while data:
+        stream = zlib.decompressobj(16 + zlib.MAX_WBITS)  # a gzip member
+        while True:
+            chunk = stream.decompress(data, _CHUNK)
+            out += chunk
+            if len(out) >= len(prefix) and not out.startswith(prefix):
+                raise InvalidRequest("Snapshot is not a mesh snapshot (bad header)")
+            if len(out) > limit:
+                raise InvalidRequest(f"Snapshot is too large: it decompresses to more than {limit >> 20} MiB")
+            data = stream.unconsumed_tail
+            if stream.eof or (not data and not chunk):
+                break
+        if not stream.eof:
+            raise InvalidRequest("Snapshot is not a mesh snapshot (truncated gzip stream)")
+        data = stream.unused_data  # gzip allows several members back to back
+    return bytes(out)
+
+
+def decode_snapshot(body: bytes, limit: int = MAX_SNAPSHOT_DECOMPRESSED) -> bytes:
+    """Check and unpack an uploaded snapshot; CPU-bound, so callers run it in a thread."""
+    if not body:
+        raise InvalidRequest("Snapshot is not a mesh snapshot (empty body)")
     try:
-        raw = gzip.decompress(body)
-    except (OSError, EOFError) as exc:
+        raw = _gunzip_bounded(body, limit, SNAPSHOT_MAGIC)
+    except zlib.error as exc:
         raise InvalidRequest(f"Snapshot is not a mesh snapshot (not gzip: {exc})") from None
     if not raw.startswith(SNAPSHOT_MAGIC):
         raise InvalidRequest("Snapshot is not a mesh snapshot (bad header)")
@@ -142,7 +178,7 @@ def decode_snapshot(body: bytes) -> bytes:
 async def snapshot_restore(request: web.Request) -> web.Response:
     server = _server(request)
     body = await read_body(request, MAX_SNAPSHOT)
-    data = decode_snapshot(body)
+    data = await asyncio.to_thread(decode_snapshot, body)  # off the event loop: other requests go on
     await server._require_raft().apply(MessageType.RESTORE, data, timeout=60)
     return json_response(request, None)
 
