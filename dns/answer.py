@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from dnslib import AAAA, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSHeader, DNSLabel, DNSRecord
 
 from .names import encodable
+from .pack import pack
 from .parse import Lookup
 
 __all__ = ["DNSView", "AnswerPolicy", "build_answer", "formerr", "nxdomain", "refused", "servfail", "trim_for_udp",
@@ -277,23 +278,23 @@ def trim_for_udp(reply: DNSRecord, policy: AnswerPolicy, edns_size: int | None) 
     if edns_size is None and len(reply.rr) > policy.udp_answer_limit:
         reply.rr = reply.rr[: max(1, min(policy.udp_answer_limit, 8))]
         trimmed = True
-    data = reply.pack()
+    data = pack(reply)
     while len(data) > limit and len(reply.rr) > 1:
         reply.rr = reply.rr[: max(1, len(reply.rr) // 2)]
         targets = {str(rr.rdata.target) for rr in reply.rr if rr.rtype == QTYPE.SRV}
         reply.ar = [rr for rr in reply.ar if str(rr.rname) in targets or rr.rtype == QTYPE.OPT]
         trimmed = True
-        data = reply.pack()
+        data = pack(reply)
     if len(data) > limit:
         reply.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
-        data = reply.pack()
+        data = pack(reply)
         trimmed = True
     if len(data) > limit:
         reply.rr = []
         reply.auth = []
         reply.header.tc = 1
-        return reply.pack()
+        return pack(reply)
     if trimmed and policy.enable_truncate:
         reply.header.tc = 1
-        data = reply.pack()
+        data = pack(reply)
     return data

@@ -34,6 +34,7 @@ from .answer import (
     trim_for_udp,
     udp_limit,
 )
+from .pack import pack
 from .parse import InvalidName, parse_qname
 from .recursor import forward
 from .wire import patch_answer, question_key
@@ -125,13 +126,13 @@ def resolve_packet(
     if not _wire_name_ok(request.q.qname):
         if report is not None:
             report("dns_query_malformed", f"question name of {len(request.q.qname)} bytes (at most 255)")
-        return formerr(request).pack(), qtype_name, "FORMERR"
+        return pack(formerr(request)), qtype_name, "FORMERR"
     try:
         return _resolve(request, qtype_name, view, policy, domains, rng, udp, now)
     except _BAD_INPUT as exc:  # an answer we could not pack: SERVFAIL, never a dead query
         if report is not None:
             report("dns_answer_failed", f"{request.q.qname} {qtype_name}: {type(exc).__name__}: {exc}"[:300])
-        return servfail(request).pack(), qtype_name, "SERVFAIL"
+        return pack(servfail(request)), qtype_name, "SERVFAIL"
 
 
 def _resolve(request: DNSRecord, qtype_name: str, view: DNSView, policy: AnswerPolicy, domains: tuple[str, ...],
@@ -154,10 +155,10 @@ def _resolve(request: DNSRecord, qtype_name: str, view: DNSView, policy: AnswerP
     rcode = RCODE.get(reply.header.rcode, str(reply.header.rcode))
     if udp:
         return trim_for_udp(reply, policy, edns), qtype_name, rcode
-    packed = reply.pack()
+    packed = pack(reply)
     while len(packed) > _TCP_MAX and len(reply.rr) > 1:
         reply.rr = reply.rr[: len(reply.rr) // 2]
-        packed = reply.pack()
+        packed = pack(reply)
     return packed, qtype_name, rcode
 
 
@@ -165,7 +166,7 @@ def _truncated(query: bytes) -> bytes:
     """A recursor's answer too large for this client over UDP: TC, ask again over TCP."""
     request = DNSRecord.parse(query)
     header = DNSHeader(id=request.header.id, qr=1, rd=request.header.rd, ra=1, tc=1)
-    return DNSRecord(header, q=request.q).pack()
+    return pack(DNSRecord(header, q=request.q))
 
 
 class _UDP(asyncio.DatagramProtocol):
@@ -256,7 +257,7 @@ class DNSServer:
             started = time.perf_counter()
             forwarded = await forward(data, self.recursors, self.recursor_timeout)
             if forwarded is None:
-                forwarded = servfail(DNSRecord.parse(data)).pack()
+                forwarded = pack(servfail(DNSRecord.parse(data)))
             elif udp and len(forwarded) > self._udp_limit(data):
                 forwarded = _truncated(data)
             if self._on_query is not None:
