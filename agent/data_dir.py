@@ -29,9 +29,23 @@ KNOWN_ENTRIES = ("node-id", "local", "connect", "raft")
 
 
 def make_private_dir(path: str) -> None:
-    """Create `path` (and missing parents) as 0700. An existing directory is left as it
-    is: `tighten` deals with old ones."""
-    os.makedirs(path, mode=0o700, exist_ok=True)
+    """Create `path` and its missing parents, each 0700 (`os.makedirs` gives the mode to
+    the last one only). An existing directory is left as it is: `tighten` deals with
+    old ones."""
+    missing: list[str] = []
+    current = os.path.abspath(path)
+    while not os.path.isdir(current):
+        missing.append(current)
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    for directory in reversed(missing):
+        try:
+            os.mkdir(directory, 0o700)
+        except FileExistsError:
+            if not os.path.isdir(directory):
+                raise
 
 
 def write_private(path: str, data: bytes, *, sync: bool = True) -> None:
