@@ -67,7 +67,8 @@ def test_server_and_client_data_dirs_are_private(tmp_path):
         for agent in (client, server):
             agent.stop()
     assert os.path.exists(os.path.join(server_dir, "raft", "journal"))
-    assert loose_entries(server_dir) == [], server.log_tail()
-    assert loose_entries(client_dir) == [], client.log_tail()
+    for agent in (server, client):
+        loose = loose_entries(agent.data_dir)
+        assert not loose, f"{agent.name}: {loose}\n{agent.log_tail()}"
     with open(client.log_path) as f:
         assert f.read().count("data_dir_permissions_tightened") == 1
