@@ -22,10 +22,13 @@ from mesh.catalog.commands import MessageType, encode
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 from mesh.catalog.structs import Check, Node, Service
 from mesh.dns.answer import AnswerPolicy
+from mesh.dns.names import label_problem, name_problem
+from mesh.dns.recursor import parse_recursor
 from mesh.dns.server import DNSServer
 
 from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
 from .config import AgentConfig, reload_config
+from .data_dir import make_private_dir, tighten, write_private
 from .dns_view import CatalogDNSView
 from .http.app import build_app
 from .http.listener import ListenerLimits
@@ -88,8 +91,7 @@ def _load_node_id(cfg: AgentConfig) -> str:
     except ValueError:
         raise StartupError(f"{path} does not hold a UUID") from None
     node_id = str(uuid.uuid4())
-    with open(path, "w") as f:
-        f.write(node_id)
+    write_private(path, node_id.encode())
     return node_id
 
 
@@ -100,10 +102,16 @@ class Agent:
         self.cfg = cfg
         if cfg.data_dir and not cfg.dev:
             try:
-                os.makedirs(cfg.data_dir, exist_ok=True)
+                make_private_dir(cfg.data_dir)
             except OSError as exc:
                 raise StartupError(f"cannot create -data-dir {cfg.data_dir}: {exc.strerror}") from None
+            if not os.path.isdir(cfg.data_dir):
+                raise StartupError(f"-data-dir {cfg.data_dir} is not a directory")
+            tighten(cfg.data_dir)
         self.node_id = _load_node_id(cfg)
+        problem = name_problem(cfg.node_name)
+        if problem is not None:  # as in Consul: a warning, the name stays
+            log.warning("node_not_discoverable_via_dns", node=cfg.node_name, problem=problem)
         self.watch = WatchHub()
         self.server: ServerRole | None = None
         self.pool: ServerPool | None = None
@@ -208,7 +216,7 @@ class Agent:
                               enable_truncate=cfg.dns_enable_truncate, node_ttl=int(cfg.dns_node_ttl),
                               service_ttl={k: int(v) for k, v in cfg.dns_service_ttl},
                               udp_answer_limit=cfg.dns_udp_answer_limit, a_record_limit=cfg.dns_a_record_limit,
-                              recursion_available=bool(cfg.recursors))
+                              recursion_available=bool(cfg.recursors), udp_max_payload=cfg.dns_udp_max_payload)
         domains = tuple(d for d in (cfg.domain, cfg.alt_domain) if d)
 
         def on_query(qtype: str, rcode: str, seconds: float) -> None:
@@ -216,8 +224,7 @@ class Agent:
             DNS.seconds.observe(seconds)
 
         for recursor in cfg.recursors:
-            host, _, port = recursor.rpartition(":")
-            if cfg.dns_port and (recursor == cfg.client_addr or (host == cfg.client_addr and port == str(cfg.dns_port))):
+            if cfg.dns_port and parse_recursor(recursor) == (cfg.client_addr, cfg.dns_port):  # checked by config
                 raise StartupError(f"-recursor {recursor} is this agent's own DNS listener: queries would loop")
         self.dns = DNSServer(cfg.client_addr, cfg.dns_port, self.dns_view, policy, domains, on_query,
                              recursors=cfg.recursors, recursor_timeout=cfg.recursor_timeout)
@@ -282,6 +289,9 @@ class Agent:
         defn = parse_service_definition(raw)
         for c in defn.checks:
             self.checks.validate(c)
+        problem = label_problem(defn.service.service)
+        if problem is not None:  # Consul registers it all the same, and warns
+            log.warning("service_not_discoverable_via_dns", service=defn.service.service, problem=problem)
         self.local.add_service(defn.service, list(defn.checks), source, raw if source == "api" else None,
                                replace_checks=replace_checks)
         self.checks.sync()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 import socket
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -18,10 +19,16 @@ from typing import Any
 from mesh.ca.manager import validate_config
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest, MeshError
+from mesh.dns.answer import DEFAULT_UDP_MAX_PAYLOAD
+from mesh.dns.names import name_problem
+from mesh.dns.recursor import parse_recursor
 
 __all__ = ["ConfigError", "AgentConfig", "parse_args", "reload_config", "load_file", "FLAGS", "KEY_HINT"]
 
 KEY_HINT = "generate a key with 'mesh keygen'"
+# deeper than any real config; far below the parsers' recursion limits, so a hostile
+# file gets this one line rather than a RecursionError somewhere later
+MAX_NESTING = 32
 
 
 class ConfigError(MeshError):
@@ -62,6 +69,7 @@ class AgentConfig:
     dns_service_ttl: tuple[tuple[str, float], ...] = ()
     dns_udp_answer_limit: int = 3
     dns_a_record_limit: int = 0
+    dns_udp_max_payload: int = DEFAULT_UDP_MAX_PAYLOAD
     recursors: tuple[str, ...] = ()
     default_intention_policy: str = "allow"
     # connect { ca_config { ... } }: the CA's configuration when the cluster first
@@ -176,11 +184,11 @@ def _coerce(key: str, kind: str, value: Any, where: str) -> Any:
                 return _BOOL_WORDS[value.lower()]
             raise ConfigError(f"{where}: invalid boolean value {value!r}")
         if kind in ("int", "port"):
-            if isinstance(value, bool):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ConfigError(f"{where}: invalid number {value!r}")
             try:
                 number = int(value)
-            except (TypeError, ValueError):
+            except (TypeError, ValueError, OverflowError):  # OverflowError: 1e999 in JSON is infinity
                 raise ConfigError(f"{where}: invalid number {value!r}") from None
             if kind == "port" and not -1 <= number <= 65535:
                 raise ConfigError(f"{where}: port {number} out of range (-1 disables, 0 picks a free port)")
@@ -224,23 +232,68 @@ def _hcl_unwrap(value: Any) -> Any:
     return value
 
 
+def _nesting_ok(data: Any, limit: int) -> bool:
+    """True when no list or object is nested deeper than `limit` (iterative: the check
+    itself must not recurse)."""
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, dict):
+            value = list(value.values())
+        if isinstance(value, list):
+            if depth > limit:
+                return False
+            stack.extend((v, depth + 1) for v in value)
+    return True
+
+
+_BRACKETS = re.compile(r"[\[\]{}()]")
+
+
+def _brackets_deeper_than(text: str, limit: int) -> bool:
+    """A lexical pre-check for HCL: the parser takes seconds per 100,000 nested brackets
+    before it fails. Brackets inside strings count too, which only matters for a file
+    with more than `limit` unclosed ones in its strings."""
+    depth = 0
+    for match in _BRACKETS.finditer(text):
+        depth += 1 if match.group() in "[{(" else -1
+        if depth > limit:
+            return True
+    return False
+
+
 def load_file(path: str) -> dict[str, Any]:
     """One config file as a dict (JSON or HCL by extension)."""
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        with open(path, "rb") as f:
+            raw = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
     if path.endswith(".json"):
         try:
             data = json.loads(text)
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid JSON: nested more than {MAX_NESTING} levels") from None
         except ValueError as exc:
             raise ConfigError(f"{path}: invalid JSON: {exc}") from None
     elif path.endswith(".hcl"):
         import hcl2  # imported lazily: only config loading needs it
 
+        if _brackets_deeper_than(text, 4 * MAX_NESTING):
+            raise ConfigError(f"{path}: invalid HCL: nested more than {MAX_NESTING} levels")
         try:
-            data = _hcl_unwrap(hcl2.loads(text))
+            data = hcl2.loads(text)
+            if not _nesting_ok(data, MAX_NESTING + 2):  # python-hcl2 wraps blocks in lists
+                raise ConfigError(f"{path}: invalid HCL: nested more than {MAX_NESTING} levels")
+            data = _hcl_unwrap(data)
+        except ConfigError:
+            raise
+        except RecursionError:
+            raise ConfigError(f"{path}: invalid HCL: nested more than {MAX_NESTING} levels") from None
         except Exception as exc:  # hcl2 raises lark's many exception types
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"{path}: invalid HCL: {first}") from None
@@ -251,6 +304,8 @@ def load_file(path: str) -> dict[str, Any]:
         raise ConfigError(f"{path}: config files must end in .json or .hcl")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be an object")
+    if not _nesting_ok(data, MAX_NESTING):
+        raise ConfigError(f"{path}: nested more than {MAX_NESTING} levels")
     return data
 
 
@@ -297,6 +352,7 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
 _DNS_KEYS = {"only_passing": ("dns_only_passing", "bool"), "enable_truncate": ("dns_enable_truncate", "bool"),
              "node_ttl": ("dns_node_ttl", "duration"), "max_stale": ("dns_max_stale", "duration"),
              "udp_answer_limit": ("dns_udp_answer_limit", "int"), "a_record_limit": ("dns_a_record_limit", "int"),
+             "udp_max_payload": ("dns_udp_max_payload", "int"),
              "recursor_timeout": ("recursor_timeout", "duration"), "allow_stale": ("", "bool")}
 
 
@@ -330,6 +386,8 @@ def _apply_tls(values: dict[str, Any], block: Any, path: str) -> None:
     defaults = block.get("defaults", block)
     if isinstance(defaults, list) and len(defaults) == 1:
         defaults = defaults[0]
+    if not isinstance(defaults, dict):
+        raise ConfigError(f"{path}: tls.defaults must be an object")
     for key in ("ca_file", "cert_file", "key_file"):
         if key in defaults:
             values[key] = _coerce(key, "str", defaults[key], f"{path}: tls.{key}")
@@ -533,4 +591,15 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError(f"-log-level: unknown level {cfg.log_level!r}")
     if not cfg.datacenter or not cfg.datacenter.replace("-", "").replace("_", "").isalnum():
         raise ConfigError(f"-datacenter: invalid name {cfg.datacenter!r}")
+    for name, domain in (("-domain", cfg.domain), ("-alt-domain", cfg.alt_domain)):
+        problem = name_problem(domain) if domain else None
+        if problem is not None:
+            raise ConfigError(f"{name}: {domain!r} is not a DNS domain ({problem})")
+    for recursor in cfg.recursors:
+        try:
+            parse_recursor(recursor)
+        except ValueError as exc:
+            raise ConfigError(f"-recursor: {exc}") from None
+    if not 512 <= cfg.dns_udp_max_payload <= 65535:
+        raise ConfigError("dns_config.udp_max_payload must be between 512 and 65535")
     return cfg

@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any
 
+from .data_dir import make_private_dir, write_private
 from .logging import get_logger
 
 __all__ = ["LeafFiles"]
@@ -30,13 +31,9 @@ class LeafFiles:
         if self.directory is None:
             return
         path = os.path.join(self.directory, name)
-        tmp = path + ".tmp"
         try:
-            os.makedirs(self.directory, mode=0o700, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(body, f)
-            os.replace(tmp, path)
+            make_private_dir(self.directory)
+            write_private(path, json.dumps(body).encode())
         except OSError as exc:
             log.warning("leaf_file_write_failed", path=path, error=exc.strerror)
 

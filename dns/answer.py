@@ -4,7 +4,12 @@ caller passes the view, the time and the random generator.
 Health: an instance with any critical check (node or service, maintenance included)
 is left out; with `only_passing`, warnings too. Answers are shuffled. Unknown names are
 NXDOMAIN with the SOA in authority; known names without records of the asked type are
-NOERROR with the SOA (NODATA). UDP answers are trimmed to what the client can take.
+NOERROR with the SOA (NODATA). UDP answers are trimmed to what the client can take,
+and never past `udp_max_payload` whatever size the client's EDNS record claims.
+
+Catalog names are free text (dns/names.py): a record whose name cannot be encoded (a
+70-character node name, a service address that is no hostname) is left out, and the
+rest of the answer is served.
 """
 
 from __future__ import annotations
@@ -15,11 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from dnslib import AAAA, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSHeader, DNSRecord
+from dnslib import AAAA, NS, PTR, QTYPE, RCODE, RR, SOA, SRV, TXT, A, DNSHeader, DNSLabel, DNSRecord
 
+from .names import encodable
+from .pack import pack
 from .parse import Lookup
 
-__all__ = ["DNSView", "AnswerPolicy", "build_answer", "nxdomain", "refused", "servfail", "trim_for_udp", "ttl_for_service"]
+__all__ = ["DNSView", "AnswerPolicy", "build_answer", "formerr", "nxdomain", "refused", "servfail", "trim_for_udp",
+           "ttl_for_service", "udp_limit", "DEFAULT_UDP_MAX_PAYLOAD"]
+
+DEFAULT_UDP_MAX_PAYLOAD = 4096
 
 
 class DNSView(Protocol):
@@ -46,6 +56,9 @@ class AnswerPolicy:
     a_record_limit: int = 0
     enable_truncate: bool = False
     recursion_available: bool = False
+    # the largest UDP answer sent, whatever the client's EDNS size says: a spoofed
+    # 47-byte query must not draw tens of kilobytes at a victim
+    udp_max_payload: int = DEFAULT_UDP_MAX_PAYLOAD
 
 
 def ttl_for_service(policy: AnswerPolicy, name: str) -> int:
@@ -80,12 +93,23 @@ def servfail(request: DNSRecord) -> DNSRecord:
     return DNSRecord(DNSHeader(id=request.header.id, qr=1, rd=request.header.rd, rcode=RCODE.SERVFAIL), q=request.q)
 
 
+def formerr(request: DNSRecord) -> DNSRecord:
+    """A query we cannot even echo (its name is over 255 bytes): no question section."""
+    return DNSRecord(DNSHeader(id=request.header.id, qr=1, rd=request.header.rd, rcode=RCODE.FORMERR))
+
+
+def _txt(text: str) -> TXT:
+    """Character-strings are at most 255 bytes: longer values are split, as Consul does."""
+    data = text.encode()
+    return TXT([data[i:i + 255] for i in range(0, len(data), 255)] or [b""])
+
+
 def _soa(domain: str, now: int) -> RR:
     return RR(domain, QTYPE.SOA, ttl=0,
               rdata=SOA("ns." + domain, "hostmaster." + domain, (now, 3600, 600, 86400, 0)))
 
 
-def _ip_record(name: str, address: str, ttl: int) -> RR | None:
+def _ip_record(name: str | DNSLabel, address: str, ttl: int) -> RR | None:
     try:
         ip = ipaddress.ip_address(address)
     except ValueError:
@@ -93,6 +117,15 @@ def _ip_record(name: str, address: str, ttl: int) -> RR | None:
     if ip.version == 4:
         return RR(name, QTYPE.A, ttl=ttl, rdata=A(address))
     return RR(name, QTYPE.AAAA, ttl=ttl, rdata=AAAA(address))
+
+
+def _u16(value: Any) -> int:
+    """SRV weights and ports are 16-bit on the wire; a stored value outside that range
+    (or no number at all) must not make the whole answer fail to pack."""
+    try:
+        return max(0, min(0xFFFF, int(value)))
+    except (TypeError, ValueError, OverflowError):
+        return 0
 
 
 def _healthy(entries: list[dict[str, Any]], only_passing: bool) -> list[dict[str, Any]]:
@@ -112,7 +145,7 @@ def build_answer(
     rng: random.Random,
     now: Callable[[], float],
 ) -> DNSRecord:
-    qname = str(request.q.qname)
+    qname = request.q.qname  # the owner name exactly as asked: it is known to encode
     qtype = request.q.qtype
     domain = lookup.domain
     serial = int(now())
@@ -134,6 +167,8 @@ def build_answer(
         if qtype in (QTYPE.NS, QTYPE.ANY):
             for server in view.server_nodes()[:3]:
                 target = f"{server['Node']}.node.{policy.datacenter}.{domain}"
+                if not encodable(target):
+                    continue
                 reply.add_answer(RR(domain, QTYPE.NS, ttl=policy.node_ttl, rdata=NS(target)))
                 glue = _ip_record(target, server["Address"], policy.node_ttl)
                 if glue is not None:
@@ -154,6 +189,8 @@ def build_answer(
             return unknown()
         kind, name = found
         target = f"{name}.{kind}.{policy.datacenter}.{domain}"
+        if not encodable(target):
+            return unknown()
         reply = _reply(request, policy)
         if qtype in (QTYPE.PTR, QTYPE.ANY):
             reply.add_answer(RR(qname, QTYPE.PTR, ttl=policy.node_ttl, rdata=PTR(target)))
@@ -170,7 +207,7 @@ def build_answer(
         if qtype in (QTYPE.TXT, QTYPE.ANY):
             for key, value in sorted((node.get("Meta") or {}).items()):
                 text = value if key.startswith("rfc1035-") else f"{key}={value}"
-                reply.add_answer(RR(qname, QTYPE.TXT, ttl=policy.node_ttl, rdata=TXT(text)))
+                reply.add_answer(RR(qname, QTYPE.TXT, ttl=policy.node_ttl, rdata=_txt(text)))
         return reply  # node lookups without a matching record: NOERROR, empty, no SOA
     # service and connect lookups
     entries = view.connect_entries(lookup.name) if lookup.kind == "connect" else view.service_entries(lookup.name)
@@ -203,10 +240,12 @@ def build_answer(
                     target = svc["Address"].rstrip(".") + "."
             else:
                 target = f"{node['Node']}.node.{policy.datacenter}.{domain}"
+            if not encodable(target):
+                continue  # a name DNS cannot carry: leave this instance out, serve the rest
             warning = any(c["Status"] == "warning" for c in entry["Checks"])
             weights = svc.get("Weights") or {}
-            weight = int(weights.get("Warning" if warning else "Passing", 1))
-            reply.add_answer(RR(qname, QTYPE.SRV, ttl=ttl, rdata=SRV(1, weight, int(svc.get("Port", 0)), target)))
+            weight = _u16(weights.get("Warning" if warning else "Passing", 1))
+            reply.add_answer(RR(qname, QTYPE.SRV, ttl=ttl, rdata=SRV(1, weight, _u16(svc.get("Port", 0)), target)))
             glue = _ip_record(target, address, ttl)
             if glue is not None:
                 reply.add_ar(glue)
@@ -221,28 +260,41 @@ def build_answer(
     return reply
 
 
+def udp_limit(policy: AnswerPolicy, edns_size: int | None) -> int:
+    """The largest UDP answer for this query: 512 bytes without EDNS, else the client's
+    size capped at `udp_max_payload`."""
+    return max(512, min(edns_size or 512, policy.udp_max_payload))
+
+
 def trim_for_udp(reply: DNSRecord, policy: AnswerPolicy, edns_size: int | None) -> bytes:
-    """Wire bytes that fit the client's UDP limit: without EDNS at most
-    `udp_answer_limit` answers within 512 bytes; with EDNS its advertised size. At
-    least one answer is kept; TC is set only with `enable_truncate` (Consul's default
-    trims silently so resolvers do not retry over TCP)."""
-    limit = max(512, edns_size or 512)
+    """Wire bytes that fit the UDP limit (`udp_limit`): without EDNS at most
+    `udp_answer_limit` answers within 512 bytes; with EDNS the advertised size up to
+    the ceiling. At least one answer is kept when it fits; TC is set only with
+    `enable_truncate` (Consul's default trims silently so resolvers do not retry over
+    TCP), or when not even one answer fits: then none is sent, and TC tells the
+    client to ask over TCP."""
+    limit = udp_limit(policy, edns_size)
     trimmed = False
     if edns_size is None and len(reply.rr) > policy.udp_answer_limit:
         reply.rr = reply.rr[: max(1, min(policy.udp_answer_limit, 8))]
         trimmed = True
-    data = reply.pack()
+    data = pack(reply)
     while len(data) > limit and len(reply.rr) > 1:
         reply.rr = reply.rr[: max(1, len(reply.rr) // 2)]
         targets = {str(rr.rdata.target) for rr in reply.rr if rr.rtype == QTYPE.SRV}
         reply.ar = [rr for rr in reply.ar if str(rr.rname) in targets or rr.rtype == QTYPE.OPT]
         trimmed = True
-        data = reply.pack()
+        data = pack(reply)
     if len(data) > limit:
         reply.ar = [rr for rr in reply.ar if rr.rtype == QTYPE.OPT]
-        data = reply.pack()
+        data = pack(reply)
         trimmed = True
+    if len(data) > limit:
+        reply.rr = []
+        reply.auth = []
+        reply.header.tc = 1
+        return pack(reply)
     if trimmed and policy.enable_truncate:
         reply.header.tc = 1
-        data = reply.pack()
+        data = pack(reply)
     return data

@@ -7,9 +7,12 @@ fail or time out the caller answers SERVFAIL.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 from typing import Any
 
-__all__ = ["forward"]
+from .names import name_problem
+
+__all__ = ["forward", "parse_recursor"]
 
 
 class _Exchange(asyncio.DatagramProtocol):
@@ -26,18 +29,42 @@ class _Exchange(asyncio.DatagramProtocol):
             self.answer.set_exception(exc)
 
 
-def _address(recursor: str) -> tuple[str, int]:
-    host, sep, port = recursor.rpartition(":")
-    if sep and port.isdigit() and "]" not in port:
-        return host.strip("[]"), int(port)
-    return recursor.strip("[]"), 53
+def parse_recursor(recursor: str) -> tuple[str, int]:
+    """`IP`, `IP:PORT`, `[IPv6]:PORT`, `HOST` or `HOST:PORT` as (host, port); port 53 by
+    default. Raises ValueError naming the problem: a bad recursor is refused at start,
+    not discovered when the first query times out."""
+    text = recursor.strip()
+    try:
+        return str(ipaddress.ip_address(text.strip("[]") if text.startswith("[") and text.endswith("]") else text)), 53
+    except ValueError:
+        pass
+    if text.startswith("["):
+        inside, bracket, rest = text[1:].partition("]")
+        if not bracket or not rest.startswith(":"):
+            raise ValueError(f"{recursor!r} is not IP, IP:PORT or [IPv6]:PORT")
+        host, port_text = inside, rest[1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{recursor!r}: {host!r} is not an IPv6 address") from None
+    else:
+        host, sep, port_text = text.partition(":")
+        if not sep:
+            port_text = "53"
+        if ":" in port_text:
+            raise ValueError(f"{recursor!r} is not an IP address or HOST:PORT (write IPv6 as [IPv6]:PORT)")
+        if name_problem(host) is not None:
+            raise ValueError(f"{recursor!r}: {host!r} is not an IP address or host name")
+    if not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+        raise ValueError(f"{recursor!r}: port must be 1-65535")
+    return host, int(port_text)
 
 
 async def forward(query: bytes, recursors: tuple[str, ...], timeout: float) -> bytes | None:
     """The first usable answer from the recursors, or None."""
     loop = asyncio.get_running_loop()
     for recursor in recursors:
-        host, port = _address(recursor)
+        host, port = parse_recursor(recursor)
         transport = None
         try:
             transport, protocol = await loop.create_datagram_endpoint(

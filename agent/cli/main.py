@@ -145,7 +145,9 @@ async def _snapshot(argv: list[str]) -> int:
         if argv[0] == "save":
             data, headers = await c.request("GET", "/v1/snapshot", params={"stale": ""} if flags.get("stale") else {})
             tmp = path + ".tmp"
-            with open(tmp, "wb") as f:
+            # a snapshot holds the CA's private key: owner-only, like the data-dir
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f:
                 f.write(data)
             os.replace(tmp, path)
             print(f"Saved and verified snapshot to index {headers.get('X-Consul-Index', '0')}")
@@ -337,8 +339,8 @@ async def _connect(argv: list[str]) -> int:
             try:
                 with open(path) as f:
                     body = json.load(f)
-            except (OSError, ValueError) as exc:
-                raise UsageError(f"cannot read {path}: {exc}") from None
+            except (OSError, ValueError, RecursionError) as exc:
+                raise UsageError(f"cannot read {path}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
             await c.put("/v1/connect/ca/configuration", body)
             print("Configuration updated!")
             return 0
@@ -424,16 +426,23 @@ def _table(rows: list[tuple[str, ...]]) -> None:
 
 
 def _run_agent(argv: list[str]) -> int:
-    from mesh.agent.agent import Agent, StartupError
     from mesh.agent.config import ConfigError, parse_args
-    from mesh.agent.logging import configure, get_logger
-    from mesh.catalog.errors import MeshError
+    from mesh.agent.data_dir import PRIVATE_UMASK
+
+    # before anything is created: the data-dir holds tokens and keys, and some of its
+    # files are created by libraries (pysyncobj's journal) that take no mode
+    os.umask(PRIVATE_UMASK)
 
     try:
         cfg = parse_args(argv)
     except ConfigError as exc:
         print(f"==> {exc}", file=sys.stderr)
         return 1
+    # imported once the config is known to be good: a typo is reported in a third of
+    # the time, without loading the whole agent
+    from mesh.agent.agent import Agent, StartupError
+    from mesh.agent.logging import configure, get_logger
+    from mesh.catalog.errors import MeshError
     configure(cfg.log_level, cfg.log_json)
     log = get_logger("cli")
 

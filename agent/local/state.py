@@ -18,6 +18,8 @@ from typing import Any
 
 from mesh.catalog.structs import CRITICAL, Check, Node, Service, evolve, row_to_wire
 
+from ..data_dir import make_private_dir, write_private
+
 __all__ = ["LocalService", "LocalCheck", "LocalState", "NODE_MAINT_ID", "service_maint_id"]
 
 NODE_MAINT_ID = "_node_maintenance"
@@ -195,13 +197,9 @@ class LocalState:
             "services": [s.raw for s in self.services.values() if s.source == "api" and s.raw is not None],
             "checks": [c.raw for c in self.checks.values() if c.source == "api" and c.raw is not None],
         }
-        os.makedirs(os.path.dirname(self._path), exist_ok=True)
-        tmp = self._path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(body, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self._path)
+        # tokens and check headers (Authorization) live here: owner-only (agent/data_dir.py)
+        make_private_dir(os.path.dirname(self._path))
+        write_private(self._path, json.dumps(body).encode())
 
     def load_persisted(self) -> dict[str, list[Any]]:
         """The persisted registration bodies; the agent parses and re-adds them."""

@@ -114,3 +114,58 @@ def test_check_output_max_size(tmp_path):
     path.write_text("check_output_max_size = 0\n")
     with pytest.raises(ConfigError, match="check_output_max_size must be positive"):
         parse_args(["-dev", "-config-file", str(path)])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("u.json", b'{"node_name": "\xff\xfe"}', "not valid UTF-8 (byte 0xff at offset 15)"),
+        ("u.hcl", b'node_name = "\xc3"', "not valid UTF-8"),
+        ("deep.json", b"[" * 100_000 + b"]" * 100_000, "nested more than"),
+        ("deep2.json", b'{"a":' * 100_000 + b"1" + b"}" * 100_000, "nested more than"),
+        ("deep3.json", b'{"service": ' + b"[" * 500 + b"]" * 500 + b"}", "nested more than"),
+        ("deep.hcl", b"a = " + b"[" * 100_000 + b"]" * 100_000, "nested more than"),
+        ("list.json", b"[1, 2]", "top level must be an object"),
+        ("t.json", b'{"tls": {"defaults": 5}}', "tls.defaults must be an object"),
+        ("inf.json", b'{"ports": {"http": 1e999}}', "invalid number inf"),
+        ("nan.json", b'{"bootstrap_expect": NaN}', "invalid number nan"),
+        ("half.json", b'{"ports": {"http": 80.5}}', "invalid number 80.5"),
+        ("wrong.json", b'{"retry_join": {"a": 1}}', "expected a list of strings"),
+        ("null.json", b'{"datacenter": null}', "expected a string"),
+        ("r.json", b'{"recursors": ["::::"]}', "-recursor"),
+        ("d.json", b'{"dns_config": {"udp_max_payload": 100}}', "udp_max_payload must be between 512 and 65535"),
+    ],
+)
+def test_hostile_config_files_are_one_line(tmp_path, name, content, message):
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(ConfigError) as err:
+        parse_args(["-dev", "-config-file", str(path)])
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["-dev", "-recursor", "::::"], "-recursor"),
+        (["-dev", "-recursor", ""], "-recursor"),
+        (["-dev", "-recursor", "1.2.3.4:99999"], "port must be 1-65535"),
+        (["-dev", "-domain", "a..b"], "-domain"),
+        (["-dev", "-alt-domain", "x" * 70], "-alt-domain"),
+        (["-dev", "-client", "::::"], "not an IP address"),
+        (["-dev", "-bind", "256.1.1.1"], "not an IP address"),
+        (["-dev", "-http-port", "1e999"], "invalid number"),
+    ],
+)
+def test_hostile_flags_are_one_line(argv, message):
+    with pytest.raises(ConfigError) as err:
+        parse_args(argv)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_good_recursors_and_dns_ceiling(tmp_path):
+    path = tmp_path / "dns.hcl"
+    path.write_text('dns_config {\n  udp_max_payload = 1232\n  udp_answer_limit = 5\n}\n')
+    cfg = parse_args(["-dev", "-config-file", str(path), "-recursor", "8.8.8.8", "-recursor", "[::1]:5353",
+                      "-recursor", "dns.example:53"])
+    assert cfg.dns_udp_max_payload == 1232 and cfg.dns_udp_answer_limit == 5
+    assert cfg.recursors == ("8.8.8.8", "[::1]:5353", "dns.example:53")
+    assert parse_args(["-dev"]).dns_udp_max_payload == 4096
