@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import random
 import ssl
 import time
@@ -23,6 +22,7 @@ from typing import Any, Protocol
 
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
+from .data_dir import write_private
 from .logging import get_logger
 from .raft import NoLeader
 from .rpc import RPCClient, RPCError
@@ -197,12 +197,8 @@ class ServerPool:
     def _save(self) -> None:
         if not self._state_file:
             return
-        tmp = self._state_file + ".tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump(self._learned, f)
-            os.replace(tmp, self._state_file)
+            write_private(self._state_file, json.dumps(self._learned).encode())
         except OSError as exc:
             log.warning("servers_not_saved", path=self._state_file, error=str(exc))
 

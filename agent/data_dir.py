@@ -25,7 +25,7 @@ log = get_logger("agent")
 PRIVATE_UMASK = 0o077
 # what mesh itself keeps in a data-dir; only these are tightened in a data-dir that is
 # shared (world-writable or sticky, such as /tmp), where other files are not ours
-KNOWN_ENTRIES = ("node-id", "local", "connect", "raft")
+KNOWN_ENTRIES = ("node-id", "local", "connect", "raft", "servers.json")
 
 
 def make_private_dir(path: str) -> None:

@@ -136,7 +136,7 @@ def patch_meta_storer(fsync: bool) -> None:
     def store_meta(self: Any, meta: dict[str, Any]) -> None:
         path = self.getPath()
         tmp = path + ".tmp"
-        with open(tmp, "wb") as f:
+        with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
             f.write(CODEC.dumps(meta))
             f.flush()
             if _FSYNC["enabled"]:

@@ -52,6 +52,7 @@ from mesh.catalog.errors import FatalStateError, MeshError
 from mesh.catalog.fsm import FSM
 
 from . import pysyncobj_fixes, raft_wire
+from .data_dir import make_private_dir, write_private
 from .logging import get_logger
 from .metrics import RAFT
 from .tasks import cancel_all
@@ -355,7 +356,7 @@ class Raft:
             useFork=False,
         )
         if self.raft_dir:
-            os.makedirs(self.raft_dir, exist_ok=True)
+            make_private_dir(self.raft_dir)
             kwargs.update(
                 journalFile=os.path.join(self.raft_dir, "journal"),
                 fullDumpFile=os.path.join(self.raft_dir, "snapshot.msgpack"),
@@ -603,7 +604,7 @@ class Raft:
         started = time.perf_counter()
         try:
             tmp = dump_file + ".writing"
-            with open(tmp, "wb") as f:
+            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
                 header = {"v": 2, "last": list(last), "prev": list(prev), "cluster": members}
                 f.write(msgpack.packb(header, use_bin_type=True))
                 FSM.write_snapshot(f, *state)  # streamed: no second copy of the state in memory
@@ -711,11 +712,7 @@ class Raft:
         if node is None or not self.raft_dir:
             return
         peers = sorted(n.id for n in node.otherNodes)
-        path = os.path.join(self.raft_dir, "peers.json")
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(peers, f)
-        os.replace(tmp, path)
+        write_private(os.path.join(self.raft_dir, "peers.json"), json.dumps(peers).encode(), sync=self.config.fsync)
 
     # ---- watchdog ---------------------------------------------------------------------------
     def note_tick_error(self) -> None:
