@@ -12,7 +12,7 @@ they arrive, with the metrics counting every occurrence. Pure logic, clock injec
 
 from __future__ import annotations
 
-__all__ = ["ConnLimiter", "LogThrottle"]
+__all__ = ["ConnLimiter"]
 
 
 class ConnLimiter:
@@ -43,27 +43,3 @@ class ConnLimiter:
 
     def total(self) -> int:
         return sum(self._open.values())
-
-
-class LogThrottle:
-    """Allows one log line per key per `interval` seconds.
-
-    Memory stays bounded however many keys (client addresses) show up: past
-    `max_keys`, keys whose interval has passed are forgotten, and if every key is
-    still recent, new keys are simply not logged until some expire."""
-
-    def __init__(self, interval: float = 60.0, max_keys: int = 4096) -> None:
-        self.interval = interval
-        self.max_keys = max_keys
-        self._last: dict[object, float] = {}
-
-    def allow(self, key: object, now: float) -> bool:
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            return False
-        if last is None and len(self._last) >= self.max_keys:
-            self._last = {k: t for k, t in self._last.items() if now - t < self.interval}
-            if len(self._last) >= self.max_keys:
-                return False
-        self._last[key] = now
-        return True

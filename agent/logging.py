@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
-__all__ = ["configure", "get_logger", "RateLimiter", "log_limited", "BAD_INPUT"]
+__all__ = ["configure", "get_logger", "RateLimiter", "log_limited", "BAD_INPUT", "per_peer_limiter"]
 
 _LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.INFO, "warn": logging.WARNING,
            "warning": logging.WARNING, "error": logging.ERROR, "err": logging.ERROR}
@@ -70,6 +70,12 @@ class RateLimiter:
 
 # shared by every place that logs input it refused, keyed by event name
 BAD_INPUT = RateLimiter()
+
+
+def per_peer_limiter() -> RateLimiter:
+    """One line a minute per (event, peer) key, for what strangers on the network cause;
+    bounded in keys so a scan from many addresses cannot grow it."""
+    return RateLimiter(per_second=1 / 60, burst=1, max_keys=4096)
 
 
 def log_limited(logger: Any, level: str, event: str, *, key: Hashable | None = None,

@@ -40,7 +40,7 @@ from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 
 from . import raft_wire
-from .logging import get_logger
+from .logging import get_logger, per_peer_limiter
 from .metrics import RAFT
 
 __all__ = [
@@ -164,10 +164,9 @@ HANDSHAKE_TIMEOUT = 3.0  # a new connection must be a known, keyed member by the
 READS_PER_EVENT = 16  # recv calls per poll event: one busy peer cannot hold the tick
 MAX_PREAUTH_PER_STRANGER = 8  # handshaking connections from an address that is no member
 MAX_PREAUTH_TOTAL = 512  # from all strangers together
-LOG_EVERY = 10.0  # seconds between log lines about one peer's junk
 
 _PENALTIES = raft_wire.PenaltyBox(clock=monotonic_time)
-_LOGGED: dict[str, float] = {}
+_JUNK_LOG = per_peer_limiter()
 
 
 def _note_junk(peer: str, reason: str, member: bool) -> None:
@@ -176,12 +175,9 @@ def _note_junk(peer: str, reason: str, member: bool) -> None:
     caps keep its junk cheap)."""
     RAFT.wire_rejects.labels(reason.split(":", 1)[0]).inc()
     seconds = 0.0 if member else _PENALTIES.punish(peer)
-    now = monotonic_time()
-    if now - _LOGGED.get(peer, -LOG_EVERY) >= LOG_EVERY:
-        if len(_LOGGED) > 4096:
-            _LOGGED.clear()
-        _LOGGED[peer] = now
-        log.warning("raft_peer_rejected", peer=peer, reason=reason, refused_for=round(seconds, 1))
+    suppressed = _JUNK_LOG.allow(peer)
+    if suppressed is not None:
+        log.warning("raft_peer_rejected", peer=peer, reason=reason, refused_for=round(seconds, 1), suppressed=suppressed)
 
 
 def _peer_of(sock: Any) -> str:

@@ -33,7 +33,6 @@ import hmac
 import os
 import ssl
 import struct
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,8 +40,8 @@ import msgpack
 
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
-from .conn_limits import ConnLimiter, LogThrottle
-from .logging import get_logger
+from .conn_limits import ConnLimiter
+from .logging import get_logger, per_peer_limiter
 from .metrics import RPC
 
 __all__ = ["RPCError", "RPCServer", "RPCClient", "Handler", "MAX_FRAME", "PROTOCOL_MAGIC"]
@@ -133,7 +132,7 @@ class RPCServer:
         self._server: asyncio.AbstractServer | None = None
         self.handshake_timeout = handshake_timeout
         self._conns = ConnLimiter(max_conns_per_client)
-        self._log_throttle = LogThrottle(60.0)
+        self._log_throttle = per_peer_limiter()
         self.port = port
 
     def register(self, method: str, handler: Handler) -> None:
@@ -155,7 +154,7 @@ class RPCServer:
 
     def _quiet(self, event: str, ip: str, **kw: Any) -> None:
         """One warning per event and client address a minute: these come from the network."""
-        if self._log_throttle.allow((event, ip), time.monotonic()):
+        if self._log_throttle.allow((event, ip)) is not None:
             log.warning(event, peer=ip, **kw)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -273,7 +272,7 @@ class RPCServer:
             RPC.requests.labels(method, "error").inc()
         except Exception as exc:
             RPC.requests.labels(method, "failed").inc()
-            if self._log_throttle.allow(("rpc_handler_failed", method, type(exc).__name__), time.monotonic()):
+            if self._log_throttle.allow(("rpc_handler_failed", method, type(exc).__name__)) is not None:
                 log.error("rpc_handler_failed", method=method, error=f"{type(exc).__name__}: {exc}"[:500], exc_info=True)
             response = {"e": f"{method}: internal error ({type(exc).__name__})", "k": "error"}
         return response

@@ -22,15 +22,14 @@ The wrapper only watches bytes and forwards every protocol call to aiohttp's han
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 from aiohttp import web
 
-from ..conn_limits import ConnLimiter, LogThrottle
-from ..logging import get_logger
+from ..conn_limits import ConnLimiter
+from ..logging import RateLimiter, get_logger, per_peer_limiter
 from ..metrics import HTTP
 
 __all__ = ["ListenerLimits", "serve", "on_disconnect"]
@@ -45,14 +44,14 @@ class ListenerLimits:
     max_conns_per_client: int = 200
     header_timeout: float = 10.0
     conns: ConnLimiter = field(init=False)
-    throttle: LogThrottle = field(init=False, default_factory=lambda: LogThrottle(60.0))
+    throttle: RateLimiter = field(init=False, default_factory=per_peer_limiter)
 
     def __post_init__(self) -> None:
         self.conns = ConnLimiter(self.max_conns_per_client)
 
     def quiet(self, event: str, ip: str, **kw: object) -> None:
         """One warning per event and client address a minute: these come from the network."""
-        if self.throttle.allow((event, ip), time.monotonic()):
+        if self.throttle.allow((event, ip)) is not None:
             log.warning(event, peer=ip, **kw)
 
 

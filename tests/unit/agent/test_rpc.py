@@ -10,7 +10,7 @@ import time
 import pytest
 
 from mesh.agent.config import ConfigError, parse_args
-from mesh.agent.conn_limits import ConnLimiter, LogThrottle
+from mesh.agent.conn_limits import ConnLimiter
 from mesh.agent.rpc import PROTOCOL_MAGIC, RPCClient, RPCError, RPCServer, _frame, hello_proof
 from mesh.catalog.errors import InvalidRequest
 
@@ -238,17 +238,6 @@ def test_conn_limiter_counts_per_client_and_frees_slots():
     assert limiter.acquire("10.0.0.1")
     assert limiter.total() == 3
     assert ConnLimiter(0).acquire("x")  # 0: no cap
-
-
-def test_log_throttle_allows_one_line_per_key_per_interval_with_bounded_memory():
-    throttle = LogThrottle(60.0, max_keys=2)
-    assert throttle.allow("a", 0.0)
-    assert not throttle.allow("a", 59.0)
-    assert throttle.allow("a", 60.0)
-    assert throttle.allow("b", 61.0)
-    assert not throttle.allow("c", 62.0)  # full of recent keys: not logged, not remembered
-    assert throttle.allow("c", 121.0)  # "a" expired and was forgotten
-    assert len(throttle._last) <= 2
 
 
 def test_limits_block_sets_the_listener_limits_and_rejects_bad_values(tmp_path):
