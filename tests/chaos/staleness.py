@@ -1,0 +1,69 @@
+"""Reads that may be stale, checked against what they promise.
+
+Linearizability (linearizability.py) is the promise of `?consistent` reads only.
+Consul's default reads come from a server that believes it leads (or knows a leader)
+and may lag by up to the leader lease around a change of leadership; `?stale` reads
+may lag without bound but must never invent a value. Both are one rule with a
+different allowance:
+
+A read r returning v is acceptable when some *source* of v (a write of v that was
+invoked before r completed and did not definitely fail, or the initial state) has not
+been definitely overwritten more than `lease` seconds before r was invoked. "Definitely
+overwritten" means an acknowledged write of another value that was invoked after the
+source completed and completed before `r.invoked - lease`. With lease = 0 this is a
+necessary (not sufficient) condition of linearizability; with lease = inf it only says
+"no invented values". Unknown-outcome writes count as sources (they may have applied)
+but never as overwrites (they may not have).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from .linearizability import FAILED, OK, Op, _freeze
+
+__all__ = ["StaleRead", "check_reads"]
+
+
+@dataclass(frozen=True)
+class StaleRead:
+    read: Op
+    reason: str
+
+
+def check_reads(writes: Iterable[Op], reads: Iterable[Op], lease: float, initial: Any = None) -> list[StaleRead]:
+    """Every ok read in `reads` that breaks the rule above, with the reason."""
+    by_key: dict[Hashable, list[Op]] = defaultdict(list)
+    for w in writes:
+        if w.kind == "write" and w.outcome != FAILED:
+            by_key[w.key].append(w)
+    bad: list[StaleRead] = []
+    for r in reads:
+        if r.kind != "read" or r.outcome != OK:
+            continue
+        problem = _judge(r, by_key.get(r.key, []), lease, initial)
+        if problem:
+            bad.append(StaleRead(r, problem))
+    return bad
+
+
+def _judge(r: Op, writes: list[Op], lease: float, initial: Any) -> str:
+    v = _freeze(r.value)
+    # (invoked, end) of each possible source of v; the initial state ends at -inf
+    sources = [(w.invoked, w.end) for w in writes if _freeze(w.value) == v and w.invoked <= r.completed]
+    if v == _freeze(initial):
+        sources.append((-math.inf, -math.inf))
+    if not sources:
+        return f"read returned {r.value!r}, which no write had begun to write by the time the read completed"
+    cutoff = r.invoked - lease
+    overwrites = [w for w in writes if w.outcome == OK and _freeze(w.value) != v and w.completed < cutoff]
+    for _, source_end in sources:
+        if not any(w.invoked > source_end for w in overwrites):
+            return ""
+    newest = max(overwrites, key=lambda w: w.completed)
+    return (f"read returned {r.value!r}, overwritten by {newest.value!r} (acknowledged at "
+            f"{newest.completed:.3f}) more than {lease:g}s before the read began ({r.invoked:.3f})")
