@@ -24,7 +24,7 @@ from .httpc import Reply, call
 
 __all__ = ["main", "KEYS_PER_GEN", "catalog_key", "intention_key"]
 
-KEYS_PER_GEN = 6
+KEYS_PER_GEN = 10
 INTENTIONS_PER_GEN = 2
 WEIGHTS = {
     "write": 26, "delete": 4, "read_consistent": 20, "read_default": 16, "read_stale": 10,
