@@ -48,6 +48,8 @@ def classify(reply: Reply, read: bool = False) -> str:
         return "failed"
     if read:
         return "failed"  # an unanswered read tells nothing either way
+    if reply.status == 0 and reply.error == "refused":
+        return "failed"  # nothing was sent: the connection was never accepted
     return "unknown"
 
 
