@@ -36,6 +36,7 @@ class HistoryReport:
     keys: list[str] = field(default_factory=list)
     undecided: list[str] = field(default_factory=list)
     explored: int = 0
+    outages: dict[str, float] = field(default_factory=dict)  # per target: longest span of only failures
 
 
 def load(path: str) -> list[dict[str, Any]]:
@@ -81,6 +82,7 @@ def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), b
             default.append(op)
         elif rec["mode"] == "stale":
             stale.append(op)
+    rep.outages = outages(records)
     strong.extend(final_reads)
     by_key: dict[Any, list[Op]] = {}
     for op in writes + strong:
@@ -98,6 +100,30 @@ def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), b
     for bad in check_reads(writes, stale, math.inf):
         rep.anomalies.append(Anomaly("stale-read", f"key {bad.read.key} {_who(where.get(id(bad.read)))}: {bad.reason}"))
     return rep
+
+
+def outages(records: Iterable[dict[str, Any]]) -> dict[str, float]:
+    """Per agent, the longest time from the first failed operation after a success to
+    the next success: how long it was unusable through its HTTP API."""
+    by_target: dict[str, list[tuple[float, float, bool]]] = {}
+    for r in records:
+        if "target" in r:
+            by_target.setdefault(r["target"], []).append((r["invoked"], r["completed"], r["outcome"] == "ok"))
+    out: dict[str, float] = {}
+    for target, ops in by_target.items():
+        ops.sort()
+        longest, down_since = 0.0, None
+        for invoked, completed, ok in ops:
+            if ok:
+                if down_since is not None:
+                    longest = max(longest, completed - down_since)
+                down_since = None
+            elif down_since is None:
+                down_since = invoked
+        if down_since is not None:
+            longest = max(longest, ops[-1][1] - down_since)
+        out[target] = longest
+    return out
 
 
 def _who(rec: dict[str, Any] | None) -> str:

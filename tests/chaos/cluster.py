@@ -23,8 +23,12 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 
 
 class ChaosCluster:
-    def __init__(self, workdir: str, servers: int = 3, clients: int = 2) -> None:
+    def __init__(self, workdir: str, servers: int = 3, clients: int = 2, client_seeds: str = "mixed") -> None:
+        """`client_seeds`: which servers a client is given as -retry-join: "all", "one"
+        (client i gets server i only, the way issue 11 found people write it) or "mixed"
+        (the first client all, the others one each)."""
         self.workdir = workdir
+        self.client_seeds = client_seeds
         self.net = Network()
         self.n_servers = servers
         self.n_clients = clients
@@ -42,9 +46,11 @@ class ChaosCluster:
             data = self._dir(h.name)
             self.servers.append(AgentProc(h.name, h, server_args(h.name, h, data, server_hosts, self.n_servers),
                                           os.path.join(self.workdir, f"{h.name}.log"), server=True))
-        for h in client_hosts:
+        for i, h in enumerate(client_hosts):
             data = self._dir(h.name)
-            self.clients.append(AgentProc(h.name, h, client_args(h.name, h, data, server_hosts),
+            one = self.client_seeds == "one" or (self.client_seeds == "mixed" and i > 0)
+            seeds = [server_hosts[i % len(server_hosts)]] if one else server_hosts
+            self.clients.append(AgentProc(h.name, h, client_args(h.name, h, data, seeds),
                                           os.path.join(self.workdir, f"{h.name}.log"), server=False))
         for a in self.servers + self.clients:
             a.start()

@@ -42,8 +42,8 @@ class Report:
     anomalies: list[Anomaly] = field(default_factory=list)
     wall: float = 0.0
 
-    def by_check(self, check: str) -> list[Anomaly]:
-        return [a for a in self.anomalies if a.check == check]
+    def by_check(self, *checks: str) -> list[Anomaly]:
+        return [a for a in self.anomalies if a.check in checks]
 
     def format(self) -> str:
         lines = [f"chaos run: seed {self.seed}, {self.seconds:g}s of faults, {self.servers} servers + 2 clients, "
@@ -57,6 +57,8 @@ class Report:
                 lines.append(f"  {kind:24} {parts}")
             lines.append(f"keys checked for linearizability: {len(self.history.keys)} "
                          f"({self.history.explored} search states)")
+            lines.append("longest run of failed operations per agent (s): " + json.dumps(
+                {k: round(v, 1) for k, v in sorted(self.history.outages.items())}))
             for u in self.history.undecided:
                 lines.append(f"  undecided: {u}")
         lines.append(f"faults: {sum(self.faults.values())} " + json.dumps(self.faults, sort_keys=True))
@@ -77,17 +79,18 @@ def _s(v: float | None) -> str:
 
 
 def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers: int = 4,
-              rss_bound_mib: float = 400.0, keep: bool = False,
+              rss_bound_mib: float = 400.0, keep: bool = False, client_seeds: str = "mixed",
               log: Any = lambda _msg: None) -> Report:
     """The whole run; the cluster, its namespaces and processes are gone on return."""
     seed = seed if seed is not None else random.SystemRandom().randrange(1, 10**9)
     workdir = tempfile.mkdtemp(prefix=f"mesh-chaos-{seed}-")
     report = Report(seed, seconds, servers, workdir)
     started = time.monotonic()
-    cluster = ChaosCluster(workdir, servers=servers)
+    cluster = ChaosCluster(workdir, servers=servers, client_seeds=client_seeds)
     workload: subprocess.Popen[bytes] | None = None
     try:
-        log(f"seed {seed}; starting {servers} servers and 2 clients in namespaces {cluster.net.prefix}-*")
+        log(f"seed {seed}; starting {servers} servers and 2 clients (-retry-join: {client_seeds}) "
+            f"in namespaces {cluster.net.prefix}-*")
         cluster.start()
         history_path = os.path.join(workdir, "history.jsonl")
         t0 = time.monotonic()
@@ -136,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=float(os.environ.get("CHAOS_SECONDS") or 300))
     ap.add_argument("--seed", type=int, default=int(os.environ["SEED"]) if os.environ.get("SEED") else None)
     ap.add_argument("--servers", type=int, default=int(os.environ.get("CHAOS_SERVERS") or 3), choices=[3, 5])
+    ap.add_argument("--client-seeds", default=os.environ.get("CHAOS_CLIENT_SEEDS") or "mixed",
+                    choices=["all", "one", "mixed"], help="servers each client is given as -retry-join")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory (logs, history) even when clean")
     args = ap.parse_args(argv)
     reason = unavailable_reason()
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 10**9)
     print(f"chaos: seed {seed} (replay: make chaos SEED={seed} CHAOS_SECONDS={args.seconds:g})", flush=True)
-    report = run_chaos(args.seconds, seed, args.servers, keep=args.keep,
+    report = run_chaos(args.seconds, seed, args.servers, keep=args.keep, client_seeds=args.client_seeds,
                        log=lambda m: print(f"chaos: {m}", flush=True))
     print(report.format())
     return 1 if report.anomalies else 0
