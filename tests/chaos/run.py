@@ -74,6 +74,14 @@ class Report:
         return "\n".join(lines)
 
 
+def _outcomes(records: list[dict[str, Any]], start: float, end: float) -> str:
+    counts: dict[str, int] = {}
+    for r in records:
+        if "invoked" in r and start <= r["invoked"] <= end:
+            counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
 def _s(v: float | None) -> str:
     return "never" if v is None else f"{v:.1f}s"
 
@@ -107,8 +115,6 @@ def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers
         time.sleep(2)  # some history before the first blow
         nemesis.run(t0 + seconds)
         report.faults = nemesis.summary()
-        report.fault_log = [f"{f.start - t0:6.1f}s {f.kind}: {f.detail} (healed after {f.end - f.start:.1f}s)"
-                            for f in nemesis.faults]
         report.anomalies.extend(Anomaly("process", n) for n in nemesis.notes)
         log("nemesis done, everything healed; checking")
         post = PostHeal()
@@ -120,6 +126,9 @@ def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers
         report.post = post
         report.anomalies.extend(post.anomalies)
         report.history = analyse(records, post.final_reads)
+        report.fault_log = [f"{f.start - t0:6.1f}s {f.kind}: {f.detail} (healed after {f.end - f.start:.1f}s; "
+                            f"operations begun meanwhile: {_outcomes(records, f.start, f.end)})"
+                            for f in nemesis.faults]
         report.anomalies.extend(report.history.anomalies)
         if report.anomalies:
             report.anomalies.append(Anomaly("logs", cluster.logs(12)))
