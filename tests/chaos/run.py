@@ -13,6 +13,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -152,6 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                     choices=["all", "one", "mixed"], help="servers each client is given as -retry-join")
     ap.add_argument("--keep", action="store_true", help="keep the run's directory (logs, history) even when clean")
     args = ap.parse_args(argv)
+    # SIGTERM unwinds like Ctrl-C, so run_chaos's cleanup (processes, namespaces) runs
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     reason = unavailable_reason()
     if reason:
         print(f"chaos: skipped: {reason}")
