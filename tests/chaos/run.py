@@ -87,7 +87,7 @@ def _s(v: float | None) -> str:
     return "never" if v is None else f"{v:.1f}s"
 
 
-def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers: int = 4,
+def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers_per_agent: int = 2,
               rss_bound_mib: float = 400.0, keep: bool = False, client_seeds: str = "mixed",
               log: Any = lambda _msg: None) -> Report:
     """The whole run; the cluster, its namespaces and processes are gone on return."""
@@ -104,7 +104,7 @@ def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers
         history_path = os.path.join(workdir, "history.jsonl")
         t0 = time.monotonic()
         cfg = {"servers": cluster.server_map(), "clients": cluster.client_map(), "seed": seed, "t0": t0,
-               "seconds": seconds, "workers": workers, "timeout": 5.0, "block_wait": 2,
+               "seconds": seconds, "workers_per_agent": workers_per_agent, "timeout": 5.0, "block_wait": 2,
                "gen_seconds": 6.0, "out": history_path}
         cfg_path = os.path.join(workdir, "workload.json")
         with open(cfg_path, "w") as f:

@@ -62,6 +62,10 @@ class Worker:
         self.lock = lock
         self.counter = 0
         self.last_index: dict[str, int] = {}
+        agents = {**cfg["servers"], **cfg["clients"]}
+        name = sorted(agents)[wid % len(agents)]
+        self.home = (name, agents[name])
+        self.is_client = name in cfg["clients"]
 
     def gen(self) -> int:
         return int((time.monotonic() - self.cfg["t0"]) // self.cfg["gen_seconds"])
@@ -77,15 +81,18 @@ class Worker:
         weights = [WEIGHTS[k] for k in kinds]
         while time.monotonic() < deadline:
             kind = self.rng.choices(kinds, weights)[0]
+            if kind == "leaf" and not self.is_client:
+                kind = "read_stale"
             try:
                 getattr(self, "op_" + kind)()
             except Exception as exc:  # noqa: BLE001 - a workload bug must not end the run silently
                 self.emit({"kind": "error", "op": kind, "error": repr(exc), "t": time.monotonic()})
 
-    def target(self, clients_only: bool = False) -> tuple[str, str]:
-        pool = self.cfg["clients"] if clients_only else {**self.cfg["servers"], **self.cfg["clients"]}
-        name = self.rng.choice(sorted(pool))
-        return name, pool[name]
+    def target(self) -> tuple[str, str]:
+        """This worker's own agent: each worker sticks to one, so an agent that hangs
+        (paused, cut off) stalls only its own workers and the others keep the history
+        going on both sides of a cut."""
+        return self.home
 
     def timed(self, method: str, addr: str, path: str, body: Any = None, timeout: float | None = None) -> tuple[Reply, float, float]:
         t0 = time.monotonic()
@@ -168,7 +175,7 @@ class Worker:
 
     # leaf certificates from a client agent for a service registered there ------------
     def op_leaf(self) -> None:
-        name, addr = self.target(clients_only=True)
+        name, addr = self.target()
         service = f"chaos-web-{name}"
         reply, t0, t1 = self.timed("GET", addr, f"/v1/agent/connect/ca/leaf/{service}")
         outcome = classify(reply, read=True)
@@ -193,7 +200,8 @@ def main(argv: list[str]) -> int:
     deadline = cfg["t0"] + cfg["seconds"]
     lock = threading.Lock()
     with open(cfg["out"], "a") as out:
-        workers = [Worker(i, cfg, out, lock) for i in range(cfg["workers"])]
+        n = cfg["workers_per_agent"] * (len(cfg["servers"]) + len(cfg["clients"]))
+        workers = [Worker(i, cfg, out, lock) for i in range(n)]
         threads = [threading.Thread(target=w.run, args=(deadline,), daemon=True) for w in workers]
         for t in threads:
             t.start()
