@@ -75,6 +75,8 @@ class Worker:
         with self.lock:
             self.out.write(line + "\n")
             self.out.flush()
+        if rec.get("status") == 0 and rec.get("outcome") != "ok":
+            time.sleep(0.25)  # a dead agent refuses at once: do not spin on it
 
     def run(self, deadline: float) -> None:
         kinds = list(WEIGHTS)
