@@ -55,8 +55,8 @@ class Nemesis:
             self.heal()
 
     def _one(self, kind: str) -> None:
-        start = time.monotonic()
         detail = getattr(self, kind)()
+        start = time.monotonic()  # in force from here (finding the leader took a moment)
         fault = Fault(kind, detail, start)
         self.faults.append(fault)
         self.log(f"[{start:.1f}] fault {kind}: {detail}")
