@@ -127,18 +127,21 @@ def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers
         report.post = post
         report.anomalies.extend(post.anomalies)
         report.history = analyse(records, post.final_reads)
-        report.fault_log = [f"{f.start - t0:6.1f}s {f.kind}: {f.detail} (healed after {f.end - f.start:.1f}s; "
+        report.fault_log = [f"{f.start - t0:6.1f}s (monotonic {f.start:.1f}) {f.kind}: {f.detail} "
+                            f"(healed after {f.end - f.start:.1f}s; "
                             f"operations begun meanwhile: {_outcomes(records, f.start, f.end)})"
                             for f in nemesis.faults]
         report.anomalies.extend(report.history.anomalies)
         if report.anomalies:
             report.anomalies.append(Anomaly("logs", cluster.logs(12)))
     finally:
+        report.wall = time.monotonic() - started
+        with open(os.path.join(workdir, "report.txt"), "w") as f:
+            f.write(report.format() + "\n")
         if workload is not None and workload.poll() is None:
             workload.kill()
             workload.wait(10)
         cluster.stop()
-        report.wall = time.monotonic() - started
         if not keep and not report.anomalies:
             shutil.rmtree(workdir, ignore_errors=True)
     return report
