@@ -7,6 +7,7 @@ partition, like clients that sit on either side.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import subprocess
@@ -38,6 +39,7 @@ class ChaosCluster:
 
     # lifecycle ---------------------------------------------------------------------------
     def start(self, timeout: float = 60) -> ChaosCluster:
+        atexit.register(self.stop)  # also when the caller never reaches its finally
         self.net.create()
         server_hosts = [self.net.add_host(f"s{i + 1}") for i in range(self.n_servers)]
         client_hosts = [self.net.add_host(f"c{i + 1}") for i in range(self.n_clients)]
@@ -77,6 +79,7 @@ class ChaosCluster:
                 time.sleep(0.5)
 
     def stop(self) -> None:
+        """Kill our agents by PID and delete our namespaces; safe to call twice."""
         for a in self.servers + self.clients:
             try:
                 a.kill()
