@@ -121,8 +121,10 @@ class AgentProc:
         return None
 
     def log_tail(self, lines: int = 30) -> str:
+        """The last lines above debug level (the debug stream is mostly raft_applied)."""
         try:
             with open(self.log_path, "rb") as f:
-                return b"".join(f.readlines()[-lines:]).decode("utf-8", "replace")
+                kept = [line for line in f.readlines() if b"[debug" not in line]
+            return b"".join(kept[-lines:]).decode("utf-8", "replace")
         except OSError:
             return ""
