@@ -41,6 +41,7 @@ class Report:
     faults: dict[str, int] = field(default_factory=dict)
     fault_log: list[str] = field(default_factory=list)
     anomalies: list[Anomaly] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # worth a look, not a broken promise
     wall: float = 0.0
 
     def by_check(self, *checks: str) -> list[Anomaly]:
@@ -69,6 +70,9 @@ class Report:
             lines.append(f"after heal: leader in {_s(p.leader_after)}, clients see all servers in "
                          f"{_s(p.clients_after)}, servers converged in {_s(p.converged_after)}, "
                          f"server RSS MiB {({k: round(v) if v else v for k, v in p.rss_mib.items()})}")
+        if self.notes:
+            lines.append(f"notes: {len(self.notes)}")
+            lines.extend(f"  {n}" for n in self.notes)
         lines.append(f"anomalies: {len([a for a in self.anomalies if a.check != 'logs'])}")
         for a in self.anomalies:
             lines.append(f"  [{a.check}] {a.message}")
@@ -81,6 +85,22 @@ def _outcomes(records: list[dict[str, Any]], start: float, end: float) -> str:
         if "invoked" in r and start <= r["invoked"] <= end:
             counts[r["outcome"]] = counts.get(r["outcome"], 0) + 1
     return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+NOTABLE = ("raft_watchdog_recovering", "Traceback", "[critical")
+
+
+def _log_notes(cluster: ChaosCluster) -> list[str]:
+    """Log lines that mean a server needed rescuing or crashed inside (the watchdog moving a
+    stuck Raft aside, an unhandled exception), whatever the checks said."""
+    found = []
+    for a in cluster.servers + cluster.clients:
+        try:
+            with open(a.log_path, errors="replace") as f:
+                found += [f"{a.name}: {line.strip()[:220]}" for line in f if any(k in line for k in NOTABLE)]
+        except OSError:
+            pass
+    return found
 
 
 def _s(v: float | None) -> str:
@@ -132,6 +152,7 @@ def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers
                             f"operations begun meanwhile: {_outcomes(records, f.start, f.end)})"
                             for f in nemesis.faults]
         report.anomalies.extend(report.history.anomalies)
+        report.notes.extend(_log_notes(cluster))
         if report.anomalies:
             report.anomalies.append(Anomaly("logs", cluster.logs(12)))
     finally:
