@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 
 from tests.harness.cluster import KEY
@@ -57,6 +58,7 @@ class AgentProc:
     killed: bool = False  # the nemesis (or teardown) ended it on purpose
     paused: bool = False
     pids: list[int] = field(default_factory=list)
+    starts: list[float] = field(default_factory=list)  # CLOCK_MONOTONIC of each start
 
     @property
     def http(self) -> str:
@@ -76,6 +78,7 @@ class AgentProc:
         self.killed = False
         self.paused = False
         self.pids.append(self.proc.pid)
+        self.starts.append(time.monotonic())
         return self
 
     def alive(self) -> bool:

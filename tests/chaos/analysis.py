@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .linearizability import Op, check_key
-from .staleness import check_reads
+from .staleness import check_monotonic, check_reads
 
 __all__ = ["Anomaly", "load", "to_op", "analyse", "LEASE"]
 
@@ -53,15 +53,18 @@ def _label(rec: dict[str, Any]) -> str:
     return rec["kind"] if rec["kind"] in ("leaf", "error") else f"{rec['kind']}:{rec['mode']}"
 
 
-def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), budget: int = 300_000) -> HistoryReport:
+def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), budget: int = 300_000,
+            restarts: dict[str, list[float]] | None = None) -> HistoryReport:
     """Check a whole history; `final_reads` are the `?consistent` reads taken after healing
-    (they make a lost acknowledged write visible to the linearizability check)."""
+    (they make a lost acknowledged write visible to the linearizability check);
+    `restarts` (server -> times it was started again) excuse a server's reads going back."""
     rep = HistoryReport()
     writes: list[Op] = []
     strong: list[Op] = []
     default: list[Op] = []
     stale: list[Op] = []
     where: dict[int, dict[str, Any]] = {}
+    per_server: list[tuple[str, Op]] = []  # ?stale reads straight from a server that knows a leader
     for rec in records:
         rep.counts[(_label(rec), rec.get("outcome", "-"))] += 1
         if rec["kind"] == "error":
@@ -82,6 +85,8 @@ def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), b
             default.append(op)
         elif rec["mode"] == "stale":
             stale.append(op)
+            if rec.get("known_leader") and rec["target"] in (restarts or {}):
+                per_server.append((rec["target"], op))
     rep.outages = outages(records)
     strong.extend(final_reads)
     by_key: dict[Any, list[Op]] = {}
@@ -99,6 +104,9 @@ def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), b
         rep.anomalies.append(Anomaly("default-read", f"key {bad.read.key} {_who(where.get(id(bad.read)))}: {bad.reason}"))
     for bad in check_reads(writes, stale, math.inf):
         rep.anomalies.append(Anomaly("stale-read", f"key {bad.read.key} {_who(where.get(id(bad.read)))}: {bad.reason}"))
+    for bad in check_monotonic(writes, per_server, restarts):
+        rep.anomalies.append(Anomaly("stale-read", f"key {bad.read.key} {_who(where.get(id(bad.read)))}: "
+                                                   f"went back in time: {bad.reason}"))
     return rep
 
 

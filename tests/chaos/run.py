@@ -146,7 +146,8 @@ def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers
         check_state(cluster, keys, rss_bound_mib, post)
         report.post = post
         report.anomalies.extend(post.anomalies)
-        report.history = analyse(records, post.final_reads)
+        report.history = analyse(records, post.final_reads,
+                                 restarts={a.name: a.starts[1:] for a in cluster.servers})
         report.fault_log = [f"{f.start - t0:6.1f}s (monotonic {f.start:.1f}) {f.kind}: {f.detail} "
                             f"(healed after {f.end - f.start:.1f}s; "
                             f"operations begun meanwhile: {_outcomes(records, f.start, f.end)})"

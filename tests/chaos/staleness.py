@@ -26,7 +26,7 @@ from typing import Any
 
 from .linearizability import FAILED, OK, Op, _freeze
 
-__all__ = ["StaleRead", "check_reads"]
+__all__ = ["StaleRead", "check_reads", "check_monotonic"]
 
 
 @dataclass(frozen=True)
@@ -67,3 +67,52 @@ def _judge(r: Op, writes: list[Op], lease: float, initial: Any) -> str:
     newest = max(overwrites, key=lambda w: w.completed)
     return (f"read returned {r.value!r}, overwritten by {newest.value!r} (acknowledged at "
             f"{newest.completed:.3f}) more than {lease:g}s before the read began ({r.invoked:.3f})")
+
+
+def check_monotonic(writes: Iterable[Op], reads: Iterable[tuple[Hashable, Op]],
+                    restarts: dict[Hashable, list[float]] | None = None) -> list[StaleRead]:
+    """Reads from one server never go back in time: after a server returned v2 for a key,
+    a later read from it (invoked after the first completed, no restart of the server in
+    between) must not return v1 when v1's write definitely came before v2's (v1's write
+    completed before v2's began). `reads` are (server, op) pairs. Only values with one
+    write are judged (unique values; None and repeated values are skipped)."""
+    sources: dict[tuple[Hashable, Any], list[Op]] = defaultdict(list)
+    for w in writes:
+        if w.kind == "write" and w.outcome != FAILED:
+            sources[(w.key, _freeze(w.value))].append(w)
+    restarts = restarts or {}
+    by_server_key: dict[tuple[Hashable, Hashable], list[Op]] = defaultdict(list)
+    for server, r in reads:
+        if r.kind == "read" and r.outcome == OK and r.value is not None:
+            by_server_key[(server, r.key)].append(r)
+    bad: list[StaleRead] = []
+    for (server, _key), ops in by_server_key.items():
+        newest: Op | None = None  # the read whose write is the latest seen so far
+        for r in sorted(ops, key=lambda o: o.invoked):
+            w_r = _only(sources.get((r.key, _freeze(r.value)), []))
+            if w_r is None:
+                continue
+            if newest is not None and newest.completed < r.invoked and not _restarted(
+                    restarts.get(server, []), newest.completed, r.invoked):
+                w_n = _only(sources[(newest.key, _freeze(newest.value))])
+                assert w_n is not None
+                if w_r.completed < w_n.invoked:
+                    bad.append(StaleRead(r, f"server {server} returned {r.value!r} after it had returned "
+                                            f"the newer {newest.value!r} (read completed {newest.completed:.3f})"))
+                    continue
+            if newest is None or newest.completed >= r.invoked or _later(w_r, sources, newest):
+                newest = r
+    return bad
+
+
+def _only(ops: list[Op]) -> Op | None:
+    return ops[0] if len(ops) == 1 else None
+
+
+def _later(w: Op, sources: dict[tuple[Hashable, Any], list[Op]], read: Op) -> bool:
+    other = _only(sources.get((read.key, _freeze(read.value)), []))
+    return other is None or w.invoked > other.completed
+
+
+def _restarted(times: list[float], start: float, end: float) -> bool:
+    return any(start <= t <= end for t in times)

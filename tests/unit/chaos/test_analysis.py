@@ -63,3 +63,13 @@ def test_outages_measure_the_longest_failing_stretch_per_agent():
          rec("read", "stale", None, 9, 9.5, target="c1"),
          rec("read", "stale", None, 0, 1, target="s1")]
     assert outages(h) == {"c1": 7.5, "s1": 0.0}
+
+
+def test_stale_reads_from_one_server_must_not_go_back_unless_it_restarted():
+    h = [rec("write", "register", "a", 0, 1), rec("write", "register", "b", 2, 3),
+         rec("read", "stale", "b", 4, 5), rec("read", "stale", "a", 6, 7)]
+    rep = analyse(h, restarts={"s1": []})
+    assert checks(rep) == ["stale-read"] and "went back in time" in rep.anomalies[0].message
+    assert checks(analyse(h, restarts={"s1": [5.5]})) == []
+    h[-1]["known_leader"] = False  # a server that knows no leader promises nothing
+    assert checks(analyse(h, restarts={"s1": []})) == []

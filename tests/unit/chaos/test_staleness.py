@@ -76,3 +76,17 @@ def test_only_ok_reads_are_judged_and_keys_are_separate():
     writes = [w("a", 0, 1, key="k1"), w("b", 2, 3, key="k1")]
     assert not bad(writes, [r("a", 9, 10, outcome="failed", key="k1")], 0)
     assert not bad(writes, [r(None, 9, 10, key="k2")], 0)
+
+
+def test_monotonic_reads_per_server():
+    from tests.chaos.staleness import check_monotonic
+    writes = [w("a", 0, 1), w("b", 2, 3)]
+    assert not check_monotonic(writes, [("s1", r("a", 1.5, 1.6)), ("s1", r("b", 4, 5)), ("s2", r("a", 6, 7))])
+    found = check_monotonic(writes, [("s1", r("b", 4, 5)), ("s1", r("a", 6, 7))])
+    assert len(found) == 1 and "newer 'b'" in found[0].reason
+    # a restart of that server in between excuses it; overlapping reads are not ordered
+    assert not check_monotonic(writes, [("s1", r("b", 4, 5)), ("s1", r("a", 6, 7))], {"s1": [5.5]})
+    assert not check_monotonic(writes, [("s1", r("b", 4, 6)), ("s1", r("a", 5, 7))])
+    # concurrent writes have no order to break
+    cw = [w("a", 0, 3), w("b", 1, 2)]
+    assert not check_monotonic(cw, [("s1", r("b", 4, 5)), ("s1", r("a", 6, 7))])
