@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration cluster lint bench clean deps dig
+.PHONY: run test unit integration cluster chaos lint bench clean deps dig
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -36,6 +36,13 @@ integration: $(STAMP)
 
 cluster: $(STAMP)
 	$(BIN)/python -m pytest -q tests/cluster
+
+# the fault suite: hosts in network namespaces (needs root and iproute2), a seeded nemesis,
+# a checked workload; `make chaos SEED=123 CHAOS_SECONDS=600` replays or lengthens a run.
+# `make test` runs a bounded version (tests/chaos/test_chaos.py, CHAOS_TEST_SECONDS=140).
+CHAOS_SECONDS ?= 300
+chaos: $(STAMP)
+	$(BIN)/python -m tests.chaos.run --seconds $(CHAOS_SECONDS) $(if $(SEED),--seed $(SEED)) $(if $(CHAOS_SERVERS),--servers $(CHAOS_SERVERS))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
