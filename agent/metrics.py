@@ -97,6 +97,9 @@ class _Leader:
         self.liveness_runs = Counter("mesh_leader_liveness_runs_total", "Leader liveness loop iterations", registry=REGISTRY)
         self.nodes_failed = Counter("mesh_leader_nodes_failed_total", "Nodes marked failed (serfHealth critical)", registry=REGISTRY)
         self.ca_errors = Counter("mesh_leader_ca_errors_total", "Failed CA maintenance runs (creation, rotation, pruning)", registry=REGISTRY)
+        self.reads_forwarded = Counter(
+            "mesh_server_reads_forwarded_total", "Default reads a follower behind the leader passed to the leader", registry=REGISTRY
+        )
 
 
 class _DNS:

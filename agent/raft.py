@@ -411,6 +411,19 @@ class Raft:
             return 0.0
         return max(0.0, time.monotonic() - self._node._last_leader_contact)
 
+    def caught_up(self) -> bool:
+        """A default read may be served here: the leader, or a follower that heard the
+        leader within the lease and has applied everything that leader said was
+        committed. A follower just back from a partition knows a leader long before it
+        has caught up; its state may then be far older than the lease."""
+        node = self._node
+        if node is None:
+            return False
+        if node._isLeader():
+            return self.lease_valid()
+        leader_commit = node._SyncObj__leaderCommitIndex or 0
+        return self.last_contact() < self.config.lease and node.raftLastApplied >= leader_commit
+
     def has_leader(self) -> bool:
         if self._node is None:
             return False

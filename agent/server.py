@@ -327,8 +327,11 @@ class ServerRole:
         raft = self._require_raft()
         if opts.consistent:
             await raft.barrier()
-        elif not opts.stale and not raft.has_leader():
-            raise NoLeader()
+        elif not opts.stale:
+            if not raft.has_leader():
+                raise NoLeader()
+            if not raft.is_leader and not raft.caught_up():
+                return await self._read_on_leader(name, params, opts)
         keys = q.keys(params)
         cache_key = (name, json.dumps(params, sort_keys=True, default=str))
 
@@ -365,6 +368,21 @@ class ServerRole:
                 index, value = once()
         contact = raft.last_contact()
         return ReadResult(index, value, raft.has_leader(), int(contact * 1000) if contact != float("inf") else 0)
+
+    async def _read_on_leader(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
+        """A default read this follower cannot serve within the lease: the leader's answer."""
+        leader = self.leader_rpc_address()
+        if not leader or leader == self.rpc_address:
+            raise NoLeader()
+        wait = opts.wait + opts.wait / 16 + 5 if opts.min_index else 10
+        try:
+            reply = await self.client.call(leader, "Read", {"q": name, "p": params, "o": opts.to_wire()}, timeout=wait)
+        except RPCError as exc:
+            if exc.kind == "invalid":
+                raise InvalidRequest(str(exc)) from None
+            raise NoLeader(f"No cluster leader (the leader did not answer: {exc})") from None
+        LEADER.reads_forwarded.inc()
+        return ReadResult(int(reply["i"]), reply["r"], bool(reply["kl"]), int(reply["lc"]))
 
     async def _rpc_read(self, args: dict[str, Any]) -> dict[str, Any]:
         name = rpc_args.string(args, "q", "Read")
