@@ -120,7 +120,11 @@ def test_sigkill_all_servers_keeps_every_acknowledged_write(cluster: Cluster):
                 except (TimeoutError, aiohttp.ClientError):
                     pass
             tasks = [asyncio.ensure_future(one(i)) for i in range(600)]
-            await asyncio.sleep(0.3)
+            for _ in range(100):  # the first acknowledgements, however loaded the machine
+                if acked:
+                    break
+                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.1)
             for agent in cluster.agents:  # all at once, mid-stream
                 agent.signal(signal.SIGKILL)
             await asyncio.gather(*tasks)
