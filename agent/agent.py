@@ -30,6 +30,7 @@ from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
 from .config import AgentConfig, reload_config
 from .data_dir import make_private_dir, tighten, write_private
 from .dns_view import CatalogDNSView
+from .errors import RaftError
 from .http.app import build_app
 from .http.listener import ListenerLimits
 from .http.listener import serve as serve_http
@@ -43,7 +44,6 @@ from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
 from .metrics import AGENT, DNS
-from .raft import RaftError
 from .server import ServerRole
 from .tasks import cancel_all
 from .tls import rpc_contexts

@@ -23,8 +23,8 @@ from typing import Any, Protocol
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
 from .data_dir import write_private
+from .errors import NoLeader
 from .logging import get_logger
-from .raft import NoLeader
 from .rpc import RPCClient, RPCError
 from .server import ReadOptions, ReadResult, ServerRole
 

@@ -33,10 +33,11 @@ from mesh.catalog.structs import CRITICAL, PASSING, Node, ServerInfo, Service
 from . import liveness, reconcile, rpc_args
 from .config import AgentConfig
 from .csr_limit import CSRLimiter
+from .errors import MembershipError, NoLeader
 from .logging import get_logger
 from .metrics import CA, LEADER, RPC
 from .queries import QUERIES
-from .raft import MembershipError, NoLeader, Raft, RaftConfig
+from .raft import Raft, RaftConfig
 from .rpc import RPCClient, RPCError, RPCServer
 from .tasks import cancel_all
 from .tls import rpc_contexts

@@ -15,8 +15,8 @@ from mesh.catalog.commands import MessageType
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
 from mesh.catalog.fsm import FSM
 
+from ..errors import MembershipError
 from ..metrics import render_json, render_prometheus
-from ..raft import MembershipError
 from .query import json_response, parse_options, read_body
 
 __all__ = ["routes", "SNAPSHOT_MAGIC"]
