@@ -178,9 +178,9 @@ class Agent:
                 raise StartupError(f"cannot bind the server port {cfg.bind_addr}:{cfg.server_port}: {exc.strerror}") from None
             except RaftError as exc:
                 raise StartupError(str(exc)) from None
-            self.ports["server"] = self.server.rpc.port
+            self.ports["server"] = self.server.rpc_port
             self.ports["raft"] = raft_port
-            consul = Service(id="consul", service="consul", port=self.server.rpc.port)
+            consul = Service(id="consul", service="consul", port=self.server.rpc_port)
             self.local.add_service(consul, [], "internal")
         else:
             self.ports["server"] = -1
@@ -336,12 +336,12 @@ class Agent:
     # ---- lifecycle -------------------------------------------------------------------------
     async def shutdown(self) -> None:
         server = self.server
-        raft = server.raft if server else None
-        if raft is not None and raft.is_leader and len(raft.voters()) > 1 and not self._leaving:
+        if server is not None and not self._leaving:
             # a planned stop of the leader: hand over first, so writes pause for one
             # round trip instead of an election timeout
-            moved = await raft.transfer_leadership(timeout=3.0)
-            log.info("leadership_transferred" if moved else "leadership_transfer_failed")
+            moved = await server.transfer_leadership(timeout=3.0)
+            if moved is not None:
+                log.info("leadership_transferred" if moved else "leadership_transfer_failed")
         if self._http is not None:
             self._http.close()
             self._http = None
@@ -398,10 +398,7 @@ class Agent:
             resp.headers["X-Consul-Effective-Consistency"] = consistency
         resp.headers["X-Consul-Index"] = str(max(1, index))
         if known_leader is None or last_contact_ms is None:
-            raft = self.server.raft if self.server else None
-            known_leader = bool(raft and raft.has_leader())
-            contact = raft.last_contact() if raft else 0.0
-            last_contact_ms = int(contact * 1000) if contact != float("inf") else 0
+            known_leader, last_contact_ms = self.server.leader_contact() if self.server else (False, 0)
         resp.headers["X-Consul-KnownLeader"] = "true" if known_leader else "false"
         resp.headers["X-Consul-LastContact"] = str(last_contact_ms)
 
@@ -438,11 +435,7 @@ class Agent:
             await self.pool.refresh()
             return
         assert self.server is not None
-        try:
-            reply = await self.server.client.call(address, "Server.Hello", self.server.hello_info(), timeout=3)
-        except MeshError as exc:
-            raise MeshError(f"failed to join {address}: {exc}") from None
-        self.server.learn(reply.get("servers", []))
+        await self.server.join(address)
 
     async def status_leader(self) -> str:
         if self.server is not None:
@@ -452,8 +445,7 @@ class Agent:
 
     async def status_peers(self) -> list[str]:
         if self.server is not None:
-            raft = self.server.raft
-            return [self.server.rpc_address_of(v) for v in raft.voters()] if raft else []
+            return self.server.status_peers()
         assert self.pool is not None
         return list(await self.pool.call("Server.List", {}, timeout=3, deadline=5))
 

@@ -25,8 +25,9 @@ from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 from .data_dir import write_private
 from .errors import NoLeader
 from .logging import get_logger
+from .reads import ReadOptions, ReadResult
 from .rpc import RPCClient, RPCError
-from .server import ReadOptions, ReadResult, ServerRole
+from .server import ServerRole
 
 __all__ = ["Backend", "LocalBackend", "RemoteBackend", "ServerPool"]
 

@@ -19,7 +19,7 @@ from mesh.catalog.errors import MeshError
 from mesh.dns.parse import Lookup
 
 from .logging import get_logger
-from .server import ReadOptions
+from .reads import ReadOptions
 
 __all__ = ["CatalogDNSView"]
 

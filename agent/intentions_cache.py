@@ -19,7 +19,7 @@ from mesh.catalog.structs import row_from_wire
 
 from .logging import get_logger
 from .metrics import INTENTIONS
-from .server import ReadOptions
+from .reads import ReadOptions
 
 __all__ = ["IntentionCache"]
 

@@ -32,7 +32,7 @@ from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 from .leaf_files import LeafFiles
 from .logging import get_logger
 from .metrics import CA
-from .server import ReadOptions
+from .reads import ReadOptions
 
 __all__ = ["LeafCache"]
 

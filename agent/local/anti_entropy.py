@@ -22,12 +22,12 @@ from typing import Any
 
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, encode
 from mesh.catalog.errors import MeshError
+from mesh.catalog.health import SERF_CHECK_ID, serf_check
 from mesh.catalog.structs import PASSING, Check, Node, Service, evolve, row_from_wire, same_content
 
-from ..liveness import SERF_CHECK_ID, serf_check
 from ..logging import get_logger
 from ..metrics import AE
-from ..server import ReadOptions
+from ..reads import ReadOptions
 
 __all__ = ["SyncPlan", "plan_sync", "AntiEntropy", "scaled_interval"]
 
