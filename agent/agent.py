@@ -26,7 +26,7 @@ from mesh.dns.names import label_problem, name_problem
 from mesh.dns.recursor import parse_recursor
 from mesh.dns.server import DNSServer
 
-from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
+from .backend import Backend, LocalBackend, RemoteBackend, ServerOperations, ServerPool
 from .config import AgentConfig, reload_config
 from .data_dir import make_private_dir, tighten, write_private
 from .dns_view import CatalogDNSView
@@ -116,9 +116,11 @@ class Agent:
         self.server: ServerRole | None = None
         self.pool: ServerPool | None = None
         self.backend: Backend
+        self.server_ops: ServerOperations | None = None  # what only a server answers, on servers
         if cfg.server:
             self.server = ServerRole(cfg, self.node_id, self.watch)
-            self.backend = LocalBackend(self.server)
+            local = LocalBackend(self.server)
+            self.backend, self.server_ops = local, local
         else:
             self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt, ssl_context=rpc_contexts(cfg)[1],
                                    state_file=os.path.join(cfg.data_dir, "servers.json") if cfg.data_dir else None)
@@ -438,22 +440,13 @@ class Agent:
         await self.server.join(address)
 
     async def status_leader(self) -> str:
-        if self.server is not None:
-            return self.server.leader_rpc_address()
-        assert self.pool is not None
-        return str(await self.pool.call("Status.Leader", {}, timeout=3, deadline=5))
+        return await self.backend.status_leader()
 
     async def status_peers(self) -> list[str]:
-        if self.server is not None:
-            return self.server.status_peers()
-        assert self.pool is not None
-        return list(await self.pool.call("Server.List", {}, timeout=3, deadline=5))
+        return await self.backend.status_peers()
 
     async def raft_configuration(self) -> dict[str, Any]:
-        if self.server is not None:
-            return self.server.raft_configuration()
-        assert self.pool is not None
-        return dict(await self.pool.call("Operator.Raft", {}, timeout=3, deadline=5))
+        return await self.backend.raft_configuration()
 
     async def members(self) -> list[dict[str, Any]]:
         """Every agent the servers know, from the catalog's serfHealth and the leader's

@@ -6,7 +6,6 @@ import asyncio
 import gzip
 import hashlib
 import zlib
-from typing import Any
 
 from aiohttp import web
 
@@ -14,6 +13,7 @@ from mesh import __version__
 from mesh.catalog.errors import InvalidRequest, MeshError
 from mesh.catalog.fsm import FSM
 
+from ..backend import ServerOperations
 from ..metrics import render_json, render_prometheus
 from .query import json_response, parse_options, read_body
 
@@ -32,8 +32,8 @@ MAX_SNAPSHOT = MAX_SNAPSHOT_DECOMPRESSED
 _CHUNK = 1 << 20
 
 
-def _server(request: web.Request) -> Any:
-    server = request.app["agent"].server
+def _server(request: web.Request) -> ServerOperations:
+    server: ServerOperations | None = request.app["agent"].server_ops
     if server is None:
         raise MeshError(f"{request.path} is served by servers: point -http-addr at a server agent")
     return server
@@ -175,7 +175,7 @@ async def agent_self(request: web.Request) -> web.Response:
         "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
         "Member": agent.self_member(),
         "Meta": agent.cfg.node_meta_map(),
-        "Stats": {"raft": agent.server.raft_stats() if agent.server else {}},
+        "Stats": {"raft": agent.server_ops.raft_stats() if agent.server_ops else {}},
     })
 
 
