@@ -32,8 +32,7 @@ from .data_dir import make_private_dir, tighten, write_private
 from .dns_view import CatalogDNSView
 from .errors import RaftError
 from .http.app import build_app
-from .http.listener import ListenerLimits
-from .http.listener import serve as serve_http
+from .http.listener import HTTPServer, ListenerLimits
 from .intentions_cache import IntentionCache
 from .leaf_cache import LeafCache
 from .leaf_files import LeafFiles
@@ -135,8 +134,7 @@ class Agent:
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
         self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
         self.local_changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._http: asyncio.Server | None = None
+        self._http: HTTPServer | None = None
         self.dns: DNSServer | None = None
         self.dns_view: CatalogDNSView
         self._tasks: list[asyncio.Task[None]] = []
@@ -189,15 +187,12 @@ class Agent:
             self.ports["raft"] = -1
         self.load_definitions(initial=True)
         if cfg.http_port >= 0:
-            self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0,
-                                         keepalive_timeout=cfg.http_idle_timeout)
-            await self._runner.setup()
+            self._http = HTTPServer(build_app(self), cfg.http_idle_timeout)
             limits = ListenerLimits(cfg.http_max_conns_per_client, cfg.http_header_timeout)
             try:
-                self._http = await serve_http(self._runner, cfg.client_addr, cfg.http_port, limits)
+                self.ports["http"] = await self._http.start(cfg.client_addr, cfg.http_port, limits)
             except OSError as exc:
                 raise StartupError(f"cannot bind the HTTP port {cfg.client_addr}:{cfg.http_port}: {exc.strerror}") from None
-            self.ports["http"] = self._http.sockets[0].getsockname()[1]
         if cfg.dns_port >= 0:
             await self._start_dns()
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
@@ -345,11 +340,8 @@ class Agent:
             if moved is not None:
                 log.info("leadership_transferred" if moved else "leadership_transfer_failed")
         if self._http is not None:
-            self._http.close()
+            await self._http.stop()
             self._http = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
         await cancel_all(self._tasks)
         await self.checks.stop()
         if self.dns is not None:

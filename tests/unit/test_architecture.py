@@ -164,3 +164,57 @@ def test_repository_root_does_not_shadow_dnspython():
                           capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr
     assert "site-packages" in proc.stdout
+
+
+# ---- owners (DESIGN.md principle 3 and the "agent/ server subpackage" row) ----------------
+SERVER_IMPORTERS = {"agent/agent.py", "agent/backend.py"}  # the composition root and the backend
+# building or running an aiohttp server: only agent/http/ (api/ and the check runners are clients)
+AIOHTTP_SERVER_NAMES = {"AppRunner", "TCPSite", "UnixSite", "SockSite", "run_app", "Application", "Server"}
+
+
+def _rel(path: pathlib.Path) -> str:
+    return str(path.relative_to(ROOT))
+
+
+def test_server_subpackage_is_imported_only_by_the_composition_root_and_the_backend():
+    for path in _modules():
+        rel = _rel(path)
+        if rel.startswith("agent/server/") or rel in SERVER_IMPORTERS:
+            continue
+        for name in _imports(path):
+            assert not (name == "mesh.agent.server" or name.startswith("mesh.agent.server.")), \
+                f"{rel} imports {name}: the local side reaches the server only through agent/backend.py"
+
+
+def test_server_subpackage_imports_no_local_agent_module():
+    local = ("mesh.agent.local", "mesh.agent.checks", "mesh.agent.http", "mesh.agent.dns_view",
+             "mesh.agent.leaf_cache", "mesh.agent.leaf_files", "mesh.agent.intentions_cache",
+             "mesh.agent.agent", "mesh.agent.backend", "mesh.agent.cli")
+    for path in (ROOT / "agent" / "server").rglob("*.py"):
+        for name in _imports(path):
+            assert not any(name == m or name.startswith(m + ".") for m in local), f"{_rel(path)} imports {name}"
+
+
+def test_only_ca_imports_cryptography():
+    for path in _modules():
+        if _rel(path).startswith("ca/"):
+            continue
+        for name in _imports(path):
+            assert name.split(".")[0] != "cryptography", f"{_rel(path)} imports {name}: only ca/ may"
+
+
+def test_only_agent_http_runs_the_aiohttp_server():
+    for path in _modules():
+        rel = _rel(path)
+        if rel.startswith("agent/http/"):
+            continue
+        tree = ast.parse(path.read_text(), rel)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module in ("aiohttp", "aiohttp.web"):
+                names = {a.name for a in node.names}
+                assert not names & AIOHTTP_SERVER_NAMES, f"{rel}: from {node.module} import {names}"
+            if isinstance(node, ast.Import):
+                assert not any(a.name.startswith("aiohttp.web") for a in node.names), f"{rel} imports aiohttp.web"
+            if isinstance(node, ast.Attribute) and node.attr in AIOHTTP_SERVER_NAMES and \
+                    isinstance(node.value, ast.Name) and node.value.id == "web":
+                raise AssertionError(f"{rel} uses web.{node.attr}")
