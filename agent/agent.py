@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from mesh.catalog.commands import MessageType, encode
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
+from mesh.catalog.errors import FatalStateError, InvalidRequest, MeshError, NotFound
 from mesh.catalog.structs import Check, Node, Service
 from mesh.dns.answer import AnswerPolicy
 from mesh.dns.names import label_problem, name_problem
@@ -176,7 +176,7 @@ class Agent:
                 await self.server.start(raft_port)
             except OSError as exc:
                 raise StartupError(f"cannot bind the server port {cfg.bind_addr}:{cfg.server_port}: {exc.strerror}") from None
-            except RaftError as exc:
+            except (RaftError, FatalStateError) as exc:
                 raise StartupError(str(exc)) from None
             self.ports["server"] = self.server.rpc_port
             self.ports["raft"] = raft_port

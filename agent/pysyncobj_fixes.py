@@ -39,6 +39,8 @@ from pysyncobj.node import Node, TCPNode
 from pysyncobj.tcp_connection import TcpConnection
 from pysyncobj.transport import TCPTransport
 
+from mesh.catalog.errors import FatalStateError
+
 from . import raft_wire
 from .logging import get_logger, per_peer_limiter
 from .metrics import RAFT
@@ -124,13 +126,17 @@ def patch_meta_storer(fsync: bool) -> None:
         return
 
     def get_meta(self: Any) -> dict[str, Any]:
+        """Term and vote, or {} for a new node. An unreadable file is fatal: starting
+        from term 0 could make this server vote twice in one term."""
         try:
             with open(self.getPath(), "rb") as f:
                 meta = CODEC.loads(f.read())
         except FileNotFoundError:
             return {}
+        except Exception as exc:  # noqa: BLE001 - any decoding failure means the same
+            raise FatalStateError(f"{self.getPath()}: unreadable Raft term/vote file ({type(exc).__name__})") from None
         if not isinstance(meta, dict):
-            raise ValueError(f"{self.getPath()}: not a Raft meta file")
+            raise FatalStateError(f"{self.getPath()}: not a Raft term/vote file")
         return meta
 
     def store_meta(self: Any, meta: dict[str, Any]) -> None:

@@ -196,3 +196,18 @@ def test_meta_storer_writes_msgpack(tmp_path):
     storer.storeMeta({"term": 9, "votedFor": "127.0.0.1:5"})
     assert open(path, "rb").read(1) != b"\x80"
     assert storer.getMeta() == {"term": 9, "votedFor": "127.0.0.1:5"}
+
+
+def test_an_unreadable_term_file_is_fatal_not_term_zero(tmp_path):
+    import pysyncobj.journal
+
+    from mesh.catalog.errors import FatalStateError
+
+    pysyncobj_fixes.patch_meta_storer(fsync=False)
+    path = tmp_path / "journal.meta"
+    path.write_bytes(b"\xc1garbage")
+    with pytest.raises(FatalStateError, match="unreadable"):
+        pysyncobj.journal.MetaStorer(str(path)).getMeta()
+    path.write_bytes(pysyncobj_fixes.CODEC.dumps([1, 2]))
+    with pytest.raises(FatalStateError):
+        pysyncobj.journal.MetaStorer(str(path)).getMeta()
