@@ -26,13 +26,13 @@ from mesh.dns.names import label_problem, name_problem
 from mesh.dns.recursor import parse_recursor
 from mesh.dns.server import DNSServer
 
-from .backend import Backend, LocalBackend, RemoteBackend, ServerPool
+from .backend import Backend, LocalBackend, RemoteBackend, ServerOperations, ServerPool
 from .config import AgentConfig, reload_config
 from .data_dir import make_private_dir, tighten, write_private
 from .dns_view import CatalogDNSView
+from .errors import RaftError
 from .http.app import build_app
-from .http.listener import ListenerLimits
-from .http.listener import serve as serve_http
+from .http.listener import HTTPServer, ListenerLimits
 from .intentions_cache import IntentionCache
 from .leaf_cache import LeafCache
 from .leaf_files import LeafFiles
@@ -43,7 +43,6 @@ from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
 from .metrics import AGENT, DNS
-from .raft import RaftError
 from .server import ServerRole
 from .tasks import cancel_all
 from .tls import rpc_contexts
@@ -116,9 +115,11 @@ class Agent:
         self.server: ServerRole | None = None
         self.pool: ServerPool | None = None
         self.backend: Backend
+        self.server_ops: ServerOperations | None = None  # what only a server answers, on servers
         if cfg.server:
             self.server = ServerRole(cfg, self.node_id, self.watch)
-            self.backend = LocalBackend(self.server)
+            local = LocalBackend(self.server)
+            self.backend, self.server_ops = local, local
         else:
             self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt, ssl_context=rpc_contexts(cfg)[1],
                                    state_file=os.path.join(cfg.data_dir, "servers.json") if cfg.data_dir else None)
@@ -133,8 +134,7 @@ class Agent:
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
         self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
         self.local_changed = asyncio.Event()
-        self._runner: web.AppRunner | None = None
-        self._http: asyncio.Server | None = None
+        self._http: HTTPServer | None = None
         self.dns: DNSServer | None = None
         self.dns_view: CatalogDNSView
         self._tasks: list[asyncio.Task[None]] = []
@@ -178,24 +178,21 @@ class Agent:
                 raise StartupError(f"cannot bind the server port {cfg.bind_addr}:{cfg.server_port}: {exc.strerror}") from None
             except (RaftError, FatalStateError) as exc:
                 raise StartupError(str(exc)) from None
-            self.ports["server"] = self.server.rpc.port
+            self.ports["server"] = self.server.rpc_port
             self.ports["raft"] = raft_port
-            consul = Service(id="consul", service="consul", port=self.server.rpc.port)
+            consul = Service(id="consul", service="consul", port=self.server.rpc_port)
             self.local.add_service(consul, [], "internal")
         else:
             self.ports["server"] = -1
             self.ports["raft"] = -1
         self.load_definitions(initial=True)
         if cfg.http_port >= 0:
-            self._runner = web.AppRunner(build_app(self), access_log=None, shutdown_timeout=2.0,
-                                         keepalive_timeout=cfg.http_idle_timeout)
-            await self._runner.setup()
+            self._http = HTTPServer(build_app(self), cfg.http_idle_timeout)
             limits = ListenerLimits(cfg.http_max_conns_per_client, cfg.http_header_timeout)
             try:
-                self._http = await serve_http(self._runner, cfg.client_addr, cfg.http_port, limits)
+                self.ports["http"] = await self._http.start(cfg.client_addr, cfg.http_port, limits)
             except OSError as exc:
                 raise StartupError(f"cannot bind the HTTP port {cfg.client_addr}:{cfg.http_port}: {exc.strerror}") from None
-            self.ports["http"] = self._http.sockets[0].getsockname()[1]
         if cfg.dns_port >= 0:
             await self._start_dns()
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
@@ -336,18 +333,15 @@ class Agent:
     # ---- lifecycle -------------------------------------------------------------------------
     async def shutdown(self) -> None:
         server = self.server
-        raft = server.raft if server else None
-        if raft is not None and raft.is_leader and len(raft.voters()) > 1 and not self._leaving:
+        if server is not None and not self._leaving:
             # a planned stop of the leader: hand over first, so writes pause for one
             # round trip instead of an election timeout
-            moved = await raft.transfer_leadership(timeout=3.0)
-            log.info("leadership_transferred" if moved else "leadership_transfer_failed")
+            moved = await server.transfer_leadership(timeout=3.0)
+            if moved is not None:
+                log.info("leadership_transferred" if moved else "leadership_transfer_failed")
         if self._http is not None:
-            self._http.close()
+            await self._http.stop()
             self._http = None
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
         await cancel_all(self._tasks)
         await self.checks.stop()
         if self.dns is not None:
@@ -398,10 +392,7 @@ class Agent:
             resp.headers["X-Consul-Effective-Consistency"] = consistency
         resp.headers["X-Consul-Index"] = str(max(1, index))
         if known_leader is None or last_contact_ms is None:
-            raft = self.server.raft if self.server else None
-            known_leader = bool(raft and raft.has_leader())
-            contact = raft.last_contact() if raft else 0.0
-            last_contact_ms = int(contact * 1000) if contact != float("inf") else 0
+            known_leader, last_contact_ms = self.server.leader_contact() if self.server else (False, 0)
         resp.headers["X-Consul-KnownLeader"] = "true" if known_leader else "false"
         resp.headers["X-Consul-LastContact"] = str(last_contact_ms)
 
@@ -438,30 +429,16 @@ class Agent:
             await self.pool.refresh()
             return
         assert self.server is not None
-        try:
-            reply = await self.server.client.call(address, "Server.Hello", self.server.hello_info(), timeout=3)
-        except MeshError as exc:
-            raise MeshError(f"failed to join {address}: {exc}") from None
-        self.server.learn(reply.get("servers", []))
+        await self.server.join(address)
 
     async def status_leader(self) -> str:
-        if self.server is not None:
-            return self.server.leader_rpc_address()
-        assert self.pool is not None
-        return str(await self.pool.call("Status.Leader", {}, timeout=3, deadline=5))
+        return await self.backend.status_leader()
 
     async def status_peers(self) -> list[str]:
-        if self.server is not None:
-            raft = self.server.raft
-            return [self.server.rpc_address_of(v) for v in raft.voters()] if raft else []
-        assert self.pool is not None
-        return list(await self.pool.call("Server.List", {}, timeout=3, deadline=5))
+        return await self.backend.status_peers()
 
     async def raft_configuration(self) -> dict[str, Any]:
-        if self.server is not None:
-            return self.server.raft_configuration()
-        assert self.pool is not None
-        return dict(await self.pool.call("Operator.Raft", {}, timeout=3, deadline=5))
+        return await self.backend.raft_configuration()
 
     async def members(self) -> list[dict[str, Any]]:
         """Every agent the servers know, from the catalog's serfHealth and the leader's

@@ -1,8 +1,14 @@
 """How an agent reaches the replicated state: in-process on a server, over RPC on a client.
 
-Both backends offer the same four calls (apply an encoded command, run a named read,
-heartbeat, leave), so the HTTP handlers, anti-entropy and liveness code do not care
-which kind of agent they run in.
+Both backends implement one typed contract, `Backend`: writes (an encoded command),
+named reads, heartbeats and leaves, members, leaf signing, CA configuration, and the
+status and operator reads (leader, peers, Raft configuration), so the HTTP handlers,
+anti-entropy, the caches and the DNS view do not care which kind of agent they run in.
+A server's LocalBackend also implements `ServerOperations`, the calls only a server
+answers about itself (its Raft state, snapshots, removing a peer).
+
+The local side imports this module, never agent/server/: the server role is named
+here for type checking only.
 
 A client's ServerPool spreads calls over the servers it knows (starting from a random
 one), fails over to the next on a connection error, backs off between rounds, and
@@ -23,12 +29,13 @@ from typing import Any, Protocol
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
 from .data_dir import write_private
+from .errors import NoLeader
 from .logging import get_logger
-from .raft import NoLeader
+from .reads import ReadOptions, ReadResult
 from .rpc import RPCClient, RPCError
-from .server import ReadOptions, ReadResult, ServerRole
+from .server import ServerRole
 
-__all__ = ["Backend", "LocalBackend", "RemoteBackend", "ServerPool"]
+__all__ = ["Backend", "ServerOperations", "LocalBackend", "RemoteBackend", "ServerPool", "NO_SERVERS"]
 
 log = get_logger("backend")
 
@@ -37,18 +44,69 @@ BAD_SERVER_SECONDS = 10.0  # a server that refused, reset or timed out is tried 
 
 
 class Backend(Protocol):
-    async def apply(self, raw: bytes) -> Any: ...
+    """How the local agent reaches the replicated state. Every call may raise MeshError
+    (NoLeader, InvalidRequest, NotFound, RateLimited, or NO_SERVERS on a client that
+    reaches no server)."""
 
-    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult: ...
+    async def apply(self, raw: bytes) -> Any:
+        """Commit one encoded command (catalog.commands.encode); the FSM's result."""
+        ...
 
-    async def heartbeat(self, info: dict[str, Any]) -> float: ...
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
+        """Run the named query (agent/server/queries.py), blocking per `opts`."""
+        ...
 
-    async def leave(self, info: dict[str, Any]) -> None: ...
+    async def heartbeat(self, info: dict[str, Any]) -> float:
+        """This node is alive; the interval to use until the next heartbeat."""
+        ...
 
-    async def members(self) -> list[dict[str, Any]]: ...
+    async def leave(self, info: dict[str, Any]) -> None:
+        """This client node leaves: deregister it at once."""
+        ...
+
+    async def members(self) -> list[dict[str, Any]]:
+        """Every agent node with its status (alive, failed, left)."""
+        ...
+
+    async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        """A leaf certificate for `args["csr"]` of `args["service"]` on `args["node"]`."""
+        ...
+
+    async def ca_configure(self, body: Any) -> bool:
+        """PUT /v1/connect/ca/configuration."""
+        ...
+
+    async def status_leader(self) -> str:
+        """The leader's RPC address, or "" when none is known."""
+        ...
+
+    async def status_peers(self) -> list[str]:
+        """The voters' RPC addresses."""
+        ...
+
+    async def raft_configuration(self) -> dict[str, Any]:
+        """/v1/operator/raft/configuration."""
+        ...
+
+
+class ServerOperations(Protocol):
+    """What only a server answers, about itself: the HTTP handlers of
+    /v1/operator/raft/{state,peer} and /v1/snapshot use it on server agents."""
+
+    def raft_state(self) -> dict[str, Any]: ...
+
+    def raft_stats(self) -> dict[str, Any]: ...
+
+    async def remove_peer(self, address: str, peer_id: str) -> None: ...
+
+    async def snapshot(self, consistent: bool, stale: bool) -> tuple[int, bytes]: ...
+
+    async def restore(self, data: bytes) -> None: ...
 
 
 class LocalBackend:
+    """The contract served in this process, by this agent's server role."""
+
     def __init__(self, server: ServerRole) -> None:
         self.server = server
 
@@ -72,6 +130,31 @@ class LocalBackend:
 
     async def ca_configure(self, body: Any) -> bool:
         return await self.server.ca_configure(body)
+
+    async def status_leader(self) -> str:
+        return self.server.leader_rpc_address()
+
+    async def status_peers(self) -> list[str]:
+        return self.server.status_peers()
+
+    async def raft_configuration(self) -> dict[str, Any]:
+        return self.server.raft_configuration()
+
+    # ---- ServerOperations ----------------------------------------------------------
+    def raft_state(self) -> dict[str, Any]:
+        return self.server.raft_state()
+
+    def raft_stats(self) -> dict[str, Any]:
+        return self.server.raft_stats()
+
+    async def remove_peer(self, address: str, peer_id: str) -> None:
+        await self.server.remove_peer(address, peer_id)
+
+    async def snapshot(self, consistent: bool, stale: bool) -> tuple[int, bytes]:
+        return await self.server.snapshot(consistent, stale)
+
+    async def restore(self, data: bytes) -> None:
+        await self.server.restore(data)
 
 
 class ServerPool:
@@ -207,6 +290,8 @@ class ServerPool:
 
 
 class RemoteBackend:
+    """The contract served by the cluster's servers over RPC, through a ServerPool."""
+
     def __init__(self, pool: ServerPool) -> None:
         self.pool = pool
 
@@ -237,3 +322,13 @@ class RemoteBackend:
 
     async def ca_configure(self, body: Any) -> bool:
         return bool(await self.pool.call("ConnectCA.Configure", {"body": body}, timeout=30, deadline=30))
+
+    async def status_leader(self) -> str:
+        return str(await self.pool.call("Status.Leader", {}, timeout=3, deadline=5))
+
+    async def status_peers(self) -> list[str]:
+        return list(await self.pool.call("Server.List", {}, timeout=3, deadline=5))
+
+    async def raft_configuration(self) -> dict[str, Any]:
+        return dict(await self.pool.call("Operator.Raft", {}, timeout=3, deadline=5))
+

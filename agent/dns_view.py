@@ -18,8 +18,9 @@ from typing import Any
 from mesh.catalog.errors import MeshError
 from mesh.dns.parse import Lookup
 
+from .backend import Backend
 from .logging import get_logger
-from .server import ReadOptions
+from .reads import ReadOptions
 
 __all__ = ["CatalogDNSView"]
 
@@ -42,7 +43,7 @@ class _Slot:
 
 
 class CatalogDNSView:
-    def __init__(self, backend: Any, max_stale: float, first_load_timeout: float = 2.0) -> None:
+    def __init__(self, backend: Backend, max_stale: float, first_load_timeout: float = 2.0) -> None:
         self._backend = backend
         self._max_stale = max_stale
         self._first_load_timeout = first_load_timeout

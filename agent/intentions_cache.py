@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
 
 from mesh.catalog.errors import MeshError
 from mesh.catalog.intentions import Decision, Intention, IntentionIndex
 from mesh.catalog.structs import row_from_wire
 
+from .backend import Backend
 from .logging import get_logger
 from .metrics import INTENTIONS
-from .server import ReadOptions
+from .reads import ReadOptions
 
 __all__ = ["IntentionCache"]
 
@@ -27,7 +27,7 @@ log = get_logger("intentions")
 
 
 class IntentionCache:
-    def __init__(self, backend: Any, default_allow: bool) -> None:
+    def __init__(self, backend: Backend, default_allow: bool) -> None:
         self._backend = backend
         self.default_allow = default_allow
         self._index = IntentionIndex(())

@@ -29,10 +29,11 @@ from mesh.ca.manager import parse_time
 from mesh.ca.spiffe import ServiceID, check_service_name
 from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 
+from .backend import Backend
 from .leaf_files import LeafFiles
 from .logging import get_logger
 from .metrics import CA
-from .server import ReadOptions
+from .reads import ReadOptions
 
 __all__ = ["LeafCache"]
 
@@ -79,7 +80,7 @@ class _Leaf:
 
 
 class LeafCache:
-    def __init__(self, backend: Any, datacenter: str, node_name: str, owns: Callable[[str], bool],
+    def __init__(self, backend: Backend, datacenter: str, node_name: str, owns: Callable[[str], bool],
                  sync: Callable[[], Awaitable[Any]], rng: random.Random | None = None,
                  files: LeafFiles | None = None) -> None:
         self._backend = backend

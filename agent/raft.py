@@ -48,11 +48,12 @@ from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.node import TCPNode
 
 from mesh.catalog.commands import MessageType, encode, encode_batch
-from mesh.catalog.errors import FatalStateError, MeshError
+from mesh.catalog.errors import FatalStateError
 from mesh.catalog.fsm import FSM
 
 from . import pysyncobj_fixes, raft_wire
 from .data_dir import make_private_dir, write_private
+from .errors import ApplyTimeout, MembershipError, NoLeader, RaftError
 from .logging import get_logger
 from .metrics import RAFT
 from .tasks import cancel_all
@@ -67,24 +68,6 @@ __all__ = [
 ]
 
 log = get_logger("raft")
-
-
-class RaftError(MeshError):
-    pass
-
-
-class NoLeader(RaftError):
-    def __init__(self, msg: str = "No cluster leader") -> None:
-        super().__init__(msg)
-
-
-class ApplyTimeout(RaftError):
-    def __init__(self, msg: str = "timed out waiting for the write to commit") -> None:
-        super().__init__(msg)
-
-
-class MembershipError(RaftError):
-    pass
 
 
 _RETRYABLE = {

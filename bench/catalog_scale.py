@@ -36,7 +36,7 @@ sys.path.insert(0, ROOT)
 
 from mesh.agent.backend import ServerPool  # noqa: E402
 from mesh.agent.local.anti_entropy import scaled_interval  # noqa: E402
-from mesh.agent.server import ReadOptions  # noqa: E402
+from mesh.agent.reads import ReadOptions  # noqa: E402
 from mesh.catalog.commands import MessageType, RegisterRequest, encode  # noqa: E402
 from mesh.catalog.structs import Check, Node, Service  # noqa: E402
 from tests.harness.cluster import KEY, Cluster  # noqa: E402

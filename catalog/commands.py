@@ -16,7 +16,7 @@ from typing import Any
 import msgpack
 
 from .errors import FatalStateError
-from .structs import Check, Node, ServerInfo, Service, row_from_wire, row_to_wire
+from .structs import Check, Intention, Node, ServerInfo, Service, row_from_wire, row_to_wire
 
 __all__ = [
     "IGNORE_UNKNOWN",
@@ -119,8 +119,6 @@ def _body_from_wire(msg_type: int, body: Any) -> Any:
     if msg_type == MessageType.SERVER_UPSERT:
         return row_from_wire(ServerInfo, body)
     if msg_type == MessageType.INTENTION_UPSERT:
-        from .intentions import Intention  # the codec stays importable without the module cycle
-
         return row_from_wire(Intention, body[0]), str(body[1])
     return body
 

@@ -30,9 +30,17 @@ from .commands import (
     decode_batch,
 )
 from .errors import CatalogError, FatalStateError, InvalidRequest
-from .intentions import Intention
 from .store import Store
-from .structs import HEALTH_STATES, Check, Node, ServerInfo, Service, row_from_wire, row_to_wire
+from .structs import (
+    HEALTH_STATES,
+    Check,
+    Intention,
+    Node,
+    ServerInfo,
+    Service,
+    row_from_wire,
+    row_to_wire,
+)
 
 __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
 

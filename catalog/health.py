@@ -17,6 +17,11 @@ from .structs import CRITICAL, HEALTH_STATES, PASSING, WARNING, Check
 
 __all__ = [
     "MAINTENANCE",
+    "SERF_CHECK_ID",
+    "SERF_CHECK_NAME",
+    "ALIVE_OUTPUT",
+    "DEAD_OUTPUT",
+    "serf_check",
     "aggregate_status",
     "health_node",
     "health_checks",
@@ -27,7 +32,19 @@ __all__ = [
 ]
 
 MAINTENANCE = "maintenance"
+# The node-level check that says whether the agent on a node is alive (Consul's
+# structs.SerfCheckID): written by the leader from heartbeats, kept by anti-entropy.
+SERF_CHECK_ID = "serfHealth"
+SERF_CHECK_NAME = "Serf Health Status"
+ALIVE_OUTPUT = "Agent alive and reachable"
+DEAD_OUTPUT = "Agent not live or unreachable"
 _NODE_MAINT = "_node_maintenance"
+
+
+def serf_check(status: str) -> Check:
+    """The node-level check that says whether the agent on a node is alive."""
+    return Check(check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=status,
+                 output=ALIVE_OUTPUT if status == PASSING else DEAD_OUTPUT)
 _SERVICE_MAINT = "_service_maintenance:"
 
 

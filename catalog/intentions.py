@@ -1,25 +1,19 @@
-"""Intentions: which service may call which (../shared/reference/consul.md §5). Pure.
+"""Intentions as requests: decoding and validating an intention body (legacy or exact
+form) into the `Intention` row (catalog.structs). Pure.
 
-Precedence (higher wins), with the namespace always `default`:
-
-    source \\ destination   exact   *
-    exact                    9      6
-    *                        8      5
-
-Ties sort by source then destination name. The first intention, in that order, whose
-source and destination match decides; an intention with L7 Permissions denies for the
-L4 authorize and check calls. When nothing matches, the agent's default policy applies.
+Authorization (precedence, matching, decisions) lives in catalog.authz; its names are
+re-exported here for existing callers.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
+from .authz import WILDCARD, Decision, IntentionIndex, decide, precedence, sort_intentions
 from .errors import InvalidRequest
-from .requests import Fields, validate_meta
+from .fields import Fields, validate_meta
+from .structs import Intention
 
 __all__ = [
     "Intention",
@@ -31,55 +25,7 @@ __all__ = [
     "IntentionIndex",
 ]
 
-WILDCARD = "*"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-@dataclass(frozen=True, slots=True)
-class Intention:
-    id: str
-    source_name: str
-    destination_name: str
-    action: str = ""
-    description: str = ""
-    meta: dict[str, str] = field(default_factory=dict)
-    source_type: str = "consul"
-    permissions: tuple[dict[str, Any], ...] = ()
-    precedence: int = 0
-    created_at: str = ""
-    updated_at: str = ""
-    create_index: int = 0
-    modify_index: int = 0
-
-    def to_api(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "ID": self.id,
-            "Description": self.description,
-            "SourceNS": "default",
-            "SourceName": self.source_name,
-            "DestinationNS": "default",
-            "DestinationName": self.destination_name,
-            "SourceType": self.source_type,
-            "Action": self.action,
-            "Meta": dict(self.meta),
-            "Precedence": self.precedence,
-            "CreatedAt": self.created_at,
-            "UpdatedAt": self.updated_at,
-            "CreateIndex": self.create_index,
-            "ModifyIndex": self.modify_index,
-        }
-        if self.permissions:
-            out["Permissions"] = [dict(p) for p in self.permissions]
-        return out
-
-    def label(self) -> str:
-        kind = self.action if self.action else "L7"
-        return f"{self.source_name} => {self.destination_name} ({kind})"
-
-
-def precedence(source: str, destination: str) -> int:
-    top = 9 if destination != WILDCARD else 6
-    return top - (0 if source != WILDCARD else 1)
 
 
 def _name(value: str, what: str) -> str:
@@ -158,52 +104,3 @@ def parse_intention(data: Any, *, source: str | None = None, destination: str | 
         meta=validate_meta(f.str_map("Meta"), "Meta"), source_type=source_type, permissions=permissions,
         precedence=precedence(src, dst),
     )
-
-
-def sort_intentions(intentions: Iterable[Intention]) -> list[Intention]:
-    return sorted(intentions, key=lambda i: (-i.precedence, i.source_name, i.destination_name))
-
-
-@dataclass(frozen=True)
-class Decision:
-    allowed: bool
-    reason: str
-    intention: Intention | None = None
-
-
-def _matches(pattern: str, name: str) -> bool:
-    return pattern == WILDCARD or pattern.lower() == name.lower()
-
-
-def decide(ordered: Iterable[Intention], source: str, destination: str, default_allow: bool) -> Decision:
-    """First match in precedence order decides; nothing matching: the default."""
-    for intention in ordered:
-        if _matches(intention.destination_name, destination) and _matches(intention.source_name, source):
-            if intention.permissions:
-                return Decision(False, f"Matched L7 intention {intention.label()}: L4 access denied", intention)
-            allowed = intention.action == "allow"
-            return Decision(allowed, f"Matched L4 intention: {intention.label()}", intention)
-    policy = "allow" if default_allow else "deny"
-    return Decision(default_allow, f"Default behavior: no intention matched, the default policy is {policy}")
-
-
-class IntentionIndex:
-    """Intentions grouped by destination, each group in precedence order, so a
-    decision reads only the intentions for that destination and for `*`: its cost does
-    not grow with the total number of intentions."""
-
-    def __init__(self, intentions: Iterable[Intention]) -> None:
-        by_dest: dict[str, list[Intention]] = {}
-        for intention in intentions:
-            by_dest.setdefault(intention.destination_name.lower(), []).append(intention)
-        self._by_dest = {k: sort_intentions(v) for k, v in by_dest.items()}
-        self._wild = self._by_dest.get(WILDCARD, [])
-
-    def decide(self, source: str, destination: str, default_allow: bool) -> Decision:
-        exact = self._by_dest.get(destination.lower(), [])
-        if exact and self._wild:
-            # exact destinations (precedence 8-9) always come before wildcard ones (5-6)
-            ordered: Iterable[Intention] = (*exact, *self._wild)
-        else:
-            ordered = exact or self._wild
-        return decide(ordered, source, destination, default_allow)

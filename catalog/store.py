@@ -39,7 +39,7 @@ class Store:
         self.checks: dict[str, dict[str, Check]] = {}  # node key -> check id -> row
         self.service_names: dict[str, dict[tuple[str, str], None]] = {}  # name -> instances
         self.servers: dict[str, ServerInfo] = {}  # raft address -> row
-        self.intentions: dict[str, Any] = {}  # ID -> catalog.intentions.Intention
+        self.intentions: dict[str, Any] = {}  # ID -> catalog.structs.Intention
         self._pairs: dict[tuple[str, str], str] = {}  # (source, destination) lower-cased -> ID
         # Connect CA: {"cluster_id", "trust_domain", "active_root_id", "roots": [...], "config": {...}};
         # plain msgpack-able data, written whole by the leader (catalog/ never builds certificates)

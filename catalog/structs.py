@@ -1,4 +1,4 @@
-"""The rows of the replicated catalog: nodes, services, checks and server records.
+"""The rows of the replicated catalog: nodes, services, checks, server records and intentions.
 
 Rows are frozen: the store replaces a row instead of mutating it, so a shallow copy of
 a table is a consistent snapshot (the Raft thread keeps applying while a snapshot of
@@ -23,6 +23,7 @@ __all__ = [
     "Service",
     "Check",
     "ServerInfo",
+    "Intention",
     "camel",
     "evolve",
     "row_from_wire",
@@ -254,3 +255,48 @@ class ServerInfo:
     modify_index: int = 0
 
     TABLE: ClassVar[str] = "servers"
+
+
+@dataclass(frozen=True, slots=True)
+class Intention:
+    """Whether `source_name` may call `destination_name`: an L4 `action` (allow or
+    deny) or L7 `permissions`; `precedence` is stamped when it is parsed."""
+
+    id: str
+    source_name: str
+    destination_name: str
+    action: str = ""
+    description: str = ""
+    meta: dict[str, str] = field(default_factory=dict)
+    source_type: str = "consul"
+    permissions: tuple[dict[str, Any], ...] = ()
+    precedence: int = 0
+    created_at: str = ""
+    updated_at: str = ""
+    create_index: int = 0
+    modify_index: int = 0
+
+    def to_api(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "ID": self.id,
+            "Description": self.description,
+            "SourceNS": "default",
+            "SourceName": self.source_name,
+            "DestinationNS": "default",
+            "DestinationName": self.destination_name,
+            "SourceType": self.source_type,
+            "Action": self.action,
+            "Meta": dict(self.meta),
+            "Precedence": self.precedence,
+            "CreatedAt": self.created_at,
+            "UpdatedAt": self.updated_at,
+            "CreateIndex": self.create_index,
+            "ModifyIndex": self.modify_index,
+        }
+        if self.permissions:
+            out["Permissions"] = [dict(p) for p in self.permissions]
+        return out
+
+    def label(self) -> str:
+        kind = self.action if self.action else "L7"
+        return f"{self.source_name} => {self.destination_name} ({kind})"

@@ -17,9 +17,9 @@ from aiohttp import web
 
 from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 
+from ..errors import NoLeader, RaftError
 from ..logging import RateLimiter, get_logger, log_limited
 from ..metrics import HTTP
-from ..raft import NoLeader, RaftError
 from . import agent_api, catalog, connect_ca, health, intentions, system
 
 __all__ = ["build_app"]

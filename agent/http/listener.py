@@ -32,7 +32,7 @@ from ..conn_limits import ConnLimiter
 from ..logging import RateLimiter, get_logger, per_peer_limiter
 from ..metrics import HTTP
 
-__all__ = ["ListenerLimits", "serve", "on_disconnect"]
+__all__ = ["ListenerLimits", "HTTPServer", "serve", "on_disconnect"]
 
 log = get_logger("http")
 
@@ -163,3 +163,25 @@ async def serve(runner: web.AppRunner, host: str, port: int, limits: ListenerLim
     assert factory is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: _GuardedProtocol(factory(), limits), host, port, reuse_address=True)
+
+
+class HTTPServer:
+    """The agent's HTTP API: aiohttp's runner for `app` behind ListenerLimits. The only
+    place an aiohttp server is run (DESIGN.md principle 3)."""
+
+    def __init__(self, app: web.Application, idle_timeout: float) -> None:
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=idle_timeout)
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int, limits: ListenerLimits) -> int:
+        """Bind and listen; the port bound (port 0 picks one). OSError when it cannot."""
+        await self._runner.setup()
+        self._server = await serve(self._runner, host, port, limits)
+        return int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        """Stop accepting, then let aiohttp finish in-flight requests (its shutdown timeout)."""
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        await self._runner.cleanup()

@@ -25,7 +25,7 @@ from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import Predicate, compile_filter
 
 from ..metrics import HTTP
-from ..server import ReadOptions, ReadResult
+from ..reads import ReadOptions, ReadResult
 from .listener import on_disconnect
 
 __all__ = ["QueryOptions", "parse_options", "read", "read_response", "json_response", "read_json", "read_body", "flag"]

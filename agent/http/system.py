@@ -6,17 +6,15 @@ import asyncio
 import gzip
 import hashlib
 import zlib
-from typing import Any
 
 from aiohttp import web
 
 from mesh import __version__
-from mesh.catalog.commands import MessageType
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound
+from mesh.catalog.errors import InvalidRequest, MeshError
 from mesh.catalog.fsm import FSM
 
+from ..backend import ServerOperations
 from ..metrics import render_json, render_prometheus
-from ..raft import MembershipError
 from .query import json_response, parse_options, read_body
 
 __all__ = ["routes", "SNAPSHOT_MAGIC"]
@@ -34,8 +32,8 @@ MAX_SNAPSHOT = MAX_SNAPSHOT_DECOMPRESSED
 _CHUNK = 1 << 20
 
 
-def _server(request: web.Request) -> Any:
-    server = request.app["agent"].server
+def _server(request: web.Request) -> ServerOperations:
+    server: ServerOperations | None = request.app["agent"].server_ops
     if server is None:
         raise MeshError(f"{request.path} is served by servers: point -http-addr at a server agent")
     return server
@@ -70,45 +68,13 @@ async def raft_configuration(request: web.Request) -> web.Response:
 async def raft_state(request: web.Request) -> web.Response:
     """mesh extension: this server's view of Raft and a digest of its replicated state,
     so operators (and tests) can check that servers agree."""
-    server = _server(request)
-    raft = server.raft
-    if raft is None or not raft.started:
-        return json_response(request, {"Started": False})
-    with raft.lock:
-        state_hash = server.fsm.state_hash()
-        last_index = server.fsm.last_index
-    return json_response(request, {
-        "Started": True,
-        "Leader": raft.leader or "",
-        "IsLeader": raft.is_leader,
-        "AppliedIndex": raft.applied_index,
-        "CommitIndex": raft.commit_index,
-        "FSMIndex": last_index,
-        "StateHash": state_hash,
-        "LastContactMs": int(min(raft.last_contact(), 1e9) * 1000),
-        "Status": raft.status(),
-    })
+    return json_response(request, _server(request).raft_state())
 
 
 @routes.delete("/v1/operator/raft/peer")
 async def raft_remove_peer(request: web.Request) -> web.Response:
     server = _server(request)
-    address, peer_id = request.query.get("address", ""), request.query.get("id", "")
-    if not address and not peer_id:
-        raise InvalidRequest("Must specify either ?id with the server's ID or ?address with IP:port of peer")
-    raft_address = None
-    for voter in server.raft.voters():
-        if voter == address or server.rpc_address_of(voter) == address or (peer_id and server.id_of(voter) == peer_id):
-            raft_address = voter
-    if raft_address is None:
-        raise NotFound(f"address {address or peer_id!r} was not found in the Raft configuration")
-    try:
-        if server.raft.is_leader:
-            await server._rpc_remove({"raft": raft_address, "deregister": False})
-        else:
-            await server._forward("Server.Remove", {"raft": raft_address, "deregister": False})
-    except MembershipError as exc:
-        raise InvalidRequest(str(exc)) from None
+    await server.remove_peer(request.query.get("address", ""), request.query.get("id", ""))
     return json_response(request, None)
 
 
@@ -117,16 +83,7 @@ async def snapshot_save(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     server = _server(request)
     opts = parse_options(request)
-    raft = server.raft
-    if raft is None or not raft.started:
-        raise MeshError("No cluster leader")
-    if opts.consistent:
-        await raft.barrier()
-    elif not opts.stale and not raft.has_leader():
-        raise MeshError("No cluster leader")
-    with raft.lock:
-        data = server.fsm.snapshot()
-    index = raft.applied_index
+    index, data = await server.snapshot(opts.consistent, opts.stale)
     body = gzip.compress(SNAPSHOT_MAGIC + hashlib.sha256(data).digest() + data, compresslevel=3)
     resp = web.Response(body=body, content_type="application/octet-stream")
     agent.set_read_headers(resp, index)
@@ -179,7 +136,7 @@ async def snapshot_restore(request: web.Request) -> web.Response:
     server = _server(request)
     body = await read_body(request, MAX_SNAPSHOT)
     data = await asyncio.to_thread(decode_snapshot, body)  # off the event loop: other requests go on
-    await server._require_raft().apply(MessageType.RESTORE, data, timeout=60)
+    await server.restore(data)
     return json_response(request, None)
 
 
@@ -218,7 +175,7 @@ async def agent_self(request: web.Request) -> web.Response:
         "Coord": {"Vec": [0.0] * 8, "Error": 1.5, "Adjustment": 0.0, "Height": 1e-05},
         "Member": agent.self_member(),
         "Meta": agent.cfg.node_meta_map(),
-        "Stats": {"raft": agent.server.raft.status() if agent.server and agent.server.raft else {}},
+        "Stats": {"raft": agent.server_ops.raft_stats() if agent.server_ops else {}},
     })
 
 

@@ -22,12 +22,13 @@ from typing import Any
 
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest, encode
 from mesh.catalog.errors import MeshError
+from mesh.catalog.health import SERF_CHECK_ID, serf_check
 from mesh.catalog.structs import PASSING, Check, Node, Service, evolve, row_from_wire, same_content
 
-from ..liveness import SERF_CHECK_ID, serf_check
+from ..backend import Backend
 from ..logging import get_logger
 from ..metrics import AE
-from ..server import ReadOptions
+from ..reads import ReadOptions
 
 __all__ = ["SyncPlan", "plan_sync", "AntiEntropy", "scaled_interval"]
 
@@ -114,7 +115,7 @@ class AntiEntropy:
 
     def __init__(
         self,
-        backend: Any,
+        backend: Backend,
         view: Callable[[], tuple[Node, dict[str, Service], dict[str, Check]]],
         interval: float,
         rng: random.Random | None = None,

@@ -17,7 +17,7 @@ from mesh.catalog.structs import CRITICAL
 
 from ..checks.runners import SCRIPTS_DISABLED, TTLCheck, make_runner
 from ..logging import get_logger
-from ..server import ReadOptions
+from ..reads import ReadOptions
 from .definitions import CheckDefinition
 
 __all__ = ["CheckManager", "scripts_allowed"]

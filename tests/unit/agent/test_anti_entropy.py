@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import random
 
-from mesh.agent.liveness import SERF_CHECK_ID, liveness_plan, reap_plan, unheard_nodes
 from mesh.agent.local.anti_entropy import plan_sync, scaled_interval
-from mesh.agent.reconcile import servers_to_register, split_address
+from mesh.agent.server.liveness import SERF_CHECK_ID, liveness_plan, reap_plan, unheard_nodes
+from mesh.agent.server.reconcile import servers_to_register, split_address
 from mesh.catalog.commands import MessageType, encode, encode_batch
 from mesh.catalog.fsm import FSM
 from mesh.catalog.requests import parse_register

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.agent.csr_limit import CSRLimiter
+from mesh.agent.server.csr_limit import CSRLimiter
 from mesh.catalog.errors import RateLimited
 
 

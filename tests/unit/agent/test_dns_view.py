@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from mesh.agent.dns_view import CatalogDNSView
-from mesh.agent.server import ReadResult
+from mesh.agent.reads import ReadResult
 from mesh.dns.parse import Lookup
 
 

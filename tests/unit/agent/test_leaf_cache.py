@@ -10,7 +10,7 @@ import random
 
 from mesh.agent.leaf_cache import LeafCache
 from mesh.agent.leaf_files import LeafFiles
-from mesh.agent.server import ReadResult
+from mesh.agent.reads import ReadResult
 from mesh.ca import manager
 from mesh.catalog.errors import InvalidRequest, MeshError
 

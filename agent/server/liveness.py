@@ -6,7 +6,8 @@ its `serfHealth` check set critical ("Agent not live or unreachable"), so its se
 drop out of `?passing` and DNS; a heartbeat sets it passing again. A node failed for
 longer than the reconnect timeout is reaped (deregistered).
 
-The plan functions are pure; the leader's loop in agent/server.py applies them. The
+The plan functions are pure; the leader's duties (agent/server/leader.py) apply them.
+The serfHealth check itself is catalog.health's (the local side keeps it too). The
 memory of heartbeats is the leader's alone: a new leader starts every node's clock at
 its election, which errs on the side of not failing nodes during a failover; a node it
 has never heard from (its heartbeats went to a leader that has since lost office, or
@@ -15,24 +16,21 @@ never arrived) starts its clock when the leader first notices it, so it still fa
 
 from __future__ import annotations
 
+from mesh.catalog.health import (
+    ALIVE_OUTPUT,
+    DEAD_OUTPUT,
+    SERF_CHECK_ID,
+    SERF_CHECK_NAME,
+    serf_check,
+)
 from mesh.catalog.store import Store
-from mesh.catalog.structs import CRITICAL, PASSING, Check
+from mesh.catalog.structs import CRITICAL, PASSING
 
 __all__ = ["SERF_CHECK_ID", "SERF_CHECK_NAME", "ALIVE_OUTPUT", "DEAD_OUTPUT", "HEARTBEAT_BUDGET", "liveness_plan",
            "reap_plan", "unheard_nodes", "serf_check"]
 
-SERF_CHECK_ID = "serfHealth"
-SERF_CHECK_NAME = "Serf Health Status"
-ALIVE_OUTPUT = "Agent alive and reachable"
-DEAD_OUTPUT = "Agent not live or unreachable"
 # heartbeats per second the leader is willing to handle; agents slow down past it
 HEARTBEAT_BUDGET = 1000.0
-
-
-def serf_check(status: str) -> Check:
-    """The node-level check that says whether the agent on a node is alive."""
-    return Check(check_id=SERF_CHECK_ID, name=SERF_CHECK_NAME, status=status,
-                 output=ALIVE_OUTPUT if status == PASSING else DEAD_OUTPUT)
 
 
 def unheard_nodes(store: Store, last_seen: dict[str, float]) -> list[str]:

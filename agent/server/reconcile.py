@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
+from mesh.catalog.health import SERF_CHECK_ID
 from mesh.catalog.store import Store
 from mesh.catalog.structs import ServerInfo
-
-from .liveness import SERF_CHECK_ID
 
 __all__ = ["CONSUL_SERVICE", "servers_to_register", "split_address"]
 

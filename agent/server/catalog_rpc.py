@@ -1,0 +1,65 @@
+"""Catalog endpoints: `Read` (every named query, through the blocking-read engine) and
+`Catalog.Apply` (the commands an agent may commit).
+
+An agent sends its writes already encoded (the request ID inside makes a retry through
+another server safe); only the types in CLIENT_WRITABLE are accepted, the rest are the
+servers' own (servers table, CA, restore).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from mesh.catalog.commands import MessageType, decode
+from mesh.catalog.errors import InvalidRequest, MeshError
+
+from ..config import AgentConfig
+from ..reads import ReadOptions
+from ..rpc import Handler
+from . import rpc_args
+from .membership import Membership
+from .reads import ReadEngine
+
+__all__ = ["CatalogEndpoints", "CLIENT_WRITABLE"]
+
+# the commands an agent may send through Catalog.Apply
+CLIENT_WRITABLE = {MessageType.REGISTER, MessageType.DEREGISTER, MessageType.BARRIER,
+                   MessageType.INTENTION_UPSERT, MessageType.INTENTION_DELETE}
+
+
+class CatalogEndpoints:
+    def __init__(self, cfg: AgentConfig, membership: Membership, reads: ReadEngine) -> None:
+        self.cfg = cfg
+        self.membership = membership
+        self.reads = reads
+
+    def rpc_methods(self) -> dict[str, Handler]:
+        return {"Read": self._rpc_read, "Catalog.Apply": self._rpc_apply}
+
+    async def apply_raw(self, raw: bytes) -> Any:
+        """Commit an agent's encoded command, if it is one an agent may send."""
+        raft = self.membership.require_raft()
+        try:
+            cmd = decode(raw)
+        except (MeshError, ValueError, TypeError, KeyError) as exc:
+            raise InvalidRequest(f"Catalog.Apply: undecodable command ({type(exc).__name__})") from None
+        if cmd.type not in CLIENT_WRITABLE:
+            raise InvalidRequest(f"command type {cmd.type} may not be sent by an agent")
+        return await raft.apply_raw(raw)
+
+    async def _rpc_apply(self, args: dict[str, Any]) -> Any:
+        raw = args.get("raw")
+        if not isinstance(raw, bytes):
+            raise InvalidRequest("Catalog.Apply needs the encoded command")
+        return await self.apply_raw(raw)
+
+    async def _rpc_read(self, args: dict[str, Any]) -> dict[str, Any]:
+        name = rpc_args.string(args, "q", "Read")
+        params, opts = rpc_args.read_params(args), ReadOptions.from_wire(rpc_args.read_options(args))
+        opts = replace(opts, wait=min(opts.wait, self.cfg.max_query_time))
+        try:
+            result = await self.reads.read(name, params, opts)
+        except KeyError as exc:
+            raise InvalidRequest(f"Read {name}: missing parameter {exc}") from None
+        return {"i": result.index, "r": result.value, "kl": result.known_leader, "lc": result.last_contact_ms}

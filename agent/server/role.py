@@ -1,0 +1,165 @@
+"""The server role, assembled: Raft membership, the RPC endpoints by area, the
+blocking-read engine and the leader's duties over one FSM.
+
+    membership.py   bootstrap, join, leave, servers table     Server.Hello/Join/Remove/List
+    catalog_rpc.py  reads and agents' writes                  Read, Catalog.Apply
+    nodes.py        heartbeats, leaves, members               Node.Heartbeat/Leave, Internal.Members
+    connect_ca.py   signing and CA configuration              ConnectCA.Sign/Configure
+    operator.py     status, Raft configuration, snapshots     Status.Ping/Leader, Operator.Raft
+    leader.py       liveness and reaping, server reconcile, CA upkeep (leader only)
+    reads.py        the blocking-read engine
+
+Only the composition root (agent/agent.py) and the backend (agent/backend.py) use this
+class; HTTP handlers reach it through the backend contract. It imports no module of the
+local agent (local state, checks, HTTP, DNS view, caches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from mesh.catalog.fsm import FSM
+
+from ..config import AgentConfig
+from ..reads import ReadOptions, ReadResult
+from ..rpc import RPCClient, RPCServer
+from ..tasks import cancel_all
+from ..tls import rpc_contexts
+from ..watch import WatchHub
+from .catalog_rpc import CatalogEndpoints
+from .clock import Clock, SystemClock
+from .connect_ca import ConnectCA
+from .leader import LeaderDuties
+from .membership import Membership
+from .nodes import NodeLiveness
+from .operator import Operator
+from .reads import ReadEngine
+
+__all__ = ["ServerRole"]
+
+
+class ServerRole:
+    def __init__(self, cfg: AgentConfig, node_id: str, hub: WatchHub, clock: Clock | None = None) -> None:
+        self.cfg = cfg
+        self.node_id = node_id
+        self.hub = hub
+        self.clock: Clock = clock or SystemClock()
+        self.fsm = FSM()
+        server_tls, client_tls = rpc_contexts(cfg)
+        self.rpc = RPCServer(cfg.bind_addr, cfg.server_port, cfg.encrypt, server_tls,
+                             handshake_timeout=cfg.rpc_handshake_timeout,
+                             max_conns_per_client=cfg.rpc_max_conns_per_client)
+        self.client = RPCClient(cfg.encrypt, ssl_context=client_tls)
+        self.membership = Membership(cfg, node_id, self.fsm, self.client)
+        self.reads = ReadEngine(self.membership, self.fsm, hub)
+        self.catalog = CatalogEndpoints(cfg, self.membership, self.reads)
+        self.nodes = NodeLiveness(cfg, self.membership, self.fsm, self.clock)
+        self.ca = ConnectCA(cfg, self.membership, self.fsm, self.clock)
+        self.operator = Operator(self.membership, self.fsm)
+        self.duties = LeaderDuties(cfg, self.membership, self.fsm, hub, self.nodes, self.ca, self.clock)
+        self._tasks: list[asyncio.Task[None]] = []
+        for area in (self.membership, self.catalog, self.nodes, self.ca, self.operator):
+            for method, handler in area.rpc_methods().items():
+                self.rpc.register(method, handler)
+
+    # ---- lifecycle ---------------------------------------------------------------------
+    async def start(self, raft_port: int) -> None:
+        rpc_port = await self.rpc.start()
+        self.membership.create_raft(f"{self.cfg.advertise()}:{rpc_port}", raft_port, self.hub.notify)
+        loop = asyncio.get_running_loop()
+        bootstrap = self.membership.start_raft()
+        if bootstrap is not None:
+            self._tasks.append(bootstrap)
+        self._tasks.append(loop.create_task(self.membership.server_table_loop(), name="server-table"))
+        self._tasks.append(loop.create_task(self.duties.run(), name="leader-duties"))
+
+    async def stop(self) -> None:
+        await cancel_all(self._tasks)
+        await self.duties.stop()
+        await self.rpc.stop()
+        await self.client.close()
+        raft = self.membership.raft
+        if raft is not None:
+            await raft.stop()
+
+    async def leave(self) -> None:
+        await self.membership.leave()
+
+    async def transfer_leadership(self, timeout: float) -> bool | None:
+        """Before a planned stop of the leader of several servers: hand leadership over.
+        None when there was nothing to hand over."""
+        raft = self.membership.raft
+        if raft is None or not raft.is_leader or len(raft.voters()) <= 1:
+            return None
+        return await raft.transfer_leadership(timeout=timeout)
+
+    # ---- identity and status ----------------------------------------------------------------
+    @property
+    def rpc_port(self) -> int:
+        return self.rpc.port
+
+    @property
+    def rpc_address(self) -> str:
+        return self.membership.rpc_address
+
+    @property
+    def raft_address(self) -> str:
+        return self.membership.raft_address
+
+    def leader_contact(self) -> tuple[bool, int]:
+        """(a leader is known, milliseconds since this server heard from it)."""
+        raft = self.membership.raft
+        if raft is None:
+            return False, 0
+        contact = raft.last_contact()
+        return raft.has_leader(), int(contact * 1000) if contact != float("inf") else 0
+
+    def leader_rpc_address(self) -> str:
+        return self.membership.leader_rpc_address()
+
+    def status_peers(self) -> list[str]:
+        return self.membership.peer_rpc_addresses()
+
+    def raft_configuration(self) -> dict[str, Any]:
+        return self.operator.raft_configuration()
+
+    def raft_state(self) -> dict[str, Any]:
+        return self.operator.raft_state()
+
+    def raft_stats(self) -> dict[str, Any]:
+        return self.operator.raft_stats()
+
+    async def remove_peer(self, address: str, peer_id: str) -> None:
+        await self.operator.remove_peer(address, peer_id)
+
+    async def snapshot(self, consistent: bool, stale: bool) -> tuple[int, bytes]:
+        return await self.operator.snapshot(consistent, stale)
+
+    async def restore(self, data: bytes) -> None:
+        await self.operator.restore(data)
+
+    async def join(self, address: str) -> None:
+        await self.membership.join(address)
+
+    # ---- what the local backend calls ---------------------------------------------------------
+    async def apply_raw(self, raw: bytes) -> Any:
+        return await self.catalog.apply_raw(raw)
+
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
+        return await self.reads.read(name, params, opts)
+
+    async def heartbeat(self, info: dict[str, Any]) -> float:
+        return await self.nodes.heartbeat(info)
+
+    async def node_leave(self, info: dict[str, Any]) -> None:
+        await self.nodes.node_leave(info)
+
+    async def members(self) -> list[dict[str, Any]]:
+        return await self.nodes.members()
+
+    async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
+        return await self.ca.sign(args)
+
+    async def ca_configure(self, body: Any) -> bool:
+        return await self.ca.configure(body)
