@@ -240,3 +240,58 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {a.name} ---\n{a.log_tail()}" for a in self.agents + self.clients)
+
+
+def dev_agent(tmp: Any, name: str = "dev", extra: list[str] | None = None, dns: bool = False,
+              node: str = "") -> Agent:
+    """A started `mesh agent -dev` on free ports (DNS off unless `dns`), with a leader.
+    The caller kills it."""
+    tmp = str(tmp)
+    agent = Agent(name, tmp, free_port(), free_port(), free_port(), [], os.path.join(tmp, f"{name}.log"))
+    agent.dns_port = free_port() if dns else -1
+    agent.args = ["-dev", "-node", node or f"{name}node", "-http-port", str(agent.http_port),
+                  "-server-port", str(agent.server_port), "-raft-port", str(agent.raft_port),
+                  "-dns-port", str(agent.dns_port), *(extra or [])]
+    started = time.monotonic()
+    agent.start()
+    try:
+        retry(lambda: agent.leader(), 20, 0.02, f"{name} agent leader")
+    except BaseException:
+        agent.kill()
+        raise
+    agent.ready_seconds = time.monotonic() - started  # type: ignore[attr-defined]
+    return agent
+
+
+def rss_kib(agent_or_pid: Agent | int, field: str = "VmRSS") -> int:
+    """A field of /proc/PID/status in KiB (resident memory by default)."""
+    pid = agent_or_pid if isinstance(agent_or_pid, int) else agent_or_pid.proc.pid  # type: ignore[union-attr]
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise AssertionError(f"no {field} for {pid}")
+
+
+def metric_value(data: dict[str, Any], name: str, **labels: str) -> float:
+    """A gauge or counter from /v1/agent/metrics (JSON), 0 when absent."""
+    for kind, key in (("Gauges", "Value"), ("Counters", "Count")):
+        for m in data.get(kind, []):
+            if m["Name"] == name and all(m.get("Labels", {}).get(k) == v for k, v in labels.items()):
+                return float(m[key])
+    return 0.0
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """True when the peer closes `sock` (EOF or reset) within `seconds`; data is skipped."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        sock.settimeout(left)
+        try:
+            if sock.recv(65536) == b"":
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+    return False

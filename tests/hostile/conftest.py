@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
-from tests.harness.cluster import Agent, free_port, retry
+from tests.harness.cluster import dev_agent, retry
 
 # A script check in the agent's own config file: allowed with -enable-local-script-checks.
 # It prints 100,000 bytes (its marker last: the end is kept) while asking to keep 1,000,000: the agent's 4 KiB limit wins.
@@ -29,15 +28,8 @@ def dev(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("hostile-dev")
     config = tmp / "local.json"
     config.write_text(json.dumps(LOCAL_SCRIPT_CHECK))
-    agent = Agent("dev", str(tmp), free_port(), free_port(), free_port(), [], str(tmp / "dev.log"))
-    agent.args = ["-dev", "-node", "devnode", "-http-port", str(agent.http_port), "-server-port", str(agent.server_port),
-                  "-raft-port", str(agent.raft_port), "-dns-port", "-1", "-log-level", "debug",
-                  "-enable-local-script-checks", "-config-file", str(config)]
-    started = time.monotonic()
-    agent.start()
+    agent = dev_agent(tmp, extra=["-log-level", "debug", "-enable-local-script-checks", "-config-file", str(config)])
     try:
-        retry(lambda: agent.leader(), 10, 0.02, "dev agent leader")
-        agent.ready_seconds = time.monotonic() - started
         retry(lambda: agent.get("/v1/catalog/service/consul"), 5)
         yield agent
     finally:

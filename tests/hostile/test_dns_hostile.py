@@ -13,7 +13,7 @@ import struct
 import pytest
 from dnslib import EDNS0, QTYPE, RCODE, DNSRecord
 
-from tests.harness.cluster import Agent, free_port, retry
+from tests.harness.cluster import dev_agent, retry
 
 pytestmark = pytest.mark.cluster
 
@@ -24,14 +24,8 @@ MANY = 150
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("dnshostile")
-    agent = Agent("d", str(tmp), free_port(), free_port(), free_port(), [], str(tmp / "d.log"))
-    agent.dns_port = free_port()
-    agent.args = ["-dev", "-node", "dnsnode", "-http-port", str(agent.http_port), "-server-port",
-                  str(agent.server_port), "-raft-port", str(agent.raft_port), "-dns-port", str(agent.dns_port),
-                  "-log-level", "debug"]
-    agent.start()
+    agent = dev_agent(tmp, name="d", extra=["-log-level", "debug"], dns=True, node="dnsnode")
     try:
-        retry(lambda: agent.leader(), 15, 0.05, "dev agent leader")
         for node, address in (("good", "10.0.0.1"), (LONG, "10.0.0.2")):
             agent.put("/v1/catalog/register", {"Node": node, "Address": address,
                                                "Service": {"Service": "web", "Port": 80}})

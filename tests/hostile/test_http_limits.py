@@ -18,7 +18,15 @@ import time
 import pytest
 
 from mesh.agent.http.system import SNAPSHOT_MAGIC
-from tests.harness.cluster import Agent, HTTPError, free_port, retry
+from tests.harness.cluster import (
+    Agent,
+    HTTPError,
+    closed_within,
+    dev_agent,
+    metric_value,
+    retry,
+    rss_kib,
+)
 
 HEADER_TIMEOUT = 1.0
 IDLE_TIMEOUT = 2.0
@@ -32,25 +40,11 @@ def dev(tmp_path_factory):
     conf.write_text(json.dumps({"limits": {"http_max_conns_per_client": PER_CLIENT,
                                            "http_header_timeout": f"{HEADER_TIMEOUT}s",
                                            "http_idle_timeout": f"{IDLE_TIMEOUT}s"}}))
-    agent = Agent("dev", str(tmp), free_port(), free_port(), free_port(), [], str(tmp / "dev.log"))
-    agent.args = ["-dev", "-node", "devnode", "-http-port", str(agent.http_port),
-                  "-server-port", str(agent.server_port), "-raft-port", str(agent.raft_port),
-                  "-dns-port", "-1", "-config-file", str(conf)]
-    agent.start()
+    agent = dev_agent(tmp, extra=["-config-file", str(conf)])
     try:
-        retry(lambda: agent.leader(), 20, 0.05, "dev agent leader")
         yield agent
     finally:
         agent.kill()
-
-
-def status(agent: Agent, name: str = "VmRSS") -> int:
-    assert agent.proc is not None
-    with open(f"/proc/{agent.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith(name + ":"):
-                return int(line.split()[1])
-    raise AssertionError(name)
 
 
 def metric(agent: Agent, name: str, **labels: str) -> float:
@@ -61,25 +55,7 @@ def metric(agent: Agent, name: str, **labels: str) -> float:
         data = json.loads(conn.getresponse().read())
     finally:
         conn.close()
-    for kind, key in (("Gauges", "Value"), ("Counters", "Count")):
-        for m in data[kind]:
-            if m["Name"] == name and all(m.get("Labels", {}).get(k) == v for k, v in labels.items()):
-                return float(m[key])
-    return 0.0
-
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-    return False
+    return metric_value(data, name, **labels)
 
 
 def connect(agent: Agent, source: str = "127.0.0.1") -> socket.socket:
@@ -164,7 +140,7 @@ def _bomb(decompressed_mib: int) -> bytes:
 def test_a_gzip_bomb_snapshot_is_refused_with_bounded_memory_while_others_are_served(dev):
     body = _bomb(1536)  # 1.5 MB that would decompress to 1.5 GiB
     assert len(body) < 2_000_000
-    peak_before = status(dev, "VmHWM")
+    peak_before = rss_kib(dev, "VmHWM")
     result: dict[str, object] = {}
 
     def upload() -> None:
@@ -186,7 +162,7 @@ def test_a_gzip_bomb_snapshot_is_refused_with_bounded_memory_while_others_are_se
     assert "too large" in str(result["body"])
     assert float(result["seconds"]) < 15, result  # type: ignore[arg-type]
     assert slowest < 0.5, f"other requests waited {slowest:.2f}s"
-    growth_mib = (status(dev, "VmHWM") - peak_before) / 1024
+    growth_mib = (rss_kib(dev, "VmHWM") - peak_before) / 1024
     assert growth_mib < 450, f"peak RSS grew by {growth_mib:.0f} MiB"
     assert "Traceback" not in dev.log_tail(200)
 

@@ -16,7 +16,7 @@ import zlib
 
 import pytest
 
-from tests.harness.cluster import Agent, Cluster, free_port, retry
+from tests.harness.cluster import Agent, Cluster, dev_agent, free_port, retry, rss_kib
 
 pytestmark = pytest.mark.cluster
 
@@ -58,14 +58,6 @@ def _send_and_wait_close(port: int, payload: bytes, source: str = "127.0.0.1", t
     return time.monotonic() - started
 
 
-def _rss_kib(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1])
-    raise AssertionError("no VmRSS")
-
-
 def _metric(agent: Agent, name: str) -> float:
     raw = agent.get("/v1/agent/metrics?format=prometheus")
     text = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -78,14 +70,12 @@ def _metric(agent: Agent, name: str) -> float:
 def _single(tmp_path, dev: bool) -> Agent:
     data = tmp_path / ("dev" if dev else "s1")
     data.mkdir()
-    agent = Agent("a", str(data), free_port(), free_port(), free_port(), [], str(tmp_path / "a.log"))
-    ports = ["-http-port", str(agent.http_port), "-server-port", str(agent.server_port),
-             "-raft-port", str(agent.raft_port), "-dns-port", "-1"]
     if dev:
-        agent.args = ["-dev", "-node", "a", *ports]
-    else:
-        agent.args = ["-server", "-bootstrap-expect", "1", "-node", "a", "-data-dir", str(data),
-                      "-bind", "127.0.0.1", *ports]
+        return dev_agent(data, name="a")
+    agent = Agent("a", str(data), free_port(), free_port(), free_port(), [], str(tmp_path / "a.log"))
+    agent.args = ["-server", "-bootstrap-expect", "1", "-node", "a", "-data-dir", str(data), "-bind", "127.0.0.1",
+                  "-http-port", str(agent.http_port), "-server-port", str(agent.server_port),
+                  "-raft-port", str(agent.raft_port), "-dns-port", "-1"]
     agent.start()
     retry(lambda: agent.leader(), 15, 0.05, "leader")
     return agent
@@ -114,7 +104,7 @@ def test_pickled_payload_on_the_raft_port_runs_nothing(tmp_path, dev):
 def test_oversized_frame_is_dropped_at_its_header(tmp_path):
     agent = _single(tmp_path, dev=True)
     try:
-        rss_before = _rss_kib(agent.proc.pid)
+        rss_before = rss_kib(agent)
         started = time.monotonic()
         with socket.create_connection(("127.0.0.1", agent.raft_port), timeout=5) as s:
             s.sendall(HUGE_HEADER)
@@ -129,7 +119,7 @@ def test_oversized_frame_is_dropped_at_its_header(tmp_path):
         elapsed = time.monotonic() - started
         assert sent < (8 << 20), f"the server kept reading a 2 GiB frame ({sent} bytes accepted)"
         assert elapsed < 5
-        assert _rss_kib(agent.proc.pid) - rss_before < 50_000
+        assert rss_kib(agent) - rss_before < 50_000
         assert agent.leader()
     finally:
         agent.kill()

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from mesh.agent.rpc import PROTOCOL_MAGIC, RPCClient, RPCError, _frame, hello_proof
-from tests.harness.cluster import KEY, Agent, free_port, retry
+from tests.harness.cluster import KEY, Agent, closed_within, free_port, metric_value, retry, rss_kib
 
 HANDSHAKE = 1.0  # limits.rpc_handshake_timeout for these tests (default 5s)
 PER_CLIENT = 20  # limits.rpc_max_conns_per_client (default 100)
@@ -42,37 +42,9 @@ def server(tmp_path_factory):
         agent.kill()
 
 
-def rss_kib(agent: Agent, field: str = "VmRSS") -> int:
-    assert agent.proc is not None
-    with open(f"/proc/{agent.proc.pid}/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise AssertionError(f"no {field}")
-
-
 def metric(agent: Agent, name: str, **labels: str) -> float:
     data = agent.get("/v1/agent/metrics")
-    for kind, key in (("Gauges", "Value"), ("Counters", "Count")):
-        for m in data[kind]:
-            if m["Name"] == name and all(m.get("Labels", {}).get(k) == v for k, v in labels.items()):
-                return float(m[key])
-    return 0.0
-
-
-def closed_within(sock: socket.socket, seconds: float) -> bool:
-    """True when the peer closes `sock` (EOF or reset) within `seconds`; data is skipped."""
-    deadline = time.monotonic() + seconds
-    while (left := deadline - time.monotonic()) > 0:
-        sock.settimeout(left)
-        try:
-            if sock.recv(65536) == b"":
-                return True
-        except TimeoutError:
-            return False
-        except OSError:
-            return True
-    return False
+    return metric_value(data, name, **labels)
 
 
 def connect(agent: Agent) -> socket.socket:
