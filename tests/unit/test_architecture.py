@@ -195,6 +195,15 @@ def test_server_subpackage_imports_no_local_agent_module():
             assert not any(name == m or name.startswith(m + ".") for m in local), f"{_rel(path)} imports {name}"
 
 
+def test_the_in_memory_raft_does_not_depend_on_pysyncobj():
+    """One-process tests must exercise the server role without the pysyncobj adapter."""
+    for name in ("memory.py", "memory_net.py"):
+        path = ROOT / "agent" / "server" / "raft" / name
+        for imported in _imports(path):
+            assert not imported.startswith(("mesh.agent.server.raft.adapter", "mesh.agent.server.raft.pysyncobj_node",
+                                            "pysyncobj")), f"{_rel(path)} imports {imported}"
+
+
 def test_only_ca_imports_cryptography():
     for path in _modules():
         if _rel(path).startswith("ca/"):

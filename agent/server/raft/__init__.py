@@ -8,9 +8,11 @@
     snapshot.py        the snapshot file format
     watchdog.py        the watchdog's recovery decision, pure
     memory.py          MemoryRaft and MemoryCluster: Raft in one process, for tests
+    memory_net.py      their transport: cut, drop and delay messages on an injected clock
 
-Importing this package (or memory.py) imports no pysyncobj: membership.py imports the
-adapter by name, as the default Raft factory.
+memory.py and memory_net.py never reach pysyncobj_node.py or the adapter (the
+architecture test checks it): membership.py imports the adapter by name, as the default
+Raft factory, and tests pass `raft_factory=MemoryCluster(...).factory` instead.
 """
 
 from .protocol import OnChange, Raft, RaftConfig, RaftFactory
