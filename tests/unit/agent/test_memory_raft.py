@@ -4,11 +4,13 @@ elections and the controllable transport, with the real FSM behind every node.""
 from __future__ import annotations
 
 import asyncio
+import inspect
 
 import pytest
 
 from mesh.agent.errors import ApplyTimeout, MembershipError, NoLeader
 from mesh.agent.server.raft import Raft
+from mesh.agent.server.raft.adapter import PysyncobjRaft
 from mesh.agent.server.raft.memory import MemoryCluster, MemoryRaft
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest
 from mesh.catalog.structs import Node
@@ -32,10 +34,21 @@ def cluster() -> MemoryCluster:
     return c
 
 
-def test_it_implements_the_protocol(cluster):
-    raft: Raft = cluster.nodes[A]  # checked by the type checker; at runtime: the names exist
-    for name in ("apply", "apply_raw", "barrier", "lease_valid", "caught_up", "has_leader", "voters", "add_peer"):
-        assert callable(getattr(raft, name))
+@pytest.mark.parametrize("impl", [PysyncobjRaft, MemoryRaft])
+def test_both_implement_the_protocol(impl):
+    """Every member of the Raft Protocol, with the same parameters and the same kind
+    (coroutine, property, plain method), on the adapter and the in-memory Raft."""
+    members = {k: v for k, v in vars(Raft).items() if not k.startswith("_")}
+    assert "apply" in members and "lease_valid" in members
+    for name, want in members.items():
+        got = getattr(impl, name, None)
+        if isinstance(want, property):
+            assert isinstance(got, property), f"{impl.__name__}.{name} should be a property"
+        elif callable(want):
+            assert callable(got), f"{impl.__name__} lacks {name}"
+            assert inspect.iscoroutinefunction(got) == inspect.iscoroutinefunction(want), name
+            assert list(inspect.signature(got).parameters) == list(inspect.signature(want).parameters), name
+    assert "lock" in Raft.__annotations__
 
 
 async def test_a_single_node_commits_alone():
