@@ -43,7 +43,7 @@ from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
 from .metrics import AGENT, DNS
-from .server import ServerRole
+from .server import RaftFactory, ServerRole
 from .tasks import cancel_all
 from .tls import rpc_contexts
 from .watch import WatchHub
@@ -97,7 +97,9 @@ def _load_node_id(cfg: AgentConfig) -> str:
 class Agent:
     """One agent process: a server (Raft member) or a client, with local services."""
 
-    def __init__(self, cfg: AgentConfig) -> None:
+    def __init__(self, cfg: AgentConfig, raft_factory: RaftFactory | None = None) -> None:
+        """`raft_factory`: the server's Raft (default the pysyncobj adapter; one-process
+        tests pass the in-memory cluster's)."""
         self.cfg = cfg
         if cfg.data_dir and not cfg.dev:
             try:
@@ -117,7 +119,7 @@ class Agent:
         self.backend: Backend
         self.server_ops: ServerOperations | None = None  # what only a server answers, on servers
         if cfg.server:
-            self.server = ServerRole(cfg, self.node_id, self.watch)
+            self.server = ServerRole(cfg, self.node_id, self.watch, raft_factory=raft_factory)
             local = LocalBackend(self.server)
             self.backend, self.server_ops = local, local
         else:

@@ -11,7 +11,7 @@ bytes, while the largest legitimate frame (an append or snapshot chunk of 64 KiB
 base64-expanded by Fernet) stays under 200 KiB.
 
 Nothing here imports pysyncobj; the glue that installs this into the library lives in
-pysyncobj_fixes.py.
+server/raft/pysyncobj_node.py.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
 
 SNAPSHOT_VERSION = 2
 DEDUPE_LIMIT = 16384
-# A Raft entry carries a batch of commands (at most 4096, see agent/raft.py), so a CA
+# A Raft entry carries a batch of commands (at most 4096, see agent/server/raft/protocol.py), so a CA
 # serial is the entry's index times this plus the command's place in the batch.
 SERIALS_PER_ENTRY = 1 << 16
 

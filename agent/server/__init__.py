@@ -6,6 +6,7 @@ Imported only by the composition root (agent/agent.py) and the backend
 """
 
 from .catalog_rpc import CLIENT_WRITABLE
+from .raft import RaftFactory
 from .role import ServerRole
 
-__all__ = ["ServerRole", "CLIENT_WRITABLE"]
+__all__ = ["ServerRole", "CLIENT_WRITABLE", "RaftFactory"]

@@ -24,12 +24,12 @@ from ..config import AgentConfig
 from ..errors import NoLeader
 from ..logging import get_logger
 from ..metrics import CA, LEADER
-from ..raft import Raft
 from ..rpc import Handler
 from . import rpc_args
 from .clock import Clock, utc_now
 from .csr_limit import CSRLimiter
 from .membership import Membership
+from .raft import Raft
 
 __all__ = ["ConnectCA"]
 

@@ -22,7 +22,6 @@ from mesh.catalog.structs import CRITICAL, PASSING, Node, ServerInfo, Service
 from ..config import AgentConfig
 from ..logging import get_logger
 from ..metrics import LEADER
-from ..raft import Raft
 from ..tasks import cancel_all
 from ..watch import WatchHub
 from . import liveness, reconcile
@@ -30,6 +29,7 @@ from .clock import Clock
 from .connect_ca import ConnectCA
 from .membership import Membership
 from .nodes import NodeLiveness
+from .raft import Raft
 
 __all__ = ["LeaderDuties"]
 

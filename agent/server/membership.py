@@ -28,9 +28,10 @@ from ..config import AgentConfig
 from ..errors import MembershipError, NoLeader
 from ..logging import get_logger
 from ..metrics import RPC
-from ..raft import Raft, RaftConfig
 from ..rpc import Handler, RPCClient, RPCError
 from . import rpc_args
+from .raft import OnChange, Raft, RaftConfig, RaftFactory
+from .raft.adapter import PysyncobjRaft
 
 __all__ = ["Membership"]
 
@@ -41,8 +42,10 @@ class Membership:
     """This server's place in the cluster: its Raft node, what it knows of the other
     servers, and the calls that change the voter set."""
 
-    def __init__(self, cfg: AgentConfig, node_id: str, fsm: FSM, client: RPCClient) -> None:
+    def __init__(self, cfg: AgentConfig, node_id: str, fsm: FSM, client: RPCClient,
+                 raft_factory: RaftFactory | None = None) -> None:
         self.cfg = cfg
+        self.raft_factory: RaftFactory = raft_factory or PysyncobjRaft
         self.node_id = node_id
         self.fsm = fsm
         self.client = client
@@ -62,13 +65,13 @@ class Membership:
         }
 
     # ---- lifecycle --------------------------------------------------------------------
-    def create_raft(self, rpc_address: str, raft_port: int, on_change: Any) -> Raft:
+    def create_raft(self, rpc_address: str, raft_port: int, on_change: OnChange) -> Raft:
         advertise = self.cfg.advertise()
         self.rpc_address = rpc_address
         self.raft_address = f"{advertise}:{raft_port}"
         self._known[self.raft_address] = self.hello_info()
         data_dir = None if self.cfg.dev else self.cfg.data_dir
-        self.raft = Raft(
+        self.raft = self.raft_factory(
             RaftConfig(
                 self_address=self.raft_address,
                 bind_host=self.cfg.bind_addr,
@@ -319,3 +322,4 @@ class Membership:
                 log.warning("leave_retry", error=str(exc))
                 await asyncio.sleep(0.3)
         raise MeshError("could not leave the cluster within 20s")
+

@@ -34,13 +34,15 @@ from .leader import LeaderDuties
 from .membership import Membership
 from .nodes import NodeLiveness
 from .operator import Operator
+from .raft import RaftFactory
 from .reads import ReadEngine
 
 __all__ = ["ServerRole"]
 
 
 class ServerRole:
-    def __init__(self, cfg: AgentConfig, node_id: str, hub: WatchHub, clock: Clock | None = None) -> None:
+    def __init__(self, cfg: AgentConfig, node_id: str, hub: WatchHub, clock: Clock | None = None,
+                 raft_factory: RaftFactory | None = None) -> None:
         self.cfg = cfg
         self.node_id = node_id
         self.hub = hub
@@ -51,7 +53,7 @@ class ServerRole:
                              handshake_timeout=cfg.rpc_handshake_timeout,
                              max_conns_per_client=cfg.rpc_max_conns_per_client)
         self.client = RPCClient(cfg.encrypt, ssl_context=client_tls)
-        self.membership = Membership(cfg, node_id, self.fsm, self.client)
+        self.membership = Membership(cfg, node_id, self.fsm, self.client, raft_factory)
         self.reads = ReadEngine(self.membership, self.fsm, hub)
         self.catalog = CatalogEndpoints(cfg, self.membership, self.reads)
         self.nodes = NodeLiveness(cfg, self.membership, self.fsm, self.clock)

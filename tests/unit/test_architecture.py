@@ -20,7 +20,7 @@ ALLOWED = {
     "agent": {"catalog", "ca", "api", "dns", "proxy"},
 }
 # what only one owner may import (DESIGN.md principle 3)
-OWNERS = {"pysyncobj": {"agent/raft.py", "agent/pysyncobj_fixes.py"}}
+OWNERS = {"pysyncobj": {"agent/server/raft/pysyncobj_node.py"}}
 CATALOG_FORBIDDEN = {"asyncio", "socket", "aiohttp", "pysyncobj", "structlog", "time", "random", "threading"}
 
 
@@ -193,6 +193,15 @@ def test_server_subpackage_imports_no_local_agent_module():
     for path in (ROOT / "agent" / "server").rglob("*.py"):
         for name in _imports(path):
             assert not any(name == m or name.startswith(m + ".") for m in local), f"{_rel(path)} imports {name}"
+
+
+def test_the_in_memory_raft_does_not_depend_on_pysyncobj():
+    """One-process tests must exercise the server role without the pysyncobj adapter."""
+    for name in ("memory.py", "memory_net.py"):
+        path = ROOT / "agent" / "server" / "raft" / name
+        for imported in _imports(path):
+            assert not imported.startswith(("mesh.agent.server.raft.adapter", "mesh.agent.server.raft.pysyncobj_node",
+                                            "pysyncobj")), f"{_rel(path)} imports {imported}"
 
 
 def test_only_ca_imports_cryptography():

@@ -11,8 +11,10 @@ import pytest
 from pysyncobj import SyncObj, SyncObjConf
 from pysyncobj.node import TCPNode
 
-from mesh.agent import pysyncobj_fixes
-from mesh.agent.raft import Raft, RaftConfig, _Node
+from mesh.agent.server.raft import RaftConfig
+from mesh.agent.server.raft import pysyncobj_node as pysyncobj_fixes
+from mesh.agent.server.raft.adapter import PysyncobjRaft as Raft
+from mesh.agent.server.raft.pysyncobj_node import _Node
 from mesh.catalog.fsm import FSM
 from tests.harness.cluster import free_port
 

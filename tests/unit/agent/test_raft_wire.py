@@ -11,8 +11,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from pysyncobj.node import Node, TCPNode
 
-from mesh.agent import pysyncobj_fixes, raft_wire
-from mesh.agent.raft import Raft, RaftConfig, _Node
+from mesh.agent import raft_wire
+from mesh.agent.server.raft import RaftConfig
+from mesh.agent.server.raft import pysyncobj_node as pysyncobj_fixes
+from mesh.agent.server.raft.adapter import PysyncobjRaft as Raft
+from mesh.agent.server.raft.pysyncobj_node import _Node
 from mesh.catalog.fsm import FSM
 from tests.harness.cluster import free_port
 
@@ -174,7 +177,7 @@ def test_chunks_without_a_start_are_dropped(node):
 
 
 def test_a_data_dir_with_a_pickled_log_is_refused(tmp_path):
-    from mesh.agent.raft import RaftError
+    from mesh.agent.errors import RaftError
 
     raft_dir = tmp_path / "raft"
     raft_dir.mkdir()

@@ -1,22 +1,21 @@
-"""Fixes for pysyncobj 0.3.17 that live on our side of the library.
+"""The one module that imports pysyncobj (DESIGN.md principle 3): pysyncobj's SyncObj
+subclass with our FSM behind one replicated method, and the fixes for pysyncobj 0.3.17
+that must touch the library, pinned to the exact version (PINNED_VERSION). Each fix has
+a test in tests/unit/agent/test_pysyncobj_fixes.py or test_raft_wire.py reproducing what
+it fixes (../shared/reference/raft.md §2.4 and §4):
 
-The library's source is never copied here; these are small, pure helpers and patch
-functions, pinned to the exact version (PINNED_VERSION) and applied by agent/raft.py.
-Each has a test in tests/unit/agent/test_pysyncobj_fixes.py reproducing what it fixes
-(../shared/reference/raft.md §2.4 and §4):
-
-- conflict-aware truncation: a follower that receives a stale or duplicate
-  append_entries must not drop entries it already holds unless a term conflicts
-  (Raft §5.3); the library truncates whenever it holds entries past prevLogIdx, which
-  under bursts ends with an empty journal and a node stuck forever (bug A);
-- `clamp_delete_to`: log compaction may ask to delete past the end of the log, which
-  empties it (bug A, second half);
+- `_Node`: group-committed fsync of the journal, conflict-aware truncation and
+  compaction (the pure halves are in fixes.py), reassembly of chunked entries, the
+  lease check;
 - durable term/vote metadata: written with fsync before rename, file handles closed;
 - a safe wire (`install_safe_wire`): the library pickles messages, log entries and
   in-memory snapshots. Every such use is routed to raft_wire's msgpack codec, frames are
   read through raft_wire.FrameReader (capped before authentication and after), and the
   transport refuses what a member never sends (utility commands, read-only nodes), drops
   connections that do not finish the handshake in time and penalises junk senders.
+
+The asyncio adapter (adapter.py) reaches the library only through the names exported
+here, so nothing else of ours imports pysyncobj.
 """
 
 from __future__ import annotations
@@ -24,8 +23,8 @@ from __future__ import annotations
 import errno
 import os
 import socket
-from collections.abc import Callable, Sequence
-from typing import Any
+import time
+from typing import TYPE_CHECKING, Any
 
 import pysyncobj.journal
 import pysyncobj.serializer
@@ -34,6 +33,8 @@ import pysyncobj.tcp_connection
 import pysyncobj.tcp_server
 import pysyncobj.transport
 import pysyncobj.version
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.config import SERIALIZER_STATE
 from pysyncobj.monotonic import monotonic as monotonic_time
 from pysyncobj.node import Node, TCPNode
 from pysyncobj.tcp_connection import TcpConnection
@@ -41,9 +42,13 @@ from pysyncobj.transport import TCPTransport
 
 from mesh.catalog.errors import FatalStateError
 
-from . import raft_wire
-from .logging import get_logger, per_peer_limiter
-from .metrics import RAFT
+from ... import raft_wire
+from ...logging import get_logger, per_peer_limiter
+from ...metrics import RAFT
+from .fixes import clamp_delete_to, pickled_meta, trim_append_entries
+
+if TYPE_CHECKING:
+    from .adapter import PysyncobjRaft
 
 __all__ = [
     "PINNED_VERSION",
@@ -56,6 +61,11 @@ __all__ = [
     "SafeConnection",
     "MeshTransport",
     "pickled_meta",
+    "FAIL_REASON",
+    "RETRYABLE",
+    "SERIALIZER_STATE",
+    "SyncObjConf",
+    "TCPNode",
 ]
 
 log = get_logger("raft")
@@ -64,7 +74,14 @@ CODEC = raft_wire.Codec(Node, TCPNode)
 
 PINNED_VERSION = "0.3.17"
 
-Entry = tuple[bytes, int, int]  # (command, index, term), pysyncobj's journal tuple
+RETRYABLE = {
+    FAIL_REASON.QUEUE_FULL,
+    FAIL_REASON.MISSING_LEADER,
+    FAIL_REASON.DISCARDED,
+    FAIL_REASON.NOT_LEADER,
+    FAIL_REASON.LEADER_CHANGED,
+    FAIL_REASON.UNKNOWN_OUTCOME,
+}
 
 
 def check_version() -> None:
@@ -72,46 +89,6 @@ def check_version() -> None:
         raise RuntimeError(
             f"mesh's Raft adapter is pinned to pysyncobj {PINNED_VERSION}, found {pysyncobj.version.VERSION}"
         )
-
-
-def trim_append_entries(
-    term_at: Callable[[int], int | None], last_index: int, message: dict[str, Any]
-) -> bool:
-    """Make an append_entries message safe to hand to pysyncobj. Returns True when the
-    library must not truncate the follower's log for this message.
-
-    `term_at(i)` is the follower's term of entry i (None when it does not hold it).
-    Leading entries the follower already holds with the same term are dropped and
-    prevLogIdx/prevLogTerm moved past them: they are a verified common prefix. If no
-    entry is left and the follower holds more, nothing conflicts and nothing may be
-    truncated; the commit index offered is then clamped to the verified prefix, since
-    the entries past it are not known to be the leader's.
-    """
-    if "prevLogIdx" not in message or message.get("transmission") is not None:
-        return False
-    entries: Sequence[Entry] = message.get("entries") or []
-    prev_idx = message["prevLogIdx"]
-    if term_at(prev_idx) != message["prevLogTerm"]:
-        return False  # the library answers with a reset: nothing to trim
-    skipped = 0
-    for entry in entries:
-        if term_at(entry[1]) != entry[2]:
-            break
-        skipped += 1
-    if skipped:
-        last_skipped = entries[skipped - 1]
-        message["prevLogIdx"] = last_skipped[1]
-        message["prevLogTerm"] = last_skipped[2]
-        message["entries"] = list(entries[skipped:])
-    if not message.get("entries") and last_index > message["prevLogIdx"]:
-        message["commit_index"] = min(message["commit_index"], message["prevLogIdx"])
-        return True
-    return False
-
-
-def clamp_delete_to(to_index: int, last_index: int) -> int:
-    """Compaction deletes entries before `to_index`; never past the last one."""
-    return min(to_index, last_index)
 
 
 _FSYNC = {"enabled": True}
@@ -152,16 +129,6 @@ def patch_meta_storer(fsync: bool) -> None:
     storer.getMeta = get_meta
     storer.storeMeta = store_meta
     storer._mesh_patched = True
-
-
-def pickled_meta(path: str) -> bool:
-    """True when a Raft meta file was written by a mesh that still pickled (protocol 2+
-    pickles start with 0x80): such a data-dir's log entries are pickles too."""
-    try:
-        with open(path, "rb") as f:
-            return f.read(1) == b"\x80"
-    except OSError:
-        return False
 
 
 # ---- the safe wire ------------------------------------------------------------------
@@ -386,3 +353,147 @@ def install_safe_wire() -> None:
         module.pickle = CODEC  # type: ignore[attr-defined]
     pysyncobj.transport.TcpConnection = SafeConnection  # type: ignore[misc]
     pysyncobj.tcp_server.TcpConnection = SafeConnection  # type: ignore[attr-defined]
+
+
+# ---- the node ---------------------------------------------------------------------
+class _Node(SyncObj):
+    """pysyncobj's SyncObj with our FSM behind one replicated method.
+
+    Every attribute is set before SyncObj.__init__: the tick thread starts inside it."""
+
+    def __init__(self, adapter: PysyncobjRaft, self_address: str, partners: list[str], conf: SyncObjConf) -> None:
+        self._adapter = adapter
+        self._journal_dirty = False
+        self._no_truncate = False
+        self._last_leader_contact = time.monotonic()
+        self._chunks: bytearray | None = None  # a large entry arriving in pieces
+        super().__init__(self_address, partners, conf, transportClass=MeshTransport)
+        journal = self._SyncObj__raftLog
+        if adapter.config.data_dir is not None and adapter.config.fsync:
+            original_add, original_delete = journal.add, journal.deleteEntriesFrom
+
+            def add(command: bytes, idx: int, term: int) -> None:
+                original_add(command, idx, term)
+                self._journal_dirty = True
+
+            def delete_from(entry_from: int) -> None:
+                original_delete(entry_from)
+                self._journal_dirty = True
+
+            journal.add = add
+            journal.deleteEntriesFrom = delete_from
+            self.addOnTickCallback(self._flush_journal)
+        self.addOnTickCallback(self._commit_alone)
+
+    @replicated
+    def apply_batch(self, payload: bytes) -> Any:
+        return self._adapter._apply_on_raft_thread(self._SyncObj__raftLastApplied + 1, payload)
+
+    # ---- durability ------------------------------------------------------------
+    def _flush_journal(self) -> None:
+        """Make the journal durable: fdatasync of its file.
+
+        Not mmap.flush(): msync holds the GIL for the whole disk write and stalls the
+        HTTP loop with it; fdatasync releases it. On Linux the page cache is shared, so
+        syncing the file's descriptor writes the pages the mapping dirtied."""
+        if not self._journal_dirty:
+            return
+        self._journal_dirty = False
+        journal = self._SyncObj__raftLog
+        try:
+            os.fdatasync(journal._FileJournal__journalFile._ResizableFile__f.fileno())
+        except (AttributeError, ValueError, OSError):
+            journal.flush()  # msync of the whole mapping: slower, never wrong
+
+    def _commit_alone(self) -> None:
+        """A single-server cluster gets no acks to wake its tick loop, so an entry
+        appended this tick would wait out pysyncobj's 50 ms poll before it commits."""
+        if not self.otherNodes and self._isLeader():
+            log_ = self._SyncObj__raftLog
+            if len(log_) and log_[-1][1] > self.raftCommitIndex:
+                notifier = getattr(self, "_SyncObj__pipeNotifier", None)
+                if notifier is not None:
+                    notifier.notify()
+
+    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False, nextNodeIdx: Any = None, success: bool = False) -> None:
+        self._flush_journal()  # a follower acks only what is on disk
+        SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
+
+    # ---- fixes applied on the message path -------------------------------------
+    def _term_at(self, index: int) -> int | None:
+        log_ = self._SyncObj__raftLog
+        if not len(log_):
+            return None
+        first = log_[0][1]
+        pos = index - first
+        if pos < 0 or pos >= len(log_):
+            return None
+        return log_[pos][2]
+
+    def _reassemble(self, message: dict[str, Any]) -> bool:
+        """Collect a large entry sent in chunks ourselves (the library concatenates
+        immutable bytes, quadratic in the entry's size, and its 'finish' mark can come
+        one chunk early); hand the library the whole entry as a plain append. False:
+        drop the message."""
+        transmission = message["transmission"]
+        data = message.get("data")
+        if not isinstance(data, bytes) or transmission not in ("start", "process", "finish"):
+            return False
+        if transmission == "start":
+            self._chunks = bytearray()
+        elif self._chunks is None:
+            return False
+        self._chunks += data
+        if len(self._chunks) > raft_wire.MAX_ENTRY:
+            self._chunks = None
+            return False
+        if transmission == "finish":
+            try:
+                entry = CODEC.loads(self._chunks)
+            except Exception:  # noqa: BLE001 - incomplete: the real last chunk is still to come
+                entry = None
+            if isinstance(entry, tuple) and len(entry) == 3:
+                self._chunks = None
+                del message["transmission"], message["data"]
+                message["entries"] = [entry]
+                return True
+            message["transmission"] = "process"
+        message["data"] = b""  # the library answers as usual and keeps nothing
+        return True
+
+    def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:
+        if message.get("type") == "append_entries":
+            if "serialized" in message and self._adapter.raft_dir is None:
+                return  # an in-memory (-dev) node has no peers to install a snapshot from
+            if message.get("transmission") is not None and not self._reassemble(message):
+                return
+            self._last_leader_contact = time.monotonic()
+            log_ = self._SyncObj__raftLog
+            last = log_[-1][1] if len(log_) else 0
+            self._no_truncate = trim_append_entries(self._term_at, last, message)
+        try:
+            SyncObj._SyncObj__onMessageReceived(self, node, message)
+        finally:
+            self._no_truncate = False
+
+    def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None:
+        if self._no_truncate:
+            return
+        SyncObj._SyncObj__deleteEntriesFrom(self, fromIDx)
+
+    def _SyncObj__deleteEntriesTo(self, toIDx: int) -> None:
+        log_ = self._SyncObj__raftLog
+        last = log_[-1][1] if len(log_) else 0
+        SyncObj._SyncObj__deleteEntriesTo(self, clamp_delete_to(toIDx, last))
+
+    # ---- read-side helpers -----------------------------------------------------
+    def lease_valid(self, lease: float) -> bool:
+        if not self._isLeader():
+            return False
+        others = self.otherNodes
+        if not others:
+            return True
+        responses = dict(self._SyncObj__lastResponseTime)
+        now = time.monotonic()
+        fresh = 1 + sum(1 for n in others if now - responses.get(n, 0) < lease)
+        return fresh > (len(others) + 1) / 2

@@ -1,4 +1,8 @@
-"""The Raft adapter: the only module that touches pysyncobj.
+"""The asyncio Raft adapter over pysyncobj (PysyncobjRaft, implementing protocol.Raft).
+
+Only pysyncobj_node.py imports the library; this module reaches it through the names
+that module exports. The snapshot file format is snapshot.py, the watchdog's decision
+watchdog.py.
 
 What it adds to the library (../shared/reference/raft.md §4):
 
@@ -11,14 +15,14 @@ What it adds to the library (../shared/reference/raft.md §4):
   the write deadline, then fails with "No cluster leader".
 - Durability: the journal is msync'ed once per tick when it changed, before the
   follower acks and before the leader counts itself (group-committed fsync); term and
-  vote are fsync'ed (pysyncobj_fixes). `fsync=False` trades that away.
+  vote are fsync'ed (pysyncobj_node). `fsync=False` trades that away.
 - Snapshots in msgpack: entries back as tuples, members as TCPNode objects; the state
   is copied on the Raft thread and encoded and written (tmp, fsync, rename) on another.
 - Reads: `lease_valid()` (a leader that has not heard from a quorum within the lease
   is no leader for reads) and `barrier()` for ?consistent.
 - Security: always a bind address and always a key (the cluster's -encrypt key, or a
   random one for a server that has no peers); every frame is authenticated before it is
-  decoded, and nothing on the wire or in the log is pickled (pysyncobj_fixes'
+  decoded, and nothing on the wire or in the log is pickled (pysyncobj_node's
   safe wire, raft_wire's codec and frame caps).
 - A watchdog that notices a broken node and resyncs it from the leader's snapshot.
 
@@ -38,218 +42,35 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
-
-import msgpack
-from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
-from pysyncobj.config import SERIALIZER_STATE
-from pysyncobj.node import TCPNode
 
 from mesh.catalog.commands import MessageType, encode, encode_batch
 from mesh.catalog.errors import FatalStateError
 from mesh.catalog.fsm import FSM
 
-from . import pysyncobj_fixes, raft_wire
-from .data_dir import make_private_dir, write_private
-from .errors import ApplyTimeout, MembershipError, NoLeader, RaftError
-from .logging import get_logger
-from .metrics import RAFT
-from .tasks import cancel_all
+from ...data_dir import make_private_dir, write_private
+from ...errors import ApplyTimeout, MembershipError, NoLeader, RaftError
+from ...logging import get_logger
+from ...metrics import RAFT
+from ...tasks import cancel_all
+from . import pysyncobj_node
+from .protocol import OnChange, RaftConfig
+from .pysyncobj_node import FAIL_REASON, RETRYABLE, SERIALIZER_STATE, SyncObjConf, TCPNode, _Node
+from .snapshot import read_snapshot_file, write_snapshot_file
+from .watchdog import Progress, recovery_reason, track_progress
 
-__all__ = [
-    "RaftConfig",
-    "Raft",
-    "RaftError",
-    "NoLeader",
-    "ApplyTimeout",
-    "MembershipError",
-]
+__all__ = ["PysyncobjRaft"]
 
 log = get_logger("raft")
 
 
-_RETRYABLE = {
-    FAIL_REASON.QUEUE_FULL,
-    FAIL_REASON.MISSING_LEADER,
-    FAIL_REASON.DISCARDED,
-    FAIL_REASON.NOT_LEADER,
-    FAIL_REASON.LEADER_CHANGED,
-    FAIL_REASON.UNKNOWN_OUTCOME,
-}
-
-
-@dataclass(frozen=True)
-class RaftConfig:
-    self_address: str  # host:port of this server's Raft listener
-    bind_host: str
-    data_dir: str | None  # None: in-memory (-dev)
-    password: str | None = None
-    fsync: bool = True
-    lease: float = 2.0  # a leader without quorum contact for this long steps down
-    write_timeout: float = 7.0
-    attempt_timeout: float = 2.0
-    max_batch_commands: int = 4096
-    max_batch_bytes: int = 1 << 20
-    compaction_min_entries: int = 8192
-    compaction_max_bytes: int = 8 << 20  # also snapshot once the log since the last one holds this much
-    compaction_min_time: float = 300.0
-    fast_elections: bool = False  # -dev: one server, elect at once
-    watchdog_interval: float = 1.0
-    stuck_after: float = 15.0
-
-
-class _Node(SyncObj):
-    """pysyncobj's SyncObj with our FSM behind one replicated method.
-
-    Every attribute is set before SyncObj.__init__: the tick thread starts inside it."""
-
-    def __init__(self, adapter: Raft, self_address: str, partners: list[str], conf: SyncObjConf) -> None:
-        self._adapter = adapter
-        self._journal_dirty = False
-        self._no_truncate = False
-        self._last_leader_contact = time.monotonic()
-        self._chunks: bytearray | None = None  # a large entry arriving in pieces
-        super().__init__(self_address, partners, conf, transportClass=pysyncobj_fixes.MeshTransport)
-        journal = self._SyncObj__raftLog
-        if adapter.config.data_dir is not None and adapter.config.fsync:
-            original_add, original_delete = journal.add, journal.deleteEntriesFrom
-
-            def add(command: bytes, idx: int, term: int) -> None:
-                original_add(command, idx, term)
-                self._journal_dirty = True
-
-            def delete_from(entry_from: int) -> None:
-                original_delete(entry_from)
-                self._journal_dirty = True
-
-            journal.add = add
-            journal.deleteEntriesFrom = delete_from
-            self.addOnTickCallback(self._flush_journal)
-        self.addOnTickCallback(self._commit_alone)
-
-    @replicated
-    def apply_batch(self, payload: bytes) -> Any:
-        return self._adapter._apply_on_raft_thread(self._SyncObj__raftLastApplied + 1, payload)
-
-    # ---- durability ------------------------------------------------------------
-    def _flush_journal(self) -> None:
-        """Make the journal durable: fdatasync of its file.
-
-        Not mmap.flush(): msync holds the GIL for the whole disk write and stalls the
-        HTTP loop with it; fdatasync releases it. On Linux the page cache is shared, so
-        syncing the file's descriptor writes the pages the mapping dirtied."""
-        if not self._journal_dirty:
-            return
-        self._journal_dirty = False
-        journal = self._SyncObj__raftLog
-        try:
-            os.fdatasync(journal._FileJournal__journalFile._ResizableFile__f.fileno())
-        except (AttributeError, ValueError, OSError):
-            journal.flush()  # msync of the whole mapping: slower, never wrong
-
-    def _commit_alone(self) -> None:
-        """A single-server cluster gets no acks to wake its tick loop, so an entry
-        appended this tick would wait out pysyncobj's 50 ms poll before it commits."""
-        if not self.otherNodes and self._isLeader():
-            log_ = self._SyncObj__raftLog
-            if len(log_) and log_[-1][1] > self.raftCommitIndex:
-                notifier = getattr(self, "_SyncObj__pipeNotifier", None)
-                if notifier is not None:
-                    notifier.notify()
-
-    def _SyncObj__sendNextNodeIdx(self, node: Any, reset: bool = False, nextNodeIdx: Any = None, success: bool = False) -> None:
-        self._flush_journal()  # a follower acks only what is on disk
-        SyncObj._SyncObj__sendNextNodeIdx(self, node, reset=reset, nextNodeIdx=nextNodeIdx, success=success)
-
-    # ---- fixes applied on the message path -------------------------------------
-    def _term_at(self, index: int) -> int | None:
-        log_ = self._SyncObj__raftLog
-        if not len(log_):
-            return None
-        first = log_[0][1]
-        pos = index - first
-        if pos < 0 or pos >= len(log_):
-            return None
-        return log_[pos][2]
-
-    def _reassemble(self, message: dict[str, Any]) -> bool:
-        """Collect a large entry sent in chunks ourselves (the library concatenates
-        immutable bytes, quadratic in the entry's size, and its 'finish' mark can come
-        one chunk early); hand the library the whole entry as a plain append. False:
-        drop the message."""
-        transmission = message["transmission"]
-        data = message.get("data")
-        if not isinstance(data, bytes) or transmission not in ("start", "process", "finish"):
-            return False
-        if transmission == "start":
-            self._chunks = bytearray()
-        elif self._chunks is None:
-            return False
-        self._chunks += data
-        if len(self._chunks) > raft_wire.MAX_ENTRY:
-            self._chunks = None
-            return False
-        if transmission == "finish":
-            try:
-                entry = pysyncobj_fixes.CODEC.loads(self._chunks)
-            except Exception:  # noqa: BLE001 - incomplete: the real last chunk is still to come
-                entry = None
-            if isinstance(entry, tuple) and len(entry) == 3:
-                self._chunks = None
-                del message["transmission"], message["data"]
-                message["entries"] = [entry]
-                return True
-            message["transmission"] = "process"
-        message["data"] = b""  # the library answers as usual and keeps nothing
-        return True
-
-    def _SyncObj__onMessageReceived(self, node: Any, message: dict[str, Any]) -> None:
-        if message.get("type") == "append_entries":
-            if "serialized" in message and self._adapter.raft_dir is None:
-                return  # an in-memory (-dev) node has no peers to install a snapshot from
-            if message.get("transmission") is not None and not self._reassemble(message):
-                return
-            self._last_leader_contact = time.monotonic()
-            log_ = self._SyncObj__raftLog
-            last = log_[-1][1] if len(log_) else 0
-            self._no_truncate = pysyncobj_fixes.trim_append_entries(self._term_at, last, message)
-        try:
-            SyncObj._SyncObj__onMessageReceived(self, node, message)
-        finally:
-            self._no_truncate = False
-
-    def _SyncObj__deleteEntriesFrom(self, fromIDx: int) -> None:
-        if self._no_truncate:
-            return
-        SyncObj._SyncObj__deleteEntriesFrom(self, fromIDx)
-
-    def _SyncObj__deleteEntriesTo(self, toIDx: int) -> None:
-        log_ = self._SyncObj__raftLog
-        last = log_[-1][1] if len(log_) else 0
-        SyncObj._SyncObj__deleteEntriesTo(self, pysyncobj_fixes.clamp_delete_to(toIDx, last))
-
-    # ---- read-side helpers -----------------------------------------------------
-    def lease_valid(self, lease: float) -> bool:
-        if not self._isLeader():
-            return False
-        others = self.otherNodes
-        if not others:
-            return True
-        responses = dict(self._SyncObj__lastResponseTime)
-        now = time.monotonic()
-        fresh = 1 + sum(1 for n in others if now - responses.get(n, 0) < lease)
-        return fresh > (len(others) + 1) / 2
-
-
-class Raft:
+class PysyncobjRaft:
     """asyncio-facing Raft: `await apply(...)`, `await barrier()`, leadership, membership."""
 
-    def __init__(self, config: RaftConfig, fsm: FSM, on_change: Callable[[set[str], int], None]) -> None:
-        pysyncobj_fixes.check_version()
-        pysyncobj_fixes.patch_meta_storer(config.fsync)
-        pysyncobj_fixes.install_safe_wire()
+    def __init__(self, config: RaftConfig, fsm: FSM, on_change: OnChange) -> None:
+        pysyncobj_node.check_version()
+        pysyncobj_node.patch_meta_storer(config.fsync)
+        pysyncobj_node.install_safe_wire()
         if not config.password:
             raise RaftError("the Raft port needs a key: -encrypt, or a generated one for a single server")
         self.config = config
@@ -297,7 +118,7 @@ class Raft:
     def check_data_format(self) -> None:
         """Refuse a data-dir whose Raft log an older mesh wrote with pickle: we no longer
         unpickle anything, so it could not be applied."""
-        if self.raft_dir and pysyncobj_fixes.pickled_meta(os.path.join(self.raft_dir, "journal.meta")):
+        if self.raft_dir and pysyncobj_node.pickled_meta(os.path.join(self.raft_dir, "journal.meta")):
             raise RaftError(
                 f"{self.raft_dir} was written by an older mesh (pickled Raft log); start this server on a "
                 "fresh -data-dir and restore a snapshot ('mesh snapshot restore')"
@@ -535,7 +356,7 @@ class Raft:
                         RAFT.applies.labels("ok").inc()
                         fut.set_result(res)
                 return
-            if err not in _RETRYABLE and err != FAIL_REASON.REQUEST_DENIED:
+            if err not in RETRYABLE and err != FAIL_REASON.REQUEST_DENIED:
                 log.warning("raft_apply_failed", reason=err)
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, 0.25)
@@ -599,21 +420,7 @@ class Raft:
     def _write_snapshot(self, dump_file: str, state: Any, last: tuple[Any, ...], prev: tuple[Any, ...], members: list[str]) -> None:
         started = time.perf_counter()
         try:
-            tmp = dump_file + ".writing"
-            with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
-                header = {"v": 2, "last": list(last), "prev": list(prev), "cluster": members}
-                f.write(msgpack.packb(header, use_bin_type=True))
-                FSM.write_snapshot(f, *state)  # streamed: no second copy of the state in memory
-                f.flush()
-                if self.config.fsync:
-                    os.fsync(f.fileno())
-            os.replace(tmp, dump_file)
-            if self.config.fsync:
-                dir_fd = os.open(os.path.dirname(dump_file), os.O_RDONLY)
-                try:
-                    os.fsync(dir_fd)
-                finally:
-                    os.close(dir_fd)
+            write_snapshot_file(dump_file, state, last, prev, members, self.config.fsync)
             RAFT.snapshots.labels("ok").inc()
             RAFT.snapshot_seconds.set(time.perf_counter() - started)
             self._snapshot_state = SERIALIZER_STATE.SUCCESS
@@ -629,20 +436,14 @@ class Raft:
         return state
 
     def _deserialize(self, file_name: str) -> tuple[Any, Any, list[TCPNode]]:
-        with open(file_name, "rb") as f:
-            objects = iter(msgpack.Unpacker(f, raw=False, strict_map_key=False, max_buffer_size=64 << 20))
-            header = next(objects)
-            if not isinstance(header, dict) or header.get("v") != 2:
-                raise FatalStateError(f"{file_name}: not a mesh Raft snapshot")
-            restored = FSM.read_snapshot(objects)
+        last, prev, cluster, restored = read_snapshot_file(file_name)
         with self.lock:
             self.fsm.store = restored.store
             self.fsm.dedupe = restored.dedupe
             self.fsm.last_index = restored.last_index
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._on_change, {"*"}, restored.last_index)
-        # tuples, not lists: pysyncobj compares them with its journal's tuples
-        return tuple(header["last"]), tuple(header["prev"]), [TCPNode(a) for a in header["cluster"]]
+        return last, prev, [TCPNode(a) for a in cluster]
 
     # ---- membership -----------------------------------------------------------------------
     async def _membership(self, op: str, address: str, timeout: float = 10.0) -> None:
@@ -717,7 +518,7 @@ class Raft:
 
     async def _watchdog(self) -> None:
         """Notices a node pysyncobj left broken and resyncs it from the leader."""
-        last_applied, since = -1, time.monotonic()
+        progress = Progress(-1, time.monotonic())
         last_peers: list[str] = []
         while True:
             await asyncio.sleep(self.config.watchdog_interval)
@@ -738,17 +539,17 @@ class Raft:
                 last_peers = peers
                 self._persist_peers()
             now = time.monotonic()
-            recent_errors = sum(1 for t in self._tick_errors if now - t < 10)
-            applied = node.raftLastApplied
-            leader_commit = node._SyncObj__leaderCommitIndex or 0
-            if applied != last_applied or applied >= leader_commit:
-                last_applied, since = applied, now
-            stuck = now - since > self.config.stuck_after and leader_commit > applied
-            dead = not node.tick_thread_alive() and not self._stopping
-            if (recent_errors >= 20 or stuck or dead) and self.raft_dir and not node._isLeader():
-                reason = "tick errors" if recent_errors >= 20 else ("applied index stuck" if stuck else "tick thread died")
+            applied, leader_commit = node.raftLastApplied, node._SyncObj__leaderCommitIndex or 0
+            progress = track_progress(progress, applied, leader_commit, now)
+            reason = recovery_reason(
+                tick_errors=self._tick_errors, applied=applied, leader_commit=leader_commit,
+                applied_since=progress.since, thread_alive=node.tick_thread_alive(), stopping=self._stopping,
+                is_leader=node._isLeader(), persistent=self.raft_dir is not None, now=now,
+                stuck_after=self.config.stuck_after,
+            )
+            if reason is not None:
                 await self._recover(reason)
-                last_applied, since = -1, time.monotonic()
+                progress = Progress(-1, time.monotonic())
 
     async def _recover(self, reason: str) -> None:
         """Move this node's Raft data aside and start over from the leader's snapshot."""
@@ -786,7 +587,7 @@ def _resolve(fut: asyncio.Future[Any], value: Any) -> None:
 class _PysyncobjLogWatcher(logging.Handler):
     """Counts what pysyncobj only logs: tick exceptions and unsafe truncations."""
 
-    def __init__(self, raft: Raft) -> None:
+    def __init__(self, raft: PysyncobjRaft) -> None:
         super().__init__(level=logging.WARNING)
         self._raft = raft
 
