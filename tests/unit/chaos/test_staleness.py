@@ -90,3 +90,14 @@ def test_monotonic_reads_per_server():
     # concurrent writes have no order to break
     cw = [w("a", 0, 3), w("b", 1, 2)]
     assert not check_monotonic(cw, [("s1", r("b", 4, 5)), ("s1", r("a", 6, 7))])
+
+
+def test_a_timed_out_write_that_lands_late_is_not_going_back():
+    """Found by a chaos run: a write through a client timed out at the workload (5 s) while
+    the agent's retry landed it after a later acknowledged write; a server then returning
+    it is returning the newest value, not an older one."""
+    from tests.chaos.staleness import check_monotonic
+    writes = [w("late", 0, 5, outcome="unknown"), w("acked", 5.2, 5.3)]
+    assert not check_monotonic(writes, [("s2", r("acked", 5.5, 5.6)), ("s2", r("late", 6, 6.1))])
+    writes = [w("early", 0, 1), w("acked", 5.2, 5.3)]
+    assert check_monotonic(writes, [("s2", r("acked", 5.5, 5.6)), ("s2", r("early", 6, 6.1))])
