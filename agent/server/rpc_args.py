@@ -17,20 +17,19 @@ __all__ = ["string", "boolean", "str_map", "mapping", "read_params", "read_optio
 
 
 def string(args: dict[str, Any], key: str, what: str, default: str = "") -> str:
-    value = args.get(key)
-    if value is None:
-        return default
-    if not isinstance(value, str):
-        raise InvalidRequest(f"{what}: {key} must be a string, not {type(value).__name__}")
-    return value
+    return _typed(args, key, what, str, "a string", default)
 
 
 def boolean(args: dict[str, Any], key: str, what: str, default: bool = False) -> bool:
+    return _typed(args, key, what, bool, "a boolean", default)
+
+
+def _typed(args: dict[str, Any], key: str, what: str, kind: type, name: str, default: Any) -> Any:
     value = args.get(key)
     if value is None:
         return default
-    if not isinstance(value, bool):
-        raise InvalidRequest(f"{what}: {key} must be a boolean, not {type(value).__name__}")
+    if not isinstance(value, kind):
+        raise InvalidRequest(f"{what}: {key} must be {name}, not {type(value).__name__}")
     return value
 
 

@@ -35,14 +35,7 @@ def state(req: dict[str, Any]) -> dict[str, Any]:
     def one(addr: str) -> dict[str, Any]:
         values: dict[str, Any] = {}
         for key in req["keys"]:
-            if key.startswith("ixn:"):
-                dst = key[4:]
-                r = call("GET", addr, f"/v1/connect/intentions/exact?source=chaos-src&destination={dst}&stale", timeout=3)
-                values[key] = r.body.get("Action") if r.status == 200 and isinstance(r.body, dict) else (
-                    None if r.status == 404 else {"error": r.status or r.error})
-            else:
-                r = call("GET", addr, f"/v1/catalog/node/{key}?stale", timeout=3)
-                values[key] = node_value(r.body) if r.status == 200 else {"error": r.status or r.error}
+            values[key] = _read_key(addr, key, "stale", 3)
         nodes = call("GET", addr, "/v1/catalog/nodes?stale", timeout=3)
         services = call("GET", addr, "/v1/catalog/services?stale", timeout=3)
         digest = None
@@ -59,14 +52,21 @@ def consistent(req: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     addr = req["addr"]
     for key in req["keys"]:
-        if key.startswith("ixn:"):
-            r = call("GET", addr, f"/v1/connect/intentions/exact?source=chaos-src&destination={key[4:]}&consistent", timeout=5)
-            out[key] = r.body.get("Action") if r.status == 200 and isinstance(r.body, dict) else (
-                None if r.status == 404 else {"error": r.status or r.error})
-        else:
-            r = call("GET", addr, f"/v1/catalog/node/{key}?consistent", timeout=5)
-            out[key] = node_value(r.body) if r.status == 200 else {"error": r.status or r.error}
+        out[key] = _read_key(addr, key, "consistent", 5)
     return out
+
+
+def _read_key(addr: str, key: str, mode: str, timeout: float) -> Any:
+    """One workload key read with `?<mode>`: an intention's action or a node's value;
+    None when absent, {"error": ...} when the read failed."""
+    if key.startswith("ixn:"):
+        r = call("GET", addr, f"/v1/connect/intentions/exact?source=chaos-src&destination={key[4:]}&{mode}",
+                 timeout=timeout)
+        if r.status == 200 and isinstance(r.body, dict):
+            return r.body.get("Action")
+        return None if r.status == 404 else {"error": r.status or r.error}
+    r = call("GET", addr, f"/v1/catalog/node/{key}?{mode}", timeout=timeout)
+    return node_value(r.body) if r.status == 200 else {"error": r.status or r.error}
 
 
 def clients(req: dict[str, Any]) -> dict[str, Any]:
