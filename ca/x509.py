@@ -1,8 +1,10 @@
-"""Certificates for Connect: roots, leaves signed from CSRs, cross-signed roots.
+"""Certificates for Connect: roots, leaves signed from CSRs, cross-signed roots, and the
+parsing ca/tls.py needs (certificates, keys, URI SANs).
 
-The only module that touches `cryptography`. Deterministic apart from key generation:
-the caller passes the time and the serial number (the Raft index makes serials unique
-across the cluster). Profiles follow ../shared/reference/consul.md §4:
+The only module that touches `cryptography` (ca/tls.py works through the helpers
+here). Deterministic apart from key generation: the caller passes the time and the
+serial number (the Raft index makes serials unique across the cluster). Profiles
+follow ../shared/reference/consul.md §4:
 
 - a root is a CA certificate whose SAN is the trust domain URI (`spiffe://<td>`);
 - a leaf carries exactly one SPIFFE URI SAN, key usage digital signature and key
@@ -45,6 +47,12 @@ __all__ = [
     "unseal_key",
     "fingerprint",
     "make_csr",
+    "load_certs",
+    "load_key",
+    "key_matches",
+    "uri_sans",
+    "der_uri_sans",
+    "valid_at",
 ]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -234,3 +242,52 @@ def verifies(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
         return True
     except (ValueError, TypeError, InvalidSignature):
         return False
+
+
+def load_certs(text: str) -> list[x509.Certificate]:
+    """Every certificate in a PEM text (a leaf followed by its chain, or a bundle), in
+    order; InvalidRequest when there is none or one is garbage."""
+    try:
+        return x509.load_pem_x509_certificates(text.encode())  # none at all: ValueError too
+    except ValueError:
+        raise InvalidRequest("not a PEM certificate") from None
+
+
+def load_key(text: str) -> PrivateKey:
+    """An unencrypted PEM private key (EC or RSA); InvalidRequest otherwise."""
+    try:
+        key = serialization.load_pem_private_key(text.encode(), password=None)
+    except (ValueError, TypeError):
+        raise InvalidRequest("not an unencrypted PEM private key") from None
+    if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
+        raise InvalidRequest("unsupported private key type (EC or RSA)")
+    return key
+
+
+def key_matches(cert: x509.Certificate, key: PrivateKey) -> bool:
+    """True when `key` is the private half of the certificate's public key."""
+    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    return cert.public_key().public_bytes(*spki) == key.public_key().public_bytes(*spki)
+
+
+def uri_sans(cert: x509.Certificate) -> list[str]:
+    """The certificate's URI SANs in the order they are written (none: [])."""
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return []
+    return san.get_values_for_type(x509.UniformResourceIdentifier)
+
+
+def der_uri_sans(der: bytes) -> list[str]:
+    """uri_sans of a DER certificate (what ssl's getpeercert(binary_form=True) gives);
+    InvalidRequest when the bytes are not a certificate."""
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        return uri_sans(cert)
+    except ValueError:  # also a malformed extension, which cryptography parses lazily
+        raise InvalidRequest("not a DER certificate") from None
+
+
+def valid_at(cert: x509.Certificate, now: datetime.datetime) -> bool:
+    return cert.not_valid_before_utc <= now < cert.not_valid_after_utc
