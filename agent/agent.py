@@ -1,15 +1,17 @@
 """The composition root: builds an agent's components from its config and runs them.
 
 Start order: Raft and the server RPC listener (servers), local definitions, the HTTP
-API, then anti-entropy and heartbeats. Stop order (uvicorn's): stop accepting HTTP,
-drain with a deadline, stop the loops and check runners, then the server role, Raft
-last.
+API, DNS, the sidecar proxy supervisor (it adopts what a crashed agent left running),
+then anti-entropy and heartbeats. Stop order (uvicorn's): drain and stop the sidecar
+proxies, stop accepting HTTP, drain with a deadline, stop the loops and check runners,
+then the server role, Raft last.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import ipaddress
 import os
 import random
 import socket
@@ -43,6 +45,8 @@ from .local.loader import parse_config_definitions
 from .local.state import LocalState
 from .logging import get_logger
 from .metrics import AGENT, DNS
+from .proxies.plan import Policy
+from .proxies.supervisor import ProxySupervisor, SidecarInfo, SupervisorSettings
 from .server import RaftFactory, ServerRole
 from .tasks import cancel_all
 from .tls import rpc_contexts
@@ -94,6 +98,32 @@ def _load_node_id(cfg: AgentConfig) -> str:
     return node_id
 
 
+def _proxy_settings(cfg: AgentConfig) -> SupervisorSettings:
+    """Supervision needs the HTTP API (proxies read their configuration from it); with
+    -dev or no data-dir the proxies' files go to a temporary directory."""
+    return SupervisorSettings(enabled=cfg.supervise_proxies and cfg.http_port >= 0,
+                              directory="" if cfg.dev or not cfg.data_dir else os.path.join(cfg.data_dir, "proxies"),
+                              policy=Policy(drain_timeout=cfg.proxy_drain_timeout))
+
+
+def _loopback_for(client_addr: str, port: int) -> str:
+    """host:port a local process reaches the HTTP API at: the -client address, or
+    loopback when it is a wildcard."""
+    ip = ipaddress.ip_address(client_addr)
+    if ip.is_unspecified:
+        ip = ipaddress.ip_address("::1" if ip.version == 6 else "127.0.0.1")
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
+def _registration_token(raw: Any) -> str:
+    """The Token of an API registration body (keys in any case), "" when none."""
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if isinstance(key, str) and key.lower() == "token" and isinstance(value, str):
+                return value
+    return ""
+
+
 class Agent:
     """One agent process: a server (Raft member) or a client, with local services."""
 
@@ -131,6 +161,7 @@ class Agent:
         self.leaves = LeafCache(self.backend, cfg.datacenter, cfg.node_name, self._owns_service, self._sync_now,
                                 files=LeafFiles(None if cfg.dev else cfg.data_dir))
         self._sync_lock = asyncio.Lock()
+        self.proxies = ProxySupervisor(_proxy_settings(cfg), self._wanted_proxies)
         self.local = LocalState(self._node_row(), None if cfg.dev else cfg.data_dir, self._local_changed)
         self.checks = CheckManager(self)
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
@@ -156,6 +187,7 @@ class Agent:
     def _local_changed(self) -> None:
         self.ae.trigger()
         self.leaves.forget_unowned()
+        self.proxies.wake()
         self.local_changed.set()
         self.local_changed = asyncio.Event()
         AGENT.services.set(len(self.local.services))
@@ -197,6 +229,8 @@ class Agent:
                 raise StartupError(f"cannot bind the HTTP port {cfg.client_addr}:{cfg.http_port}: {exc.strerror}") from None
         if cfg.dns_port >= 0:
             await self._start_dns()
+        if self._http is not None:  # last: nothing after it can fail and leave proxies behind
+            await self.proxies.start(_loopback_for(cfg.client_addr, self.ports["http"]))
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(loop.create_task(self.intentions.run(), name="intentions-cache"))
@@ -237,6 +271,20 @@ class Agent:
         """One anti-entropy pass now; callers arriving during a pass share the next one."""
         async with self._sync_lock:
             await self.ae.sync_once()
+
+    def _wanted_proxies(self) -> dict[str, SidecarInfo]:
+        """The sidecar proxies this agent runs: every local connect-proxy service whose
+        Proxy.DestinationServiceID is a local service.
+        TODO(sidecar registration): ask local state for the sidecars it registered."""
+        out: dict[str, SidecarInfo] = {}
+        for sid, local in self.local.services.items():
+            if local.service.kind != "connect-proxy":
+                continue
+            proxy = local.service.proxy or {}
+            parent = proxy.get("DestinationServiceID") or proxy.get("destination_service_id") or ""
+            if isinstance(parent, str) and parent in self.local.services:
+                out[sid] = SidecarInfo(parent, _registration_token(local.raw))
+        return out
 
     def _owns_service(self, name: str) -> bool:
         """Whether a service of that name is registered on this agent (its leaf renews)."""
@@ -341,6 +389,7 @@ class Agent:
             moved = await server.transfer_leadership(timeout=3.0)
             if moved is not None:
                 log.info("leadership_transferred" if moved else "leadership_transfer_failed")
+        await self.proxies.stop()  # drained while the API they watch is still up
         if self._http is not None:
             await self._http.stop()
             self._http = None

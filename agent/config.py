@@ -95,6 +95,10 @@ class AgentConfig:
     http_max_conns_per_client: int = 200
     http_header_timeout: float = 10.0
     http_idle_timeout: float = 75.0
+    # mesh's own: run `mesh connect proxy` for each sidecar (agent/proxies/), and how
+    # long a proxy may drain after SIGTERM before it is killed
+    supervise_proxies: bool = True
+    proxy_drain_timeout: float = 5.0
     config_files: tuple[str, ...] = field(default=(), compare=False)
     # raw `service`/`services`/`check`/`checks` blocks with the file they came from;
     # parsed and validated by the agent (agent.local.definitions)
@@ -151,6 +155,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "enable-script-checks": ("enable_script_checks", "bool"),
     "enable-local-script-checks": ("enable_local_script_checks", "bool"),
     "ae-interval": ("ae_interval", "duration"),
+    "supervise-proxies": ("supervise_proxies", "bool"),
+    "proxy-drain-timeout": ("proxy_drain_timeout", "duration"),
     "node-meta": ("node_meta", "meta"),
     "config-file": ("config_files", "files"),
     "config-dir": ("config_files", "dir"),
@@ -165,7 +171,8 @@ _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": 
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
            "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int",
            "rpc_handshake_timeout": "duration", "rpc_max_conns_per_client": "int", "http_max_conns_per_client": "int",
-           "http_header_timeout": "duration", "http_idle_timeout": "duration"}
+           "http_header_timeout": "duration", "http_idle_timeout": "duration",
+           "proxy_drain_timeout": "duration"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
 _ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl",
@@ -587,6 +594,8 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
     for key in ("rpc_handshake_timeout", "http_header_timeout", "http_idle_timeout"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"limits.{key} must be positive")
+    if cfg.proxy_drain_timeout <= 0:
+        raise ConfigError("proxy_drain_timeout must be positive")
     if cfg.log_level.lower() not in ("trace", "debug", "info", "warn", "warning", "error", "err"):
         raise ConfigError(f"-log-level: unknown level {cfg.log_level!r}")
     if not cfg.datacenter or not cfg.datacenter.replace("-", "").replace("_", "").isalnum():

@@ -40,6 +40,7 @@ Commands:
   maint -enable|-disable     node (or -service=ID) maintenance mode
   intention create|get|delete|list|check|match   service-to-service access rules
   connect ca get-config|set-config|status        the Connect CA
+  connect proxies            this agent's sidecar proxy processes
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
@@ -324,7 +325,9 @@ async def _intention(argv: list[str]) -> int:
 
 
 async def _connect(argv: list[str]) -> int:
-    """`mesh connect ca get-config | set-config -config-file F | status`."""
+    """`mesh connect ca get-config | set-config -config-file F | status`, `mesh connect proxies`."""
+    if argv[:1] == ["proxies"]:
+        return await _proxies(argv[1:])
     if len(argv) < 2 or argv[0] != "ca" or argv[1] not in ("get-config", "set-config", "status"):
         raise UsageError("usage: mesh connect ca get-config | set-config -config-file FILE | status")
     flags, _ = _parse(argv[2:], {"config-file": "str"})
@@ -345,6 +348,21 @@ async def _connect(argv: list[str]) -> int:
             print("Configuration updated!")
             return 0
         return await _ca_status(c)
+
+
+async def _proxies(argv: list[str]) -> int:
+    from mesh.agent.cli.proxies import show_proxies
+
+    flags, rest = _parse(argv, {})
+    if rest:
+        raise UsageError("usage: mesh connect proxies [-http-addr ADDR]")
+    async with _client(flags) as c:
+        rows = await show_proxies(c)
+    if len(rows) == 1:
+        print("No sidecar proxies on this agent")
+        return 0
+    _table(rows)
+    return 0
 
 
 def _left(until: datetime.datetime, now: datetime.datetime) -> str:

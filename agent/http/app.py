@@ -20,7 +20,7 @@ from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 from ..errors import NoLeader, RaftError
 from ..logging import RateLimiter, get_logger, log_limited
 from ..metrics import HTTP
-from . import agent_api, catalog, connect_ca, health, intentions, system
+from . import agent_api, catalog, connect_ca, health, intentions, proxies, system
 
 __all__ = ["build_app"]
 
@@ -87,4 +87,5 @@ def build_app(agent: Any) -> web.Application:
     app.add_routes(agent_api.routes)
     app.add_routes(intentions.routes)
     app.add_routes(connect_ca.routes)
+    app.add_routes(proxies.routes)
     return app

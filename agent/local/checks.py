@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mesh.catalog.errors import InvalidRequest, NotFound
@@ -38,6 +39,7 @@ class CheckManager:
         self._running: dict[str, tuple[CheckDefinition, Any, asyncio.Task[None]]] = {}
         self._critical_since: dict[str, float] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._probes: dict[str, asyncio.Task[None]] = {}  # run_now probes in flight, by check ID
 
     def validate(self, defn: CheckDefinition) -> None:
         """A check registered through the API (HTTP, `mesh services register`): a
@@ -58,6 +60,9 @@ class CheckManager:
             defn, _, task = self._running[cid]
             if cid not in wanted or wanted[cid].defn != defn:
                 task.cancel()
+                probe = self._probes.pop(cid, None)
+                if probe is not None:  # its result belongs to the old definition
+                    probe.cancel()
                 del self._running[cid]
                 self._critical_since.pop(cid, None)
         now = time.monotonic()
@@ -76,18 +81,42 @@ class CheckManager:
                 continue
             if runner is None:
                 continue
-            task = asyncio.get_running_loop().create_task(self._run(cid, runner), name=f"check:{cid}")
+            task = asyncio.get_running_loop().create_task(self._guarded(cid, runner.run, "check_runner_crashed"),
+                                                          name=f"check:{cid}")
             self._running[cid] = (local.defn, runner, task)
         if self._reaper is None and any(c.defn.deregister_critical_service_after for c in wanted.values()):
             self._reaper = asyncio.get_running_loop().create_task(self._reap_loop(), name="check-reaper")
 
-    async def _run(self, cid: str, runner: Any) -> None:
+    async def _guarded(self, cid: str, work: Callable[[], Awaitable[Any]], event: str) -> None:
+        """A runner's loop or one probe: a bug in it is logged, never raised into the loop."""
         try:
-            await runner.run()
+            await work()
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("check_runner_crashed", check=cid)
+            log.exception(event, check=cid)
+
+    def run_now(self, service_id: str) -> list[str]:
+        """Probe the service's checks at once, outside their intervals, and return the
+        check IDs probed. A sidecar proxy calls for this when its listeners open, so
+        its TCP check passes now rather than up to an interval later. TTL checks have
+        nothing to probe; a check with a probe already in flight is not probed twice,
+        so a client repeating the call cannot pile probes up."""
+        loop = asyncio.get_running_loop()
+        started: list[str] = []
+        for cid, (defn, runner, _) in self._running.items():
+            if defn.service_id != service_id or isinstance(runner, TTLCheck) or cid in self._probes:
+                continue
+            task = loop.create_task(self._guarded(cid, runner.check_once, "check_probe_now_failed"),
+                                    name=f"check-now:{cid}")
+            self._probes[cid] = task
+            task.add_done_callback(lambda t, cid=cid: self._probe_done(cid, t))
+            started.append(cid)
+        return started
+
+    def _probe_done(self, cid: str, task: asyncio.Task[None]) -> None:
+        if self._probes.get(cid) is task:
+            del self._probes[cid]
 
     def _on_update(self, check_id: str, status: str, output: str) -> None:
         if status == CRITICAL:
@@ -145,7 +174,7 @@ class CheckManager:
                     self.sync()
 
     async def stop(self) -> None:
-        tasks = [t for _, _, t in self._running.values()]
+        tasks = [t for _, _, t in self._running.values()] + list(self._probes.values())
         if self._reaper is not None:
             tasks.append(self._reaper)
         for t in tasks:
