@@ -1,6 +1,9 @@
 """Intentions as requests: decoding and validating an intention body (legacy or exact
 form) into the `Intention` row (catalog.structs). Pure.
 
+`intention_from_api` reads an intention back from the JSON the API returns (ID, times
+and indexes included), for programs that keep their own copy, such as the sidecar proxy.
+
 Authorization (precedence, matching, decisions) lives in catalog.authz; its names are
 re-exported here for existing callers.
 """
@@ -13,13 +16,14 @@ from typing import Any
 from .authz import WILDCARD, Decision, IntentionIndex, decide, precedence, sort_intentions
 from .errors import InvalidRequest
 from .fields import Fields, validate_meta
-from .structs import Intention
+from .structs import Intention, evolve
 
 __all__ = [
     "Intention",
     "Decision",
     "precedence",
     "parse_intention",
+    "intention_from_api",
     "sort_intentions",
     "decide",
     "IntentionIndex",
@@ -104,3 +108,13 @@ def parse_intention(data: Any, *, source: str | None = None, destination: str | 
         meta=validate_meta(f.str_map("Meta"), "Meta"), source_type=source_type, permissions=permissions,
         precedence=precedence(src, dst),
     )
+
+
+def intention_from_api(data: Any) -> Intention:
+    """The row that `Intention.to_api()` rendered: the same checks as a request body
+    (a malformed one raises InvalidRequest), plus the ID, times and indexes a request
+    may not set. Precedence is recomputed from the names, as the server did."""
+    intention = parse_intention(data)
+    f = Fields(data, "intention")
+    return evolve(intention, created_at=f.str("CreatedAt"), updated_at=f.str("UpdatedAt"),
+                  create_index=f.int("CreateIndex", lo=0), modify_index=f.int("ModifyIndex", lo=0))

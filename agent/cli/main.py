@@ -1,7 +1,9 @@
 """`mesh`: one command with Consul's subcommands and single-dash flags.
 
 Every subcommand but `agent`, `keygen` and `version` talks to an agent's HTTP API at
--http-addr (default 127.0.0.1:8500, or CONSUL_HTTP_ADDR / MESH_HTTP_ADDR) with -token.
+-http-addr (default 127.0.0.1:8500, or CONSUL_HTTP_ADDR / MESH_HTTP_ADDR) with -token or
+-token-file (or MESH_HTTP_TOKEN / CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE), resolved
+by mesh.api.config.
 Exit 0 on success, 1 on error with one line on stderr.
 """
 
@@ -20,6 +22,7 @@ from typing import Any
 
 from mesh import __version__
 from mesh.api.client import APIError, Client
+from mesh.api.config import ConfigError, resolve
 
 __all__ = ["main"]
 
@@ -52,7 +55,7 @@ class UsageError(Exception):
 
 def _parse(argv: list[str], spec: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
     """Consul-style flags for subcommands: spec maps name -> 'str' | 'bool'."""
-    spec = {"http-addr": "str", "token": "str", "datacenter": "str", **spec}
+    spec = {"http-addr": "str", "token": "str", "token-file": "str", "datacenter": "str", **spec}
     values: dict[str, Any] = {}
     rest: list[str] = []
     i = 0
@@ -78,7 +81,12 @@ def _parse(argv: list[str], spec: dict[str, str]) -> tuple[dict[str, Any], list[
 
 
 def _client(flags: dict[str, Any]) -> Client:
-    return Client(flags.get("http-addr"), flags.get("token"))
+    try:
+        address, token = resolve(flags.get("http-addr"), flags.get("token"), os.environ,
+                                 flags_token_file=flags.get("token-file"))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return Client(address, token)
 
 
 async def _members(argv: list[str]) -> int:
@@ -135,6 +143,9 @@ async def _operator(argv: list[str]) -> int:
     return 0
 
 
+_SNAPSHOT_LIMIT = 256 << 20  # agent/http/system.py MAX_SNAPSHOT
+
+
 async def _snapshot(argv: list[str]) -> int:
     if not argv or argv[0] not in ("save", "restore"):
         raise UsageError("usage: mesh snapshot save FILE | restore FILE")
@@ -144,7 +155,9 @@ async def _snapshot(argv: list[str]) -> int:
     path = rest[0]
     async with _client(flags) as c:
         if argv[0] == "save":
-            data, headers = await c.request("GET", "/v1/snapshot", params={"stale": ""} if flags.get("stale") else {})
+            # past the client's usual 64 MiB: as large as the agent takes back on restore
+            data, headers = await c.request("GET", "/v1/snapshot", params={"stale": ""} if flags.get("stale") else {},
+                                            limit=_SNAPSHOT_LIMIT)
             tmp = path + ".tmp"
             # a snapshot holds the CA's private key: owner-only, like the data-dir
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

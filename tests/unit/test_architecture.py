@@ -168,7 +168,9 @@ def test_repository_root_does_not_shadow_dnspython():
 
 # ---- owners (DESIGN.md principle 3 and the "agent/ server subpackage" row) ----------------
 SERVER_IMPORTERS = {"agent/agent.py", "agent/backend.py"}  # the composition root and the backend
-# building or running an aiohttp server: only agent/http/ (api/ and the check runners are clients)
+# building or running an aiohttp server: only agent/http/ (api/ and the check runners are clients),
+# and the fake agent that api/ ships for the proxy's tests (DESIGN.md, the api/ row)
+AIOHTTP_SERVER_EXCEPTIONS = {"api/testing.py"}
 AIOHTTP_SERVER_NAMES = {"AppRunner", "TCPSite", "UnixSite", "SockSite", "run_app", "Application", "Server"}
 
 
@@ -215,7 +217,7 @@ def test_only_ca_imports_cryptography():
 def test_only_agent_http_runs_the_aiohttp_server():
     for path in _modules():
         rel = _rel(path)
-        if rel.startswith("agent/http/"):
+        if rel.startswith("agent/http/") or rel in AIOHTTP_SERVER_EXCEPTIONS:
             continue
         tree = ast.parse(path.read_text(), rel)
         for node in ast.walk(tree):
@@ -227,3 +229,14 @@ def test_only_agent_http_runs_the_aiohttp_server():
             if isinstance(node, ast.Attribute) and node.attr in AIOHTTP_SERVER_NAMES and \
                     isinstance(node.value, ast.Name) and node.value.id == "web":
                 raise AssertionError(f"{rel} uses web.{node.attr}")
+
+
+def test_only_the_fake_agent_in_api_is_a_server_and_nothing_in_the_product_imports_it():
+    """api/testing.py runs an aiohttp server for tests; the agent, the proxy and the
+    rest of api/ must never depend on it."""
+    for path in _modules():
+        rel = _rel(path)
+        if rel in AIOHTTP_SERVER_EXCEPTIONS:
+            continue
+        for name in _imports(path):
+            assert name != "mesh.api.testing", f"{rel} imports {name}: the fake agent is for tests only"
