@@ -29,7 +29,7 @@ from mesh.dns.recursor import parse_recursor
 from mesh.dns.server import DNSServer
 
 from .backend import Backend, LocalBackend, RemoteBackend, ServerOperations, ServerPool
-from .config import AgentConfig, reload_config
+from .config import AgentConfig, ConfigError, reload_config
 from .data_dir import make_private_dir, tighten, write_private
 from .dns_view import CatalogDNSView
 from .errors import RaftError
@@ -38,6 +38,7 @@ from .http.listener import HTTPServer, ListenerLimits
 from .intentions_cache import IntentionCache
 from .leaf_cache import LeafCache
 from .leaf_files import LeafFiles
+from .local import sidecar
 from .local.anti_entropy import AntiEntropy
 from .local.checks import CheckManager
 from .local.definitions import ServiceDefinition, parse_check, parse_service_definition
@@ -307,7 +308,11 @@ class Agent:
         """Services and checks from config files (and, at start, those registered
         through the API before a restart). Raises ConfigError naming the field."""
         services, checks = parse_config_definitions(self.cfg.definitions)
-        self.local.replace_config(services, checks)
+        try:
+            registrations = sidecar.for_config(services, self.local, self._sidecar_range())
+        except InvalidRequest as exc:  # no port left for a sidecar
+            raise ConfigError(str(exc)) from None
+        self.local.replace_config(registrations, checks)
         if initial:
             persisted = self.local.load_persisted()
             for raw in persisted["services"]:
@@ -320,6 +325,7 @@ class Agent:
                     self.register_check(raw, source="api")
                 except MeshError as exc:
                     log.warning("persisted_check_skipped", error=str(exc))
+            self.local.prune_sidecar_ports()
         self.checks.sync()
 
     def reload(self) -> None:
@@ -332,15 +338,21 @@ class Agent:
         self.load_definitions()
         log.info("agent_reloaded", files=list(self.cfg.config_files))
 
+    def _sidecar_range(self) -> tuple[int, int]:
+        return self.cfg.sidecar_min_port, self.cfg.sidecar_max_port
+
     def register_service(self, raw: Any, source: str = "api", replace_checks: bool = False) -> ServiceDefinition:
+        """A service and the sidecar its sidecar_service defines, checked whole before
+        either is added."""
         defn = parse_service_definition(raw)
-        for c in defn.checks:
-            self.checks.validate(c)
+        registrations = sidecar.for_registration(defn, self.local, self._sidecar_range())
+        for reg in registrations:
+            for c in reg.checks:
+                self.checks.validate(c)
         problem = label_problem(defn.service.service)
         if problem is not None:  # Consul registers it all the same, and warns
             log.warning("service_not_discoverable_via_dns", service=defn.service.service, problem=problem)
-        self.local.add_service(defn.service, list(defn.checks), source, raw if source == "api" else None,
-                               replace_checks=replace_checks)
+        self.local.register(registrations, source, raw if source == "api" else None, replace_checks=replace_checks)
         self.checks.sync()
         return defn
 

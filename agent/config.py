@@ -51,6 +51,10 @@ class AgentConfig:
     dns_port: int = 8600
     server_port: int = 8300
     raft_port: int = 8301
+    # ports { sidecar_min_port sidecar_max_port }: where the agent picks a port for a
+    # sidecar_service registered without one (inclusive); min 0 turns that off
+    sidecar_min_port: int = 21000
+    sidecar_max_port: int = 21255
     retry_join: tuple[str, ...] = ()
     retry_interval: float = 5.0
     retry_max: int = 0
@@ -129,6 +133,8 @@ FLAGS: dict[str, tuple[str, str]] = {
     "dns-port": ("dns_port", "port"),
     "server-port": ("server_port", "port"),
     "raft-port": ("raft_port", "port"),
+    "sidecar-min-port": ("sidecar_min_port", "port"),
+    "sidecar-max-port": ("sidecar_max_port", "port"),
     "retry-join": ("retry_join", "list"),
     "join": ("retry_join", "list"),
     "retry-interval": ("retry_interval", "duration"),
@@ -165,11 +171,12 @@ FLAGS: dict[str, tuple[str, str]] = {
 # config-file key -> config key, for keys whose names differ from ours
 _FILE_KEYS = {"bind": "bind_addr", "client": "client_addr", "node": "node_name", "advertise": "advertise_addr",
               "start_join": "retry_join", "join": "retry_join"}
-_PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port"}
+_PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port",
+              "sidecar_min_port": "sidecar_min_port", "sidecar_max_port": "sidecar_max_port"}
 _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": "duration", "node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
           "ae_interval": "duration", "retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
           "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
-           "raft_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int",
+           "raft_port": "port", "sidecar_min_port": "port", "sidecar_max_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int",
            "rpc_handshake_timeout": "duration", "rpc_max_conns_per_client": "int", "http_max_conns_per_client": "int",
            "http_header_timeout": "duration", "http_idle_timeout": "duration",
            "proxy_drain_timeout": "duration"}
@@ -583,6 +590,8 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("-liveness-timeout must be longer than -heartbeat-interval")
     if cfg.default_intention_policy not in ("allow", "deny"):
         raise ConfigError(f"-default-intention-policy must be allow or deny, got {cfg.default_intention_policy!r}")
+    if cfg.sidecar_min_port > 0 and cfg.sidecar_max_port < cfg.sidecar_min_port:  # Consul's message
+        raise ConfigError("sidecar_min_port must be less than sidecar_max_port. To disable, set both to zero.")
     if cfg.check_output_max_size < 1:
         raise ConfigError("check_output_max_size must be positive")
     if cfg.raft_snapshot_threshold < 2:

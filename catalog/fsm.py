@@ -267,7 +267,7 @@ class FSM:
                     svc = row_from_wire(Service, values)
                     key = svc.node.lower()
                     store.services.setdefault(key, {})[svc.id] = svc
-                    store.service_names.setdefault(svc.service.lower(), {})[(key, svc.id)] = None
+                    store.index_service(key, svc)
                 elif kind == "c":
                     check = row_from_wire(Check, values)
                     store.checks.setdefault(check.node.lower(), {})[check.check_id] = check

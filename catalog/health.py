@@ -8,12 +8,13 @@ without it every instance is returned, critical ones included, as in Consul.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from .filter import Predicate
-from .query import node_meta_matches
+from .query import node_meta_matches, tags_match
 from .store import Store
-from .structs import CRITICAL, HEALTH_STATES, PASSING, WARNING, Check
+from .structs import CRITICAL, HEALTH_STATES, PASSING, WARNING, Check, Node, Service
 
 __all__ = [
     "MAINTENANCE",
@@ -29,6 +30,7 @@ __all__ = [
     "health_service_watch_keys",
     "health_state",
     "health_connect",
+    "health_connect_watch_keys",
 ]
 
 MAINTENANCE = "maintenance"
@@ -98,14 +100,25 @@ def health_service(
     node_meta: dict[str, str],
     pred: Predicate | None,
 ) -> tuple[int, list[dict[str, Any]]]:
+    instances: Iterable[tuple[Node, Service]] = store.instances(service)
+    if tags:
+        instances = ((n, s) for n, s in instances if tags_match(s, tags))
+    out = _service_entries(store, instances, passing, node_meta, pred)
+    fine = store.index("service." + service.lower())
+    return (fine or store.index("services")), out
+
+
+def _service_entries(
+    store: Store,
+    instances: Iterable[tuple[Node, Service]],
+    passing: bool,
+    node_meta: dict[str, str],
+    pred: Predicate | None,
+) -> list[dict[str, Any]]:
+    """ServiceEntry rows (node, service, the node's and the instance's checks)."""
     out = []
-    wanted_tags = [t.lower() for t in tags]
     node_checks_cache: dict[str, list[Check]] = {}
-    for node, svc in store.instances(service):
-        if wanted_tags:
-            have = {t.lower() for t in svc.tags}
-            if not all(t in have for t in wanted_tags):
-                continue
+    for node, svc in instances:
         if node_meta and not node_meta_matches(node, node_meta):
             continue
         key = node.node.lower()
@@ -117,8 +130,7 @@ def health_service(
         entry = {"Node": node.to_api(), "Service": svc.to_api(), "Checks": [c.to_api() for c in checks]}
         if pred is None or pred(entry):
             out.append(entry)
-    fine = store.index("service." + service.lower())
-    return (fine or store.index("services")), out
+    return out
 
 
 def health_state(
@@ -141,29 +153,17 @@ def health_state(
     return store.index("checks"), out
 
 
+def health_connect_watch_keys(service: str) -> tuple[str, ...]:
+    """Only the service's connect view: a sidecar watching its upstream's endpoints
+    must not wake for every check in the datacenter (catalog.store, `connect.<name>`)."""
+    return ("connect." + service.lower(),)
+
+
 def health_connect(
     store: Store, service: str, passing: bool, node_meta: dict[str, str], pred: Predicate | None
 ) -> tuple[int, list[dict[str, Any]]]:
     """Mesh endpoints of a service: its sidecar proxies (connect-proxy services whose
     Proxy.DestinationServiceName is `service`) and Connect-native instances."""
-    wanted = service.lower()
-    out = []
-    for node_key in sorted(store.services):
-        node = store.nodes.get(node_key)
-        if node is None or (node_meta and not node_meta_matches(node, node_meta)):
-            continue
-        level = None
-        for svc in sorted(store.services[node_key].values(), key=lambda s: s.id):
-            is_proxy = svc.kind == "connect-proxy" and str(svc.proxy.get("DestinationServiceName", "")).lower() == wanted
-            is_native = svc.service.lower() == wanted and bool(svc.connect.get("Native"))
-            if not (is_proxy or is_native):
-                continue
-            if level is None:
-                level = sorted(store.node_level_checks(node.node), key=lambda c: c.check_id)
-            checks = level + sorted(store.service_checks(node.node, svc.id), key=lambda c: c.check_id)
-            if passing and any(c.status != PASSING for c in checks):
-                continue
-            entry = {"Node": node.to_api(), "Service": svc.to_api(), "Checks": [c.to_api() for c in checks]}
-            if pred is None or pred(entry):
-                out.append(entry)
-    return store.index("services", "checks"), out
+    out = _service_entries(store, store.connect_instances(service), passing, node_meta, pred)
+    fine = store.index("connect." + service.lower())
+    return (fine or store.index("services")), out

@@ -22,6 +22,7 @@ __all__ = [
     "catalog_node_services",
     "catalog_service_watch_keys",
     "node_meta_matches",
+    "tags_match",
 ]
 
 
@@ -29,7 +30,7 @@ def node_meta_matches(node: Node, node_meta: dict[str, str]) -> bool:
     return all(node.meta.get(k) == v for k, v in node_meta.items())
 
 
-def _tags_match(service: Service, tags: list[str]) -> bool:
+def tags_match(service: Service, tags: list[str]) -> bool:
     have = {t.lower() for t in service.tags}
     return all(t.lower() in have for t in tags)
 
@@ -98,7 +99,7 @@ def catalog_service(
 ) -> tuple[int, list[dict[str, Any]]]:
     out = []
     for node, service in store.instances(name):
-        if tags and not _tags_match(service, tags):
+        if tags and not tags_match(service, tags):
             continue
         if node_meta and not node_meta_matches(node, node_meta):
             continue

@@ -11,6 +11,7 @@ import uuid
 from typing import Any
 
 from .commands import DeregisterRequest, RegisterRequest
+from .connect import canonical_connect, canonical_proxy
 from .errors import InvalidRequest
 from .fields import INT64_MAX, INT64_MIN, Fields, as_int, validate_meta
 from .structs import CRITICAL, HEALTH_STATES, Check, Node, Service
@@ -50,8 +51,8 @@ def parse_service(data: Any, what: str = "Service", *, require_port: bool = Fals
         port=port,
         meta=validate_meta(f.str_map("Meta"), f"{what}.Meta"),
         kind=kind,
-        proxy=f.obj("Proxy"),
-        connect=f.obj("Connect"),
+        proxy=canonical_proxy(f.obj("Proxy"), f"{what}.Proxy"),
+        connect=canonical_connect(f.obj("Connect"), f"{what}.Connect"),
         weights=_weights(f),
         enable_tag_override=f.bool("EnableTagOverride"),
         tagged_addresses=tagged,

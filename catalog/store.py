@@ -6,7 +6,11 @@ mutation takes the Raft index it is applied at and records which watch keys it t
 - table keys ``nodes``, ``services``, ``checks``, ``servers``: the max index of the table;
 - fine keys ``service.<name>`` and ``node.<name>`` (lower-case), so a blocking query on
   one service wakes only for changes that touch that service: its instances, their
-  checks, and the node-level checks of the nodes it runs on.
+  checks, and the node-level checks of the nodes it runs on;
+- ``connect.<name>``: the same for the service's connect view (the connect-proxies whose
+  destination it is, and its Connect-native instances; catalog.connect.connect_names),
+  so a sidecar watching its upstream's endpoints sleeps through every other change. A
+  proxy that changes its destination touches both the old and the new name.
 
 Names match case-insensitively, as in Consul (memdb lower-cases its indexes); rows keep
 the case they were registered with.
@@ -17,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from .connect import connect_names
 from .errors import InvalidRequest
 from .structs import (
     HEALTH_STATES,
@@ -38,6 +43,8 @@ class Store:
         self.services: dict[str, dict[str, Service]] = {}  # node key -> service id -> row
         self.checks: dict[str, dict[str, Check]] = {}  # node key -> check id -> row
         self.service_names: dict[str, dict[tuple[str, str], None]] = {}  # name -> instances
+        # name -> its connect view's instances (its proxies, its native instances)
+        self.connect_names: dict[str, dict[tuple[str, str], None]] = {}
         self.servers: dict[str, ServerInfo] = {}  # raft address -> row
         self.intentions: dict[str, Any] = {}  # ID -> catalog.structs.Intention
         self._pairs: dict[tuple[str, str], str] = {}  # (source, destination) lower-cased -> ID
@@ -77,7 +84,13 @@ class Store:
 
     def instances(self, service_name: str) -> Iterator[tuple[Node, Service]]:
         """(node, service) pairs of one service name, in node then ID order."""
-        keys = self.service_names.get(service_name.lower(), {})
+        return self._rows(self.service_names.get(service_name.lower(), {}))
+
+    def connect_instances(self, service_name: str) -> Iterator[tuple[Node, Service]]:
+        """(node, service) pairs of one service's connect view, in node then ID order."""
+        return self._rows(self.connect_names.get(service_name.lower(), {}))
+
+    def _rows(self, keys: dict[tuple[str, str], None]) -> Iterator[tuple[Node, Service]]:
         for node_key, service_id in sorted(keys):
             node = self.nodes.get(node_key)
             service = self.services.get(node_key, {}).get(service_id)
@@ -95,8 +108,30 @@ class Store:
             yield from self.checks[node_key].values()
 
     # ---- writes --------------------------------------------------------------
+    @staticmethod
+    def _service_keys(service: Service) -> list[str]:
+        """The fine keys a change to this row (or to its checks) touches."""
+        return ["service." + service.service.lower(), *("connect." + n for n in connect_names(service))]
+
     def _services_on_node_keys(self, node_key: str) -> list[str]:
-        return sorted({"service." + s.service.lower() for s in self.services.get(node_key, {}).values()})
+        return sorted({k for s in self.services.get(node_key, {}).values() for k in self._service_keys(s)})
+
+    def index_service(self, node_key: str, service: Service) -> None:
+        """Enter a row in the by-name indexes (also used when a snapshot is read)."""
+        self.service_names.setdefault(service.service.lower(), {})[(node_key, service.id)] = None
+        for name in connect_names(service):
+            self.connect_names.setdefault(name, {})[(node_key, service.id)] = None
+
+    def _unindex_connect(self, node_key: str, service: Service) -> list[str]:
+        keys = []
+        for name in connect_names(service):
+            members = self.connect_names.get(name)
+            if members is not None:
+                members.pop((node_key, service.id), None)
+                if not members:
+                    del self.connect_names[name]
+            keys.append("connect." + name)
+        return keys
 
     def ensure_node(self, index: int, node: Node) -> None:
         key = node.node.lower()
@@ -124,17 +159,19 @@ class Store:
         existing = per_node.get(service.id)
         if service.node != self.nodes[key].node:
             service = evolve(service, node=self.nodes[key].node)
+        old_connect: list[str] = []
         if existing is not None:
             if same_content(service, existing):
                 return
             row = with_index(service, existing.create_index, index)
             if existing.service.lower() != service.service.lower():
                 self._unlink_name(existing, key, index)
+            old_connect = self._unindex_connect(key, existing)
         else:
             row = with_index(service, index, index)
         per_node[service.id] = row
-        self.service_names.setdefault(row.service.lower(), {})[(key, row.id)] = None
-        self._touch(index, "services", "node." + key, "service." + row.service.lower())
+        self.index_service(key, row)
+        self._touch(index, "services", "node." + key, *self._service_keys(row), *old_connect)
         # checks carry the service name and tags: keep them current
         for check in list(self.checks.get(key, {}).values()):
             if check.service_id == row.id and (
@@ -170,7 +207,7 @@ class Store:
                 )
             check = evolve(check, service_name=service.service, service_tags=service.tags,
                            node=self.nodes[key].node)
-            service_keys = ["service." + service.service.lower()]
+            service_keys = self._service_keys(service)
         else:
             check = evolve(check, service_name="", service_tags=(), node=self.nodes[key].node)
             service_keys = self._services_on_node_keys(key)
@@ -191,7 +228,9 @@ class Store:
         if check is None:
             return
         if check.service_id:
-            keys = ["service." + check.service_name.lower()]
+            service = self.services.get(key, {}).get(check.service_id)
+            # when the service itself is being deleted, delete_service touches its keys
+            keys = self._service_keys(service) if service else ["service." + check.service_name.lower()]
         else:
             keys = self._services_on_node_keys(key)
         self._touch(index, "checks", "node." + key, *keys)
@@ -204,7 +243,7 @@ class Store:
         for check in [c for c in self.checks.get(key, {}).values() if c.service_id == service_id]:
             self.delete_check(index, node_name, check.check_id)
         self._unlink_name(service, key, index)
-        self._touch(index, "services", "node." + key)
+        self._touch(index, "services", "node." + key, *self._unindex_connect(key, service))
 
     def delete_node(self, index: int, node_name: str) -> None:
         key = node_name.lower()
@@ -288,6 +327,7 @@ class Store:
         other.services = {k: dict(v) for k, v in self.services.items()}
         other.checks = {k: dict(v) for k, v in self.checks.items()}
         other.service_names = {k: dict(v) for k, v in self.service_names.items()}
+        other.connect_names = {k: dict(v) for k, v in self.connect_names.items()}
         other.servers = dict(self.servers)
         other.intentions = dict(self.intentions)
         other.ca = self.ca

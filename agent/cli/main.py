@@ -231,8 +231,11 @@ async def _services(argv: list[str]) -> int:
 
 
 def _definitions(paths: list[str]) -> list[dict[str, Any]]:
-    """Service blocks from definition files, as the agent's config files hold them."""
+    """Service blocks from definition files, as the agent's config files hold them (HCL
+    blocks such as `connect { sidecar_service { proxy {} } }` made objects again, as the
+    agent reads them from its own config files)."""
     from mesh.agent.config import ConfigError, load_file
+    from mesh.agent.local.definitions import unblock
 
     out: list[dict[str, Any]] = []
     for path in paths:
@@ -250,7 +253,7 @@ def _definitions(paths: list[str]) -> list[dict[str, Any]]:
             out.extend(many)
         if not single and not many:
             raise UsageError(f"{path}: no service or services block")
-    return out
+    return [unblock(d) for d in out]
 
 
 async def _reload(argv: list[str]) -> int:

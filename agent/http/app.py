@@ -72,7 +72,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         log_limited(log, "error", "http_handler_failed", limiter=_UNEXPECTED, exc_info=True,
                     method=request.method, path=request.path)
         resp = _text(500, "Internal error: see the agent's log")
-    resp.headers.setdefault("X-Consul-Default-ACL-Policy", "allow")
+    # what a built-in proxy falls back to when no intention matches (Consul's proxy
+    # reads it from this header): the agent's default intention policy, truly
+    resp.headers.setdefault("X-Consul-Default-ACL-Policy", request.app["agent"].cfg.default_intention_policy)
     HTTP.requests.labels(route, str(resp.status)).inc()
     HTTP.seconds.labels(route).observe(time.perf_counter() - started)
     return resp

@@ -18,10 +18,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from mesh.catalog.connect import CONNECT_PROXY, unknown_keys, validate_proxy
 from mesh.catalog.durations import format_duration, parse_duration
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.requests import Fields, parse_service
-from mesh.catalog.structs import CRITICAL, HEALTH_STATES, Service
+from mesh.catalog.structs import CRITICAL, HEALTH_STATES, Service, evolve
 
 __all__ = [
     "CheckDefinition",
@@ -30,6 +31,7 @@ __all__ = [
     "parse_service_definition",
     "services_from_config",
     "checks_from_config",
+    "unblock",
     "split_host_port",
     "output_limit",
     "CHECK_KINDS",
@@ -80,7 +82,7 @@ _ONE_OBJECT_BLOCKS = {
     _fold(k)
     for k in (
         "weights", "connect", "proxy", "sidecar_service", "expose", "mesh_gateway",
-        "transparent_proxy", "tagged_addresses", "meta", "header", "config", "locality",
+        "transparent_proxy", "access_logs", "tagged_addresses", "meta", "header", "config", "locality",
     )
 }
 
@@ -147,10 +149,14 @@ class CheckDefinition:
 
 @dataclass(frozen=True)
 class ServiceDefinition:
-    """A service registered with the agent, with the checks embedded in its registration."""
+    """A service registered with the agent, with the checks embedded in its registration.
+    `sidecar` is its `Connect.SidecarService` block as written (None without one): it
+    is taken off the service, as Consul does, and expanded by agent.local.sidecar."""
 
     service: Service
     checks: tuple[CheckDefinition, ...] = ()
+    sidecar: dict[str, Any] | None = None
+    token: str = ""
 
 
 def output_limit(check_value: int, agent_limit: int) -> int:
@@ -354,18 +360,35 @@ def _embedded_checks(f: Fields) -> list[tuple[str, Any]]:
     return [(w, c) for w, c in out if not _is_empty(c)]
 
 
-def parse_service_definition(data: Any, what: str = "service") -> ServiceDefinition:
-    """An AgentServiceRegistration body (or a config file's `service` block)."""
+_GATEWAYS = ("mesh-gateway", "terminating-gateway", "ingress-gateway", "api-gateway")
+
+
+def _take_sidecar(service: Service, what: str) -> tuple[Service, dict[str, Any] | None]:
+    """The service without its SidecarService block, and the block."""
+    if "SidecarService" not in service.connect:
+        return service, None
+    connect = dict(service.connect)
+    sidecar = connect.pop("SidecarService")
+    if service.kind == CONNECT_PROXY:
+        raise InvalidRequest(f"{what}.Connect.SidecarService: a connect-proxy cannot have a sidecar service "
+                             f"(register the proxy itself, or give the sidecar_service to the service it fronts)")
+    if service.kind in _GATEWAYS:
+        raise InvalidRequest(f"{what}.Connect.SidecarService: A {service.kind} cannot have a sidecar service defined")
+    return evolve(service, connect=connect), sidecar
+
+
+def parse_service_definition(data: Any, what: str = "service", *, port_later: bool = False) -> ServiceDefinition:
+    """An AgentServiceRegistration body (or a config file's `service` block).
+    `port_later`: a sidecar's definition before the agent assigns its port."""
     f = Fields(data, what)
     if not f.str("Name", "Service"):
         raise InvalidRequest(f"{what}.Name: missing service name")
-    service = parse_service(data, what)
-    if service.kind == "connect-proxy":
-        if not service.port and not f.str("SocketPath"):
-            raise InvalidRequest(f"{what}.Port: must be set for a connect-proxy")
-        proxy = Fields(service.proxy, f"{what}.Proxy")
-        if not proxy.str("DestinationServiceName"):
-            raise InvalidRequest(f"{what}.Proxy.DestinationServiceName: must be set for a connect-proxy")
+    service, sidecar = _take_sidecar(parse_service(data, what), what)
+    if service.kind == CONNECT_PROXY and not service.port and not f.str("SocketPath") and not port_later:
+        raise InvalidRequest(f"{what}.Port: must be set for a connect-proxy")
+    validate_proxy(service.kind, service.proxy, service.connect, what)
+    if service.connect.get("Native") and not service.port and not f.str("SocketPath"):
+        raise InvalidRequest(f"{what}.Port: Port or SocketPath must be set for a Connect native service.")
     embedded = _embedded_checks(f)
     checks = tuple(
         parse_check(
@@ -378,19 +401,21 @@ def parse_service_definition(data: Any, what: str = "service") -> ServiceDefinit
         )
         for i, (check_what, body) in enumerate(embedded)
     )
-    return ServiceDefinition(service=service, checks=checks)
+    return ServiceDefinition(service=service, checks=checks, sidecar=sidecar, token=f.str("Token"))
 
 
-def _unblock(value: Any, key: str = "") -> Any:
-    """Undo python-hcl2's list-per-block for blocks that stand for one object."""
+def unblock(value: Any, key: str = "") -> Any:
+    """Undo python-hcl2's list-per-block for blocks that stand for one object (also what
+    `mesh services register` sends, so an HCL file means what it means in the agent's
+    config)."""
     if isinstance(value, dict):
         folded = _fold(key)
-        out = {k: _unblock(v, k) for k, v in value.items()}
+        out = {k: unblock(v, k) for k, v in value.items()}
         if folded == "taggedaddresses":  # lan { address = ... } blocks keyed by user names
             out = {k: v[0] if _one_dict(v) else v for k, v in out.items()}
         return out
     if isinstance(value, list):
-        items = [_unblock(v, key) for v in value]
+        items = [unblock(v, key) for v in value]
         if _fold(key) in _ONE_OBJECT_BLOCKS and _one_dict(items):
             return items[0]
         return items
@@ -426,16 +451,33 @@ def _blocks(data: dict[str, Any], key: str, path: str) -> list[tuple[str, Any]]:
     return [(f"{path}: {key}[{i}]", item) for i, item in enumerate(raw)]
 
 
+def _strict_service(raw: Any, what: str) -> None:
+    """Unknown keys of a config file's service, its checks, proxy and connect blocks,
+    and its sidecar_service (a service of its own) are errors, as in Consul."""
+    _strict(raw, _SERVICE_KEYS, what)
+    if not isinstance(raw, dict):
+        return
+    f = Fields(raw, what)
+    for check_what, body in _embedded_checks(f):
+        _strict(body, _CHECK_KEYS, check_what)
+    for block in ("proxy", "connect"):
+        value = f.raw(block)
+        unknown = unknown_keys(value, block, block) if isinstance(value, dict) else []
+        if unknown:
+            raise InvalidRequest(f"{what}: unknown key {unknown[0]!r}")
+    connect = f.raw("connect")
+    sidecar = Fields(connect, f"{what}.connect").raw("sidecar_service") if isinstance(connect, dict) else None
+    if sidecar is not None:
+        _strict_service(sidecar, f"{what}.connect.sidecar_service")
+
+
 def services_from_config(data: dict[str, Any], path: str) -> list[ServiceDefinition]:
     """The services a config file defines (`service` and `services`), in file order."""
     out: list[ServiceDefinition] = []
     for key in ("service", "services"):
         for what, raw in _blocks(data, key, path):
-            raw = _unblock(raw)
-            _strict(raw, _SERVICE_KEYS, what)
-            if isinstance(raw, dict):
-                for check_what, body in _embedded_checks(Fields(raw, what)):
-                    _strict(body, _CHECK_KEYS, check_what)
+            raw = unblock(raw)
+            _strict_service(raw, what)
             out.append(parse_service_definition(raw, what))
     return out
 
@@ -445,7 +487,7 @@ def checks_from_config(data: dict[str, Any], path: str) -> list[CheckDefinition]
     out: list[CheckDefinition] = []
     for key in ("check", "checks"):
         for what, raw in _blocks(data, key, path):
-            raw = _unblock(raw)
+            raw = unblock(raw)
             _strict(raw, _CHECK_KEYS, what)
             out.append(parse_check(raw, what=what))
     return out

@@ -4,7 +4,13 @@ Sources: `config` (service/check blocks in config files, replaced on reload),
 `api` (registered through /v1/agent/*, persisted in the data-dir so a restart keeps
 them), `internal` (what the agent defines itself: the `consul` service on servers,
 maintenance checks). Every change bumps a version and calls `on_change`, which wakes
-anti-entropy and hash-blocking watchers. Pure apart from the persistence file.
+anti-entropy and hash-blocking watchers. Pure apart from the persistence files.
+
+Sidecars the agent expanded from a service's `sidecar_service` are services like the
+others, marked with the parent's ID (`LocalService.sidecar_for`, `sidecars()`): they
+come and go with their parent, as in Consul. The ports the agent assigned them are
+remembered (`sidecar_ports`, `local/sidecar-ports.json`) so that a sidecar keeps its
+port across re-registration, reload and restart.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +26,7 @@ from mesh.catalog.structs import CRITICAL, Check, Node, Service, evolve, row_to_
 
 from ..data_dir import make_private_dir, write_private
 
-__all__ = ["LocalService", "LocalCheck", "LocalState", "NODE_MAINT_ID", "service_maint_id"]
+__all__ = ["LocalService", "LocalCheck", "LocalState", "Registration", "NODE_MAINT_ID", "service_maint_id"]
 
 NODE_MAINT_ID = "_node_maintenance"
 _NODE_MAINT_DEFAULT = ("Maintenance mode is enabled for this node, but no reason was provided. "
@@ -38,6 +44,23 @@ class LocalService:
     service: Service
     source: str
     raw: Any = None  # the registration body, for persistence of api-registered services
+    # the parent's service ID when the agent made this service from the parent's
+    # sidecar_service (Consul's LocallyRegisteredAsSidecar); "" for any other service
+    sidecar_for: str = ""
+    token: str = ""  # the registration's token (a sidecar's: sidecar_service.token or its parent's)
+    port_assigned: bool = False  # a sidecar's port came from the sidecar port range
+
+
+@dataclass(frozen=True)
+class Registration:
+    """One service to add with its checks: a definition, or a sidecar expanded from one
+    (agent.local.sidecar.expand)."""
+
+    service: Service
+    checks: tuple[Any, ...] = ()
+    sidecar_for: str = ""
+    token: str = ""
+    port_assigned: bool = False
 
 
 @dataclass
@@ -65,6 +88,12 @@ class LocalState:
         self.version = 0
         self._on_change = on_change
         self._path = os.path.join(data_dir, "local", "state.json") if data_dir else None
+        self._ports_path = os.path.join(data_dir, "local", "sidecar-ports.json") if data_dir else None
+        # sidecar ID -> the port the agent assigned it. Until prune_sidecar_ports (after
+        # the restart's registrations are back) it also holds the ports of sidecars not
+        # registered yet, so that no other sidecar takes them meanwhile.
+        self.sidecar_ports: dict[str, int] = self._load_ports()
+        self._ports_pruned = False
 
     # ---- changes -------------------------------------------------------------------
     def _changed(self, persist: bool = False) -> None:
@@ -78,28 +107,65 @@ class LocalState:
                     replace_checks: bool = False) -> list[str]:
         """Register or replace a service and its checks. Returns check IDs it removed
         (with `replace_checks`, the service's checks that the new definition lacks)."""
-        self.services[service.id] = LocalService(service, source, raw)
+        return self.register([Registration(service, tuple(checks))], source, raw, replace_checks)
+
+    def register(self, registrations: Sequence[Registration], source: str, raw: Any = None,
+                 replace_checks: bool = False) -> list[str]:
+        """A service (first) and the sidecar expanded from its definition, as one change.
+        A sidecar the agent made for an earlier definition of the service, and that the
+        new one no longer has, goes: the parent's definition is what is persisted and
+        restored, so keeping it would only last until the next restart. Returns the
+        check IDs removed."""
+        parent, *sidecars = registrations
+        removed = self._put_service(parent, source, raw, replace_checks)
+        keep = {r.service.id for r in sidecars}
+        for sid in [sid for sid, s in self.services.items() if s.sidecar_for == parent.service.id]:
+            if sid not in keep:
+                removed += self._drop_service(sid)
+        for sidecar in sidecars:  # its checks are the agent's to decide: always replaced
+            removed += self._put_service(sidecar, source, None, replace_checks=True)
+        self._sync_ports()
+        self._changed(persist=source == "api")
+        return removed
+
+    def _put_service(self, reg: Registration, source: str, raw: Any, replace_checks: bool) -> list[str]:
+        service = reg.service
+        self.services[service.id] = LocalService(service, source, raw, reg.sidecar_for, reg.token, reg.port_assigned)
         removed: list[str] = []
-        wanted = {c.check_id for c in checks}
+        wanted = {c.check_id for c in reg.checks}
         if replace_checks:
             for cid, existing in list(self.checks.items()):
                 if existing.defn.service_id == service.id and cid not in wanted and not cid.startswith("_"):
                     del self.checks[cid]
                     removed.append(cid)
-        for defn in checks:
+        for defn in reg.checks:
             self._put_check(defn, source, None)
-        self._changed(persist=source == "api")
         return removed
 
-    def remove_service(self, service_id: str) -> list[str] | None:
-        """Remove a service and its checks; None when unknown. Returns the check IDs removed."""
-        if self.services.pop(service_id, None) is None:
-            return None
+    def _drop_service(self, service_id: str) -> list[str]:
+        """Remove a service, its checks and the sidecar the agent made for it."""
+        self.services.pop(service_id, None)
         removed = [cid for cid, c in self.checks.items() if c.defn.service_id == service_id]
         for cid in removed:
             del self.checks[cid]
+        for sid in [sid for sid, s in self.services.items() if s.sidecar_for == service_id]:
+            removed += self._drop_service(sid)
+        return removed
+
+    def remove_service(self, service_id: str) -> list[str] | None:
+        """Remove a service, its checks, and its sidecar (Consul's removeServiceSidecars);
+        None when unknown. Returns the check IDs removed."""
+        if service_id not in self.services:
+            return None
+        removed = self._drop_service(service_id)
+        self._sync_ports()
         self._changed(persist=True)
         return removed
+
+    def sidecars(self) -> dict[str, str]:
+        """Sidecar service ID -> parent service ID, for the sidecars this agent made from
+        a sidecar_service (not connect-proxies registered on their own)."""
+        return {sid: s.sidecar_for for sid, s in self.services.items() if s.sidecar_for}
 
     def _put_check(self, defn: Any, source: str, raw: Any) -> None:
         existing = self.checks.get(defn.check_id)
@@ -131,18 +197,18 @@ class LocalState:
         self._changed()
         return True
 
-    def replace_config(self, services: list[tuple[Service, list[Any]]], checks: list[Any]) -> None:
-        """Reload: config-defined services and checks become exactly these."""
+    def replace_config(self, services: Sequence[Registration], checks: list[Any]) -> None:
+        """Reload: config-defined services (with their sidecars) and checks become
+        exactly these."""
         for sid in [sid for sid, s in self.services.items() if s.source == "config"]:
             del self.services[sid]
         for cid in [cid for cid, c in self.checks.items() if c.source == "config"]:
             del self.checks[cid]
-        for service, service_checks in services:
-            self.services[service.id] = LocalService(service, "config")
-            for defn in service_checks:
-                self._put_check(defn, "config", None)
+        for reg in services:
+            self._put_service(reg, "config", None, replace_checks=False)
         for defn in checks:
             self._put_check(defn, "config", None)
+        self._sync_ports()
         self._changed()
 
     # ---- maintenance ----------------------------------------------------------------
@@ -188,6 +254,35 @@ class LocalState:
             return ""
         data = json.dumps(row_to_wire(svc.service), sort_keys=True, default=str).encode()
         return hashlib.sha256(data).hexdigest()[:16]
+
+    # ---- sidecar ports -------------------------------------------------------------------
+    def prune_sidecar_ports(self) -> None:
+        """Forget the ports of sidecars that did not come back (call once the config
+        files and the persisted registrations are loaded)."""
+        self._ports_pruned = True
+        self._sync_ports()
+
+    def _sync_ports(self) -> None:
+        live = {sid: s.service.port for sid, s in self.services.items() if s.sidecar_for and s.port_assigned}
+        ports = live if self._ports_pruned else {**self.sidecar_ports, **live}
+        if ports == self.sidecar_ports:
+            return
+        self.sidecar_ports = ports
+        if self._ports_path is not None:
+            make_private_dir(os.path.dirname(self._ports_path))
+            write_private(self._ports_path, json.dumps(ports, sort_keys=True).encode())
+
+    def _load_ports(self) -> dict[str, int]:
+        if self._ports_path is None:
+            return {}
+        try:
+            with open(self._ports_path) as f:
+                body = json.load(f)
+        except (OSError, ValueError):  # none yet, or unreadable: ports are assigned afresh
+            return {}
+        if not isinstance(body, dict):
+            return {}
+        return {k: v for k, v in body.items() if isinstance(k, str) and isinstance(v, int) and 0 < v <= 65535}
 
     # ---- persistence -------------------------------------------------------------------
     def persist(self) -> None:

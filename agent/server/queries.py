@@ -145,7 +145,7 @@ QUERIES: dict[str, ReadQuery] = {
     ),
     "health.state": ReadQuery(lambda p: ["checks"], _health_state),
     "health.connect": ReadQuery(
-        lambda p: ["services", "checks"],
+        lambda p: list(health.health_connect_watch_keys(p["name"])),
         lambda s, p: health.health_connect(s, p["name"], bool(p.get("passing")), _meta(p), compile_filter(p.get("filter"))),
     ),
     "internal.node_state": ReadQuery(

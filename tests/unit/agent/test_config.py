@@ -169,3 +169,23 @@ def test_good_recursors_and_dns_ceiling(tmp_path):
     assert cfg.dns_udp_max_payload == 1232 and cfg.dns_udp_answer_limit == 5
     assert cfg.recursors == ("8.8.8.8", "[::1]:5353", "dns.example:53")
     assert parse_args(["-dev"]).dns_udp_max_payload == 4096
+
+
+def test_sidecar_port_range_from_ports_block_and_flags(tmp_path):
+    assert (parse_args(["-dev"]).sidecar_min_port, parse_args(["-dev"]).sidecar_max_port) == (21000, 21255)
+    (tmp_path / "p.hcl").write_text("ports {\n  sidecar_min_port = 22000\n  sidecar_max_port = 22010\n}\n")
+    cfg = parse_args(["-dev", "-config-file", str(tmp_path / "p.hcl")])
+    assert (cfg.sidecar_min_port, cfg.sidecar_max_port) == (22000, 22010)
+    cfg = parse_args(["-dev", "-config-file", str(tmp_path / "p.hcl"), "-sidecar-min-port", "22005",
+                      "-sidecar-max-port=22006"])
+    assert (cfg.sidecar_min_port, cfg.sidecar_max_port) == (22005, 22006)  # flags win
+    (tmp_path / "off.json").write_text(json.dumps({"ports": {"sidecar_min_port": 0}}))
+    assert parse_args(["-dev", "-config-file", str(tmp_path / "off.json")]).sidecar_min_port == 0  # assignment off
+
+
+@pytest.mark.parametrize("argv", [["-sidecar-min-port", "22000", "-sidecar-max-port", "21999"],
+                                  ["-sidecar-max-port", "0"]])
+def test_sidecar_port_range_must_be_ordered(argv):
+    with pytest.raises(ConfigError, match=r"^sidecar_min_port must be less than sidecar_max_port\. "
+                                          r"To disable, set both to zero\.$"):
+        parse_args(["-dev", *argv])

@@ -239,7 +239,9 @@ def test_json_config_file(tmp_path):
     assert [s.service.id for s in services] == ["web-1", "db", "cache"]
     web = services[0]
     assert web.service.weights == {"Passing": 10, "Warning": 1}
-    assert web.service.connect["sidecar_service"]["proxy"]["upstreams"][0]["local_bind_port"] == 9191
+    # the block is taken off the service (Consul keeps nothing of it there) for the agent to expand
+    assert web.service.connect == {}
+    assert web.sidecar["proxy"]["upstreams"][0]["local_bind_port"] == 9191
     (c,) = web.checks
     assert c.check_id == "web-http" and c.success_before_passing == 2 and c.deregister_critical_service_after == 5400
     checks = checks_from_config(data, str(path))
@@ -286,7 +288,7 @@ check {
     assert [s.service.service for s in services] == ["web", "db"]
     web = services[0]
     assert web.service.weights == {"Passing": 5, "Warning": 1} and web.service.meta == {"team": "a"}
-    assert web.service.connect["sidecar_service"]["proxy"]["upstreams"][0]["destination_name"] == "db"
+    assert web.sidecar["proxy"]["upstreams"][0]["destination_name"] == "db"
     assert [(c.check_id, c.kind) for c in web.checks] == [("service:web:1", "http"), ("service:web:2", "tcp")]
     assert web.checks[0].header == {"X-A": ["b"]}
     assert [c.check_id for c in checks_from_config(data, str(path))] == ["mem"]
