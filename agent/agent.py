@@ -116,15 +116,6 @@ def _loopback_for(client_addr: str, port: int) -> str:
     return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
 
 
-def _registration_token(raw: Any) -> str:
-    """The Token of an API registration body (keys in any case), "" when none."""
-    if isinstance(raw, dict):
-        for key, value in raw.items():
-            if isinstance(key, str) and key.lower() == "token" and isinstance(value, str):
-                return value
-    return ""
-
-
 class Agent:
     """One agent process: a server (Raft member) or a client, with local services."""
 
@@ -274,18 +265,11 @@ class Agent:
             await self.ae.sync_once()
 
     def _wanted_proxies(self) -> dict[str, SidecarInfo]:
-        """The sidecar proxies this agent runs: every local connect-proxy service whose
-        Proxy.DestinationServiceID is a local service.
-        TODO(sidecar registration): ask local state for the sidecars it registered."""
-        out: dict[str, SidecarInfo] = {}
-        for sid, local in self.local.services.items():
-            if local.service.kind != "connect-proxy":
-                continue
-            proxy = local.service.proxy or {}
-            parent = proxy.get("DestinationServiceID") or proxy.get("destination_service_id") or ""
-            if isinstance(parent, str) and parent in self.local.services:
-                out[sid] = SidecarInfo(parent, _registration_token(local.raw))
-        return out
+        """The sidecar proxies this agent runs: those it registered from a
+        `connect { sidecar_service {} }` block. A connect-proxy registered on its own
+        (an Envoy the user runs, a proxy with -register) is not the agent's to start."""
+        return {sid: SidecarInfo(parent, self.local.services[sid].token)
+                for sid, parent in self.local.sidecars().items() if sid in self.local.services}
 
     def _owns_service(self, name: str) -> bool:
         """Whether a service of that name is registered on this agent (its leaf renews)."""

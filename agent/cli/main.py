@@ -43,7 +43,8 @@ Commands:
   maint -enable|-disable     node (or -service=ID) maintenance mode
   intention create|get|delete|list|check|match   service-to-service access rules
   connect ca get-config|set-config|status        the Connect CA
-  connect proxies            this agent's sidecar proxy processes
+  connect proxy -sidecar-for ID                  run a sidecar proxy (mTLS, intentions)
+  connect proxies                                this agent's sidecar proxy processes
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
@@ -548,6 +549,10 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if not argv else sys.stdout)
         return 1 if not argv else 0
     command, rest = argv[0], argv[1:]
+    if command == "connect" and rest[:1] == ["proxy"]:  # its own event loop (uvloop) and signals
+        from .proxy_cmd import run_proxy
+
+        return run_proxy(rest[1:])
     try:
         if command in _SYNC:
             return _SYNC[command](rest)

@@ -1,5 +1,5 @@
-# A web service with an HTTP check. For `make run` the check points at the agent's
-# own HTTP API, so it passes without anything else running.
+# The demo's front end (examples/demo/app.py web): it calls `api` at 127.0.0.1:9191, the
+# upstream listener of its sidecar proxy, which the agent registers and starts.
 service {
   name = "web"
   id   = "web-1"
@@ -10,10 +10,22 @@ service {
   }
   check {
     id       = "web-http"
-    name     = "web answers on /v1/status/leader"
-    http     = "http://127.0.0.1:8500/v1/status/leader"
+    name     = "web answers on /health"
+    http     = "http://127.0.0.1:8080/health"
     method   = "GET"
     interval = "10s"
     timeout  = "2s"
+  }
+  connect {
+    sidecar_service {
+      proxy {
+        upstreams = [
+          {
+            destination_name = "api"
+            local_bind_port  = 9191
+          }
+        ]
+      }
+    }
   }
 }

@@ -1,0 +1,235 @@
+"""One sidecar proxy: its watches feed a ConfigBuilder; each new value becomes current; the
+listeners follow it.
+
+Lifecycle: find the registration (by `-sidecar-for`, `-proxy-id`, or flags), start the
+watches, wait for the first complete configuration (registration, roots, a leaf that
+verifies), open the listeners, tell the agent it is ready, then keep applying changes
+until asked to stop. A stop drains: the listeners close, open connections get up to
+`drain_timeout` seconds to finish, the rest are cut.
+
+With the agent or every server gone the watches fail and back off, and the proxy keeps
+serving on the last configuration; `mesh_proxy_config_age_seconds` says how old it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .balancer import Balancer
+from .config import ConfigBuilder, ConfigError, ProxyConfig, Registration, UpstreamSpec
+from .errors import StartError
+from .inbound import InboundListener
+from .metrics import ProxyMetrics, serve_metrics
+from .outbound import Dialer, UpstreamListener
+from .watches import AgentWatches
+
+__all__ = ["ProxyOptions", "Proxy", "StartError"]
+
+
+@dataclass(frozen=True)
+class ProxyOptions:
+    sidecar_for: str = ""
+    proxy_id: str = ""
+    service: str = ""  # flags mode: the identity
+    listen: str = ""  # flags mode: public listener host:port
+    service_addr: str = ""  # flags mode: the local app host:port
+    upstreams: tuple[UpstreamSpec, ...] = ()
+    register: bool = False
+    register_id: str = ""
+    supervised: bool = False  # started by the agent's supervisor (MESH_PROXY_SUPERVISED)
+    drain_timeout: float = 5.0
+    ready_interval: float = 30.0
+
+
+class Proxy:
+    def __init__(self, client: Any, options: ProxyOptions, *, log: Any, refused: Callable[..., None] | None = None,
+                 metrics: ProxyMetrics | None = None) -> None:
+        self.client = client
+        self.options = options
+        self.log = log
+        self.refused = refused or (lambda event, **fields: log.info(event, **fields))
+        self.metrics = metrics or ProxyMetrics()
+        self.builder = ConfigBuilder()
+        self.current: ProxyConfig | None = None
+        self.changed = asyncio.Event()
+        self.dialer = Dialer(self.metrics)
+        self.inbound: InboundListener | None = None
+        self.public_address: tuple[str, int] | None = None
+        self.upstreams: dict[tuple[str, str, int], UpstreamListener] = {}
+        self.balancers: dict[str, Balancer] = {}
+        self.watches: AgentWatches | None = None
+        self._metrics_server: asyncio.AbstractServer | None = None
+        self._problem_logged = ""
+
+    def config(self) -> ProxyConfig:
+        assert self.current is not None
+        return self.current
+
+    # ---- configuration -------------------------------------------------------------------
+    def rebuild(self) -> None:
+        """Called by the watches after each change they saw."""
+        try:
+            config = self.builder.build()
+        except ConfigError as exc:
+            self.log.warning("proxy_config_refused", error=str(exc))
+            return
+        if config is None:
+            if self.builder.problem != self._problem_logged:
+                self._problem_logged = self.builder.problem
+                self.log.info("proxy_waiting", reason=self.builder.problem)
+            return
+        self.current = config
+        self.metrics.leaf_expires = config.leaf_expires
+        self.metrics.config_updates.inc()
+        self.changed.set()
+
+    def set_registration(self, registration: Registration) -> None:
+        self.builder.registration = registration
+        if self.watches is not None:
+            self.watches.follow(registration)
+        self.rebuild()
+
+    # ---- listeners -----------------------------------------------------------------------
+    async def _apply_listeners(self) -> None:
+        config = self.config()
+        reg = config.registration
+        if reg.public_port and self.inbound is None:
+            self.inbound = InboundListener(self.config, self.metrics, self.refused)
+            self.public_address = await self.inbound.start(reg.public_address, reg.public_port)
+            self.log.info("listener_started", listener="public listener",
+                          bind_addr=f"{reg.public_address}:{self.public_address[1]}",
+                          app=f"{reg.local_address}:{reg.local_port}")
+        elif self.inbound is not None and self.public_address is not None and \
+                (reg.public_port, reg.public_address) != (self.public_address[1], self.public_address[0]) and \
+                reg.public_port:
+            old = self.inbound
+            self.inbound = InboundListener(self.config, self.metrics, self.refused)
+            await old.stop_accepting()
+            self.public_address = await self.inbound.start(reg.public_address, reg.public_port)
+            self.log.info("listener_moved", listener="public listener", bind_addr=f"{reg.public_address}:{reg.public_port}")
+        wanted = {(u.destination_name, u.bind_address, u.bind_port): u for u in reg.upstreams}
+        for key in [k for k in self.upstreams if k not in wanted]:
+            listener = self.upstreams.pop(key)
+            await listener.stop_accepting()
+            self.log.info("listener_stopped", listener="upstream", upstream=key[0], bind_addr=f"{key[1]}:{key[2]}")
+        for key, spec in wanted.items():
+            balancer = self.balancers.get(spec.key)
+            if balancer is None or balancer.policy != spec.load_balancer:
+                balancer = self.balancers[spec.key] = Balancer(spec.load_balancer)
+            listener = self.upstreams.get(key)
+            if listener is not None:
+                listener.spec, listener.balancer = spec, balancer
+                continue
+            listener = UpstreamListener(spec, self.config, self.dialer, self.metrics, self.refused, balancer)
+            try:
+                await listener.start()
+            except OSError as exc:
+                self.log.error("listener_failed", listener="upstream", upstream=spec.destination_name,
+                               bind_addr=f"{spec.bind_address}:{spec.bind_port}", error=exc.strerror or str(exc))
+                continue
+            self.upstreams[key] = listener
+            self.log.info("listener_started", listener="upstream", upstream=spec.destination_name,
+                          bind_addr=f"{spec.bind_address}:{spec.bind_port}")
+        for name, endpoints in config.endpoints.items():
+            balancer = self.balancers.get(name)
+            if balancer is not None:
+                balancer.forget_except({e.key for e in endpoints})
+
+    def listeners(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        if self.public_address is not None:
+            out["public"] = f"{self.public_address[0]}:{self.public_address[1]}"
+        out["upstreams"] = {name: f"{addr}:{port}" for (name, addr, port) in self.upstreams}
+        return out
+
+    # ---- lifecycle -----------------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until `stop` is set; raises StartError when it cannot start."""
+        self.watches = AgentWatches(self.client, self, self.log)
+        await self.watches.start(self.options)
+        try:
+            await self._wait_first_config(stop)
+            if stop.is_set():
+                return
+            await self._open(stop)
+            while not stop.is_set():
+                self.changed.clear()
+                await self._apply_listeners()
+                waiter = asyncio.ensure_future(self.changed.wait())
+                stopper = asyncio.ensure_future(stop.wait())
+                try:
+                    await asyncio.wait({waiter, stopper}, timeout=30, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    waiter.cancel()
+                    stopper.cancel()
+                self.dialer.prune_idle()
+        finally:
+            await self._drain()
+            await self.watches.stop()
+
+    async def _wait_first_config(self, stop: asyncio.Event) -> None:
+        while self.current is None and not stop.is_set():
+            waiter = asyncio.ensure_future(self.changed.wait())
+            stopper = asyncio.ensure_future(stop.wait())
+            try:
+                await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
+                stopper.cancel()
+            fatal = self.watches.fatal if self.watches is not None else None
+            if fatal:
+                raise StartError(fatal)
+
+    async def _open(self, stop: asyncio.Event) -> None:
+        config = self.config()
+        try:
+            await self._apply_listeners()
+        except OSError as exc:
+            reg = config.registration
+            raise StartError(f"cannot bind the public listener {reg.public_address}:{reg.public_port}: "
+                             f"{exc.strerror or exc}") from None
+        if config.registration.prometheus_bind_addr:
+            host, _, port = config.registration.prometheus_bind_addr.rpartition(":")
+            try:
+                self._metrics_server = await serve_metrics(self.metrics, host or "127.0.0.1", int(port))
+            except (OSError, ValueError) as exc:
+                self.log.error("metrics_listener_failed", addr=config.registration.prometheus_bind_addr, error=str(exc))
+        self.metrics.ready.set(1)
+        self.log.info("proxy_ready", proxy_id=config.registration.proxy_id, service=config.registration.service,
+                      **{k: v for k, v in self.listeners().items() if k == "public"},
+                      upstreams=len(self.upstreams))
+        assert self.watches is not None
+        self.watches.report_ready_soon()
+
+    def ready_report(self) -> dict[str, Any]:
+        config = self.current
+        return {
+            "Listeners": self.listeners(),
+            "LeafExpires": config.leaf_expires if config else 0,
+            "ConfigAge": round(self.metrics.config_age(), 3),
+            "PID": os.getpid(),
+        }
+
+    async def _drain(self) -> None:
+        listeners: list[Any] = list(self.upstreams.values())
+        if self.inbound is not None:
+            listeners.append(self.inbound)
+        for listener in listeners:
+            await listener.stop_accepting()
+        if self._metrics_server is not None:
+            self._metrics_server.close()
+        deadline = time.monotonic() + self.options.drain_timeout
+        # the count is spread over the listeners: a 50 ms poll, bounded by drain_timeout
+        while any(listener.active for listener in listeners) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)
+        left = sum(listener.active for listener in listeners)
+        for listener in listeners:
+            listener.close_all()
+        self.dialer.close()
+        if listeners:
+            self.log.info("proxy_drained", cut=left)

@@ -1,0 +1,291 @@
+"""Upstream listeners: a plain TCP port per upstream on loopback, each connection carried to a
+healthy instance's sidecar over mutual TLS.
+
+For every accepted connection: the balancer picks an instance from the configuration
+current at that moment; the connection rides a new stream on a pooled, multiplexed mTLS
+connection to that instance's sidecar (no handshake per app connection), or a TLS
+connection of its own when that sidecar does not speak the multiplexing protocol (another
+Connect implementation), resumed from a cached TLS session where possible. The server's
+certificate must carry the destination service's SPIFFE identity.
+
+A failed dial, a refused handshake, or (on a stream) a reset before the peer sidecar
+accepted it (it could not reach its app, or the intentions deny us) tries another
+instance, at most `MAX_ATTEMPTS` in all: nothing has reached any app yet, so the retry is
+safe. The balancer sets aside an instance that keeps failing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mesh.ca import tls
+
+from .balancer import Balancer, Endpoint
+from .config import ProxyConfig, UpstreamSpec
+from .inbound import handshake_failure_reason
+from .metrics import ProxyMetrics
+from .mux import ALPN
+from .mux_stream import MuxClosedError, StreamRefusedError
+from .mux_transport import MuxConnection
+from .splice import Holding, SpliceSide, Traffic, join
+
+__all__ = ["UpstreamListener", "Dialer", "DialError", "MAX_ATTEMPTS"]
+
+MAX_ATTEMPTS = 3
+MAX_CONNECTIONS_PER_UPSTREAM = 16384
+POOL_IDLE_SECONDS = 90.0
+NO_MUX_REMEMBER_SECONDS = 300.0
+
+
+class DialError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def sni_for(endpoint: Endpoint, trust_domain: str, datacenter: str) -> str:
+    """The SNI Envoy sidecars route on (consul.md §6.5 interop note); we send it so that a
+    Consul/Envoy sidecar accepts us, and it keys our TLS session cache."""
+    return f"{endpoint.service}.default.{endpoint.datacenter or datacenter}.internal.{trust_domain}"
+
+
+class Dialer:
+    """Connections from this proxy to other sidecars: a pool of multiplexed mTLS
+    connections per instance, and plain mTLS connections for peers without mux."""
+
+    def __init__(self, metrics: ProxyMetrics) -> None:
+        self._metrics = metrics
+        self._pool: dict[str, list[tuple[int, MuxConnection]]] = {}  # endpoint key -> (ctx generation, conn)
+        self._dialing: dict[tuple[str, int], asyncio.Future[MuxConnection | None]] = {}
+        self._no_mux_until: dict[str, float] = {}
+        metrics.mux_sources["outbound"] = self.mux_counts
+
+    def mux_counts(self) -> tuple[int, int]:
+        conns = [c for entries in self._pool.values() for _, c in entries]
+        return len(conns), sum(c.active_streams for c in conns)
+
+    def close(self) -> None:
+        for entries in self._pool.values():
+            for _, conn in entries:
+                conn.go_away()
+        self._pool.clear()
+
+    def _pooled(self, key: str, generation: int) -> MuxConnection | None:
+        entries = self._pool.get(key)
+        if not entries:
+            return None
+        for gen, conn in list(entries):
+            if not conn.usable:
+                entries.remove((gen, conn))
+                continue
+            if gen == generation:
+                return conn
+            if conn.active_streams == 0:  # made with an older leaf or roots: retire it
+                entries.remove((gen, conn))
+                conn.go_away()
+        return None
+
+    async def open(self, endpoint: Endpoint, config: ProxyConfig, timeout: float, side: SpliceSide) -> None:
+        """Connect `side` (the app's connection) to `endpoint`'s sidecar; DialError when
+        nothing reached the peer's app."""
+        async with asyncio.timeout(timeout or None):
+            conn = self._pooled(endpoint.key, config.generation)
+            if conn is None and self._no_mux_until.get(endpoint.key, 0) < time.monotonic():
+                conn = await self._shared_dial(endpoint, config, side)
+                if conn is None:  # the peer has no mux: `side` got its own TLS connection
+                    return
+            elif conn is None:
+                await self._dial(endpoint, config, side)
+                return
+            upstream = SpliceSide(side.traffic, downstream=False)
+            try:
+                stream = conn.open_stream(lambda: upstream)
+                await stream.established()
+            except (StreamRefusedError, MuxClosedError) as exc:
+                raise DialError("refused_by_peer", f"{endpoint.key} refused the stream: {exc}") from None
+            join(side, upstream)
+
+    async def _shared_dial(self, endpoint: Endpoint, config: ProxyConfig, side: SpliceSide) -> MuxConnection | None:
+        """One dial per instance at a time: connections opening while it is in flight wait
+        for it and share the pooled connection."""
+        key = (endpoint.key, config.generation)
+        pending = self._dialing.get(key)
+        if pending is not None:
+            conn = await asyncio.shield(pending)
+            if conn is not None:
+                return conn
+            await self._dial(endpoint, config, side)
+            return None
+        future: asyncio.Future[MuxConnection | None] = asyncio.get_running_loop().create_future()
+        self._dialing[key] = future
+        try:
+            conn = await self._dial(endpoint, config, side)
+            future.set_result(conn)
+            return conn
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: waiters re-raise their own copy
+            raise
+        finally:
+            del self._dialing[key]
+
+    async def _dial(self, endpoint: Endpoint, config: ProxyConfig, side: SpliceSide) -> MuxConnection | None:
+        """A new mTLS connection: returns the pooled MuxConnection when the peer speaks
+        mux, else hands the TLS connection to `side` and returns None."""
+        loop = asyncio.get_running_loop()
+        holding = Holding()
+        started = time.perf_counter()
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: holding, endpoint.address, endpoint.port, ssl=config.client_context,
+                server_hostname=config.client_context.dial_hostname(
+                    endpoint.key, sni=sni_for(endpoint, config.trust_domain, config.datacenter)),
+                ssl_handshake_timeout=config.registration.handshake_timeout or None)
+        except (OSError, ssl.SSLError, EOFError) as exc:
+            reason = handshake_failure_reason(exc) if isinstance(exc, ssl.SSLError) else "connect_failed"
+            raise DialError(reason, f"{endpoint.key}: {exc or type(exc).__name__}") from None
+        self._metrics.handshake_seconds.labels("outbound").observe(time.perf_counter() - started)
+        ssl_object = transport.get_extra_info("ssl_object")
+        try:
+            peer = tls.peer_service_id(ssl_object.getpeercert(binary_form=True))
+            tls.check_server_identity(peer, endpoint.service, endpoint.datacenter or None, config.trust_domain)
+        except tls.PeerRejected as exc:
+            transport.abort()
+            raise DialError(exc.reason, f"{endpoint.key}: {exc}") from None
+        if ssl_object.selected_alpn_protocol() == ALPN:
+            def on_lost(lost: MuxConnection) -> None:
+                entries = self._pool.get(endpoint.key, [])
+                if (config.generation, lost) in entries:
+                    entries.remove((config.generation, lost))
+                self._metrics.streams_per_connection.observe(lost.streams_opened)
+
+            conn = MuxConnection(client=True, on_close=on_lost)
+            holding.hand_over(transport, conn)
+            self._pool.setdefault(endpoint.key, []).append((config.generation, conn))
+            return conn
+        self._no_mux_until[endpoint.key] = time.monotonic() + NO_MUX_REMEMBER_SECONDS
+        upstream = SpliceSide(side.traffic, downstream=False)
+        holding.hand_over(transport, upstream)
+        join(side, upstream)
+        return None
+
+    def prune_idle(self) -> None:
+        """Pooled connections without streams for a while are closed (called periodically)."""
+        now = time.monotonic()
+        for key, entries in list(self._pool.items()):
+            for gen, conn in list(entries):
+                if conn.active_streams == 0 and now - conn.idle_since > POOL_IDLE_SECONDS:
+                    entries.remove((gen, conn))
+                    conn.go_away()
+            if not entries:
+                del self._pool[key]
+
+
+class UpstreamListener:
+    """The local listener of one upstream."""
+
+    def __init__(self, spec: UpstreamSpec, current: Callable[[], ProxyConfig], dialer: Dialer,
+                 metrics: ProxyMetrics, refused: Callable[..., None], balancer: Balancer) -> None:
+        self.spec = spec
+        self._current = current
+        self._dialer = dialer
+        self._metrics = metrics
+        self._refused = refused
+        self.balancer = balancer
+        self.traffic: Traffic = metrics.traffic_for("outbound", spec.destination_name)
+        self._server: asyncio.Server | None = None
+        self._sides: set[SpliceSide] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._accept, self.spec.bind_address, self.spec.bind_port,
+                                                backlog=1024)
+        sock = self._server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    async def stop_accepting(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+
+    @property
+    def active(self) -> int:
+        return len(self._sides)
+
+    def close_all(self) -> None:
+        for side in list(self._sides):
+            side.abort()
+
+    def _accept(self) -> SpliceSide:
+        return _AppSide(self)
+
+    def _connected(self, side: SpliceSide) -> None:
+        if len(self._sides) >= MAX_CONNECTIONS_PER_UPSTREAM:
+            self._metrics.refused.labels("outbound", "too_many_connections").inc()
+            side.abort()
+            return
+        self._sides.add(side)
+        self.traffic.opened += 1
+        self.traffic.active += 1
+        task = asyncio.get_running_loop().create_task(self._connect(side))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _closed(self, side: SpliceSide) -> None:
+        if side in self._sides:
+            self._sides.discard(side)
+            self.traffic.active -= 1
+            self.traffic.closed += 1
+            if side.tag is not None:
+                self.balancer.finished(side.tag)
+
+    async def _connect(self, side: SpliceSide) -> None:
+        config = self._current()
+        endpoints = config.endpoints.get(self.spec.key, ())
+        tried: set[str] = set()
+        name = self.spec.destination_name
+        for _ in range(MAX_ATTEMPTS):
+            if side.closed:
+                return
+            now = time.monotonic()
+            endpoint = self.balancer.pick(endpoints, now, tried)
+            if endpoint is None:
+                break
+            tried.add(endpoint.key)
+            try:
+                await self._dialer.open(endpoint, config, self.spec.connect_timeout, side)
+            except (DialError, TimeoutError) as exc:
+                reason = exc.reason if isinstance(exc, DialError) else "timeout"
+                self._metrics.dial_failures.labels(name, reason).inc()
+                if self.balancer.failed(endpoint.key, time.monotonic()):
+                    self._metrics.ejections.labels(name).inc()
+                self._refused("upstream_dial_failed", upstream=name, instance=endpoint.key, reason=reason,
+                              error=str(exc))
+                continue
+            self.balancer.succeeded(endpoint.key)
+            if side.closed:
+                return
+            self.balancer.started(endpoint.key)
+            side.tag = endpoint.key
+            return
+        reason = "no_healthy_instances" if not endpoints else "all_attempts_failed"
+        self._metrics.refused.labels("outbound", reason).inc()
+        self._refused("upstream_unavailable", upstream=name, reason=reason, tried=len(tried))
+        side.abort()
+
+
+class _AppSide(SpliceSide):
+    """An app's connection to an upstream listener."""
+
+    def __init__(self, listener: UpstreamListener) -> None:
+        super().__init__(listener.traffic, downstream=True, on_close=listener._closed)
+        self._listener = listener
+
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)
+        self._listener._connected(self)

@@ -1,0 +1,309 @@
+"""Two sidecar proxies in one process, configured by a fake agent (api/testing.py), with a
+throwaway CA and an echo app: web's upstream listener -> mTLS (multiplexed) -> api's
+public listener -> intentions -> echo. Real sockets on 127.0.0.1, real TLS, real proxies;
+only the agent is a stand-in (the end-to-end tests in tests/cluster use real agents)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+import structlog
+
+from mesh.api.builders import connect_entry, sidecar_service
+from mesh.api.client import Client
+from mesh.api.testing import FakeAgent
+from mesh.proxy.app import Proxy, ProxyOptions
+from tests.harness.testca import TestCA
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+async def _echo_server(tag: bytes) -> tuple[asyncio.Server, int]:
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(tag + data if tag else data)
+                await writer.drain()
+        except ConnectionError:
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    return server, server.sockets[0].getsockname()[1]
+
+
+@dataclass
+class Mesh:
+    agent: FakeAgent
+    ca: TestCA
+    upstream_port: int
+    api_public: int
+    app_port: int
+    proxies: dict[str, Proxy] = field(default_factory=dict)
+    stops: dict[str, asyncio.Event] = field(default_factory=dict)
+    tasks: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+
+    def allow(self, allowed: bool) -> None:
+        action = "allow" if allowed else "deny"
+        self.agent.set_intentions("api", [{"SourceName": "web", "DestinationName": "api", "Action": action}])
+
+    async def call(self, payload: bytes = b"ping", port: int | None = None) -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port or self.upstream_port)
+        try:
+            writer.write(payload)
+            await writer.drain()
+            return await asyncio.wait_for(reader.read(65536), 5)
+        finally:
+            writer.close()
+
+
+async def _start_proxy(mesh: Mesh, parent: str) -> None:
+    client = Client(mesh.agent.address)
+    proxy = Proxy(client, ProxyOptions(sidecar_for=parent, supervised=True, drain_timeout=1),
+                  log=structlog.get_logger("test-proxy"))
+    stop = asyncio.Event()
+    mesh.proxies[parent], mesh.stops[parent] = proxy, stop
+
+    async def run() -> None:
+        try:
+            await proxy.run(stop)
+        finally:
+            await client.close()
+
+    mesh.tasks[parent] = asyncio.get_running_loop().create_task(run())
+    deadline = time.monotonic() + 10
+    while proxy.metrics.ready._value.get() != 1:  # noqa: SLF001 - the gauge is the readiness signal
+        if mesh.tasks[parent].done():
+            mesh.tasks[parent].result()
+        assert time.monotonic() < deadline, f"{parent} proxy not ready: {proxy.builder.problem}"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def running_mesh() -> AsyncIterator[Mesh]:
+    test_ca = TestCA()
+    app, app_port = await _echo_server(b"api:")
+    upstream_port, api_public = _free_port(), _free_port()
+    async with FakeAgent() as agent:
+        agent.set_roots(test_ca.roots())
+        agent.set_leaf("web", test_ca.leaf("web"))
+        agent.set_leaf("api", test_ca.leaf("api"))
+        agent.set_service(sidecar_service("web", _free_port(), local_port=1, upstreams=[("api", upstream_port)]))
+        agent.set_service(sidecar_service("api", api_public, local_port=app_port))
+        agent.set_connect_endpoints("api", [connect_entry("api", "node-1", "127.0.0.1", api_public)])
+        mesh = Mesh(agent, test_ca, upstream_port, api_public, app_port)
+        mesh.allow(True)
+        try:
+            await _start_proxy(mesh, "api")
+            await _start_proxy(mesh, "web")
+            yield mesh
+        finally:
+            for stop in mesh.stops.values():
+                stop.set()
+            await asyncio.gather(*mesh.tasks.values(), return_exceptions=True)
+            app.close()
+
+
+async def test_web_reaches_api_through_both_sidecars_on_one_pooled_connection():
+    async with running_mesh() as mesh:
+        for i in range(20):
+            assert await mesh.call(b"hello %d" % i) == b"api:hello %d" % i
+        web = mesh.proxies["web"]
+        conns, _ = web.dialer.mux_counts()
+        assert conns == 1, "twenty app connections should share one mTLS connection"
+        assert web.metrics.handshake_seconds.labels("outbound")._sum.get() > 0  # noqa: SLF001
+
+
+async def test_a_deny_refuses_new_connections_within_a_second_and_an_allow_restores():
+    async with running_mesh() as mesh:
+        assert await mesh.call() == b"api:ping"
+        mesh.allow(False)
+        deadline = time.monotonic() + 1.0
+        while True:
+            answer = await mesh.call()
+            if answer == b"":
+                break
+            assert time.monotonic() < deadline, "the deny did not apply within 1 s"
+            await asyncio.sleep(0.02)
+        api = mesh.proxies["api"]
+        assert api.metrics.authz.labels("deny")._value.get() >= 1  # noqa: SLF001
+        mesh.allow(True)
+        deadline = time.monotonic() + 1.0
+        while await mesh.call() != b"api:ping":
+            assert time.monotonic() < deadline, "the allow did not apply within 1 s"
+            await asyncio.sleep(0.02)
+
+
+def _client_context(identity: dict[str, Any] | None, roots_pem: str, alpn: list[str] | None = None) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.load_verify_locations(cadata=roots_pem)
+    if identity is not None:
+        import tempfile
+
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:
+            f.write(identity["CertPEM"] + identity["PrivateKeyPEM"])
+            f.flush()
+            ctx.load_cert_chain(f.name)
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+async def _tls_call(port: int, ctx: ssl.SSLContext, payload: bytes = b"x") -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx, server_hostname=None)
+    try:
+        writer.write(payload)
+        await writer.drain()
+        return await asyncio.wait_for(reader.read(100), 5)
+    finally:
+        writer.close()
+
+
+async def _refused(port: int, ctx: ssl.SSLContext) -> bool:
+    """TLS 1.3 clients finish their side of the handshake before the server has checked
+    their certificate: a refusal shows as an alert on the first read, or a close."""
+    try:
+        return await _tls_call(port, ctx) == b""
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
+async def test_a_peer_without_mux_gets_a_plain_tls_connection_with_intentions():
+    async with running_mesh() as mesh:
+        ctx = _client_context(mesh.ca.leaf("web"), mesh.ca.root_pem)
+        assert await _tls_call(mesh.api_public, ctx, b"plain") == b"api:plain"
+        mesh.allow(False)
+        await asyncio.sleep(0.3)
+        assert await _tls_call(mesh.api_public, ctx, b"plain") == b""
+
+
+async def test_the_public_port_refuses_strangers_and_keeps_serving():
+    async with running_mesh() as mesh:
+        api = mesh.proxies["api"]
+        assert await _refused(mesh.api_public, _client_context(None, mesh.ca.root_pem))
+        assert await _refused(mesh.api_public, _client_context(TestCA().leaf("web"), mesh.ca.root_pem))
+        foreign_domain = TestCA(trust_domain="22222222-2222-3333-4444-555555555555.consul", key=mesh.ca.key,
+                                cert=mesh.ca.cert)
+        assert await _refused(mesh.api_public, _client_context(foreign_domain.leaf("web"), mesh.ca.root_pem))
+        # plaintext and a half-finished handshake
+        reader, writer = await asyncio.open_connection("127.0.0.1", mesh.api_public)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert await asyncio.wait_for(reader.read(100), 5) == b""
+        writer.close()
+        _, half = await asyncio.open_connection("127.0.0.1", mesh.api_public)
+        half.write(b"\x16\x03\x01\x00\xff")
+        await asyncio.sleep(0.2)
+        failures = api.metrics.handshake_failures
+        reasons = {s.labels["reason"] for m in failures.collect() for s in m.samples if s.value > 0}
+        assert {"no_or_bad_certificate", "bad_certificate", "wrong_trust_domain", "not_tls"} <= reasons, reasons
+        half.close()
+        assert await mesh.call() == b"api:ping", "strangers must not disturb the mesh"
+
+
+async def test_the_client_side_refuses_a_server_with_the_wrong_identity():
+    async with running_mesh() as mesh:
+        # api's sidecar now presents a certificate for "db": web must not talk to it
+        mesh.agent.set_leaf("api", mesh.ca.leaf("db"))
+        mesh.agent.set_leaf("api", mesh.ca.leaf("db"))
+        await asyncio.sleep(0.5)
+        web = mesh.proxies["web"]
+        web.dialer.close()  # drop the pooled connection made with the right identity
+        assert await mesh.call() == b""
+        failures = {s.labels["reason"] for m in web.metrics.dial_failures.collect() for s in m.samples if s.value}
+        assert "wrong_service" in failures
+
+
+async def test_a_root_rotation_under_traffic_fails_no_request():
+    async with running_mesh() as mesh:
+        errors: list[BaseException] = []
+        done = asyncio.Event()
+
+        async def traffic() -> int:
+            n = 0
+            while not done.is_set():
+                try:
+                    assert await mesh.call(b"r%d" % n) == b"api:r%d" % n
+                except (AssertionError, OSError) as exc:
+                    errors.append(exc)
+                n += 1
+            return n
+
+        task = asyncio.get_running_loop().create_task(traffic())
+        await asyncio.sleep(0.3)
+        new = mesh.ca.rotate()
+        mesh.agent.set_roots(new.roots())
+        await asyncio.sleep(0.2)
+        mesh.agent.set_leaf("api", new.leaf("api"))
+        mesh.agent.set_leaf("web", new.leaf("web"))
+        await asyncio.sleep(0.5)
+        done.set()
+        calls = await task
+        assert not errors, errors[:3]
+        assert calls > 10
+        assert mesh.proxies["web"].config().root_ids != ()
+
+
+async def test_with_the_agent_gone_the_proxies_keep_serving_and_catch_up_when_it_returns():
+    async with running_mesh() as mesh:
+        await mesh.agent.stop()
+        await asyncio.sleep(0.5)
+        for _ in range(5):
+            assert await mesh.call() == b"api:ping"
+        web = mesh.proxies["web"]
+        assert web.metrics.config_age() > 0.4
+        await mesh.agent.start()
+        mesh.allow(False)
+        deadline = time.monotonic() + 60  # the watches are backing off
+        while await mesh.call() != b"":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.1)
+
+
+async def test_a_dead_instance_is_skipped_for_a_live_one():
+    async with running_mesh() as mesh:
+        dead = _free_port()
+        mesh.agent.set_connect_endpoints("api", [
+            connect_entry("api", "node-0", "127.0.0.1", dead, service_id="api-dead"),
+            connect_entry("api", "node-1", "127.0.0.1", mesh.api_public),
+        ])
+        await asyncio.sleep(0.3)
+        for _ in range(10):
+            assert await mesh.call() == b"api:ping"
+        web = mesh.proxies["web"]
+        failures = sum(s.value for m in web.metrics.dial_failures.collect() for s in m.samples
+                       if s.name.endswith("_total"))
+        assert failures >= 1
+        assert web.balancers["api"].ejected(f"127.0.0.1:{dead}", time.monotonic())
+
+
+async def test_an_app_that_is_down_on_one_instance_moves_the_call_to_another():
+    async with running_mesh() as mesh:
+        # a second api sidecar whose app is not listening
+        second_public = _free_port()
+        mesh.agent.set_leaf("api", mesh.ca.leaf("api"))
+        mesh.agent.set_service(dict(sidecar_service("api2", second_public, parent_name="api", local_port=_free_port())))
+        await _start_proxy(mesh, "api2")
+        mesh.agent.set_connect_endpoints("api", [
+            connect_entry("api", "node-2", "127.0.0.1", second_public, service_id="api2-sidecar-proxy"),
+            connect_entry("api", "node-1", "127.0.0.1", mesh.api_public),
+        ])
+        await asyncio.sleep(0.3)
+        for _ in range(6):
+            assert await mesh.call() == b"api:ping"
+
