@@ -16,8 +16,9 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 deps: $(STAMP)
 
+# the dev agent with the demo apps (web calls api through the mesh) and their sidecars
 run: $(STAMP)
-	$(BIN)/mesh agent -dev -config-dir examples/services
+	BIN=$(BIN) examples/run-dev.sh
 
 # dig for the DNS tests: installed when missing and possible (root with apt), else those tests skip
 dig:

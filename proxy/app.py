@@ -26,6 +26,7 @@ from .errors import StartError
 from .inbound import InboundListener
 from .metrics import ProxyMetrics, serve_metrics
 from .outbound import Dialer, UpstreamListener
+from .splice import sweep_idle
 from .watches import AgentWatches
 
 __all__ = ["ProxyOptions", "Proxy", "StartError"]
@@ -157,6 +158,7 @@ class Proxy:
             if stop.is_set():
                 return
             await self._open(stop)
+            sweeper = asyncio.get_running_loop().create_task(self._idle_sweeper(), name="idle-sweeper")
             while not stop.is_set():
                 self.changed.clear()
                 await self._apply_listeners()
@@ -168,6 +170,7 @@ class Proxy:
                     waiter.cancel()
                     stopper.cancel()
                 self.dialer.prune_idle()
+            sweeper.cancel()
         finally:
             await self._drain()
             await self.watches.stop()
@@ -205,6 +208,21 @@ class Proxy:
                       upstreams=len(self.upstreams))
         assert self.watches is not None
         self.watches.report_ready_soon()
+
+    async def _idle_sweeper(self) -> None:
+        """`idle_timeout_ms` (mesh): close connections that moved nothing for that long."""
+        while True:
+            timeout = self.current.registration.idle_timeout if self.current else 0.0
+            if timeout <= 0:
+                await asyncio.sleep(0.5)  # off; look again soon, a registration may turn it on
+                continue
+            await asyncio.sleep(timeout / 2)
+            listeners: list[Any] = list(self.upstreams.values())
+            if self.inbound is not None:
+                listeners.append(self.inbound)
+            closed = sum(sweep_idle(listener.spliced()) for listener in listeners)
+            if closed:
+                self.metrics.idle_closed.inc(closed)
 
     def ready_report(self) -> dict[str, Any]:
         config = self.current

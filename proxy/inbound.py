@@ -71,7 +71,8 @@ class InboundListener:
         self._connections = 0
         self._handshakes = 0
         self._tasks: set[asyncio.Task[None]] = set()
-        self._sides: set[SpliceSide] = set()
+        self._sides: set[SpliceSide] = set()  # plain TLS connections
+        self._stream_sides: set[SpliceSide] = set()  # streams of multiplexed ones
         self._mux: set[MuxConnection] = set()
         self.traffic: Traffic = metrics.traffic_for("inbound", "")
         metrics.mux_sources["inbound"] = lambda: (len(self._mux), sum(m.active_streams for m in self._mux))
@@ -119,6 +120,10 @@ class InboundListener:
     @property
     def active(self) -> int:
         return self._connections
+
+    def spliced(self) -> list[SpliceSide]:
+        """The downstream side of every connection and stream moving bytes now."""
+        return [*self._sides, *self._stream_sides]
 
     def close_all(self) -> None:
         for side in list(self._sides):
@@ -259,9 +264,11 @@ class InboundListener:
         self.traffic.opened += 1
         self.traffic.active += 1
         downstream = SpliceSide(self.traffic, downstream=True, on_close=self._stream_closed)
+        self._stream_sides.add(downstream)
         stream.accept(downstream)
         join(downstream, app)
 
-    def _stream_closed(self, _side: SpliceSide) -> None:
+    def _stream_closed(self, side: SpliceSide) -> None:
+        self._stream_sides.discard(side)
         self.traffic.active -= 1
         self.traffic.closed += 1

@@ -89,8 +89,7 @@ class ProxyMetrics:
             buckets=(1, 2, 5, 10, 50, 100, 1000, 10000, 100000), registry=r)
         self.config_updates = Counter("mesh_proxy_config_updates", "New configuration values applied.",
                                       registry=r)
-        self.watch_errors = Counter("mesh_proxy_watch_errors", "Failed watch requests to the agent.", ["watch"],
-                                    registry=r)
+        self.idle_closed = Counter("mesh_proxy_idle_closed", "Connections closed by idle_timeout_ms.", registry=r)
         self.ready = Gauge("mesh_proxy_ready", "1 once the listeners are open.", registry=r)
         self.registry.register(_TrafficCollector(self))
 

@@ -217,6 +217,9 @@ class UpstreamListener:
     def active(self) -> int:
         return len(self._sides)
 
+    def spliced(self) -> list[SpliceSide]:
+        return list(self._sides)
+
     def close_all(self) -> None:
         for side in list(self._sides):
             side.abort()

@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
-__all__ = ["SpliceSide", "Traffic", "join", "set_nodelay"]
+__all__ = ["SpliceSide", "Traffic", "join", "set_nodelay", "sweep_idle", "Holding"]
 
 _PENDING_LIMIT = 256 * 1024
 
@@ -59,7 +59,7 @@ class SpliceSide(asyncio.Protocol):
     connection's initiator), the other end counts them as tx."""
 
     __slots__ = ("transport", "peer", "traffic", "tag", "_is_downstream", "_pending", "_pending_size",
-                 "_eof", "_closed", "_on_close", "_paused_for_peer", "_on_data", "_tls")
+                 "_eof", "_closed", "_on_close", "_paused_for_peer", "_on_data", "_tls", "seen", "idle_sweeps")
 
     def __init__(self, traffic: Traffic, downstream: bool, on_close: Callable[[SpliceSide], None] | None = None) -> None:
         self.transport: Any = None
@@ -75,6 +75,8 @@ class SpliceSide(asyncio.Protocol):
         self._on_data: Callable[[], None] | None = None
         self.tag: Any = None  # the owner's note (the outbound side keeps its instance here)
         self._tls = False  # a TLS transport closes after an EOF whatever we answer
+        self.seen = False  # data arrived since the last idle sweep (one attribute store per chunk)
+        self.idle_sweeps = 0
 
     # ---- wiring --------------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -104,6 +106,7 @@ class SpliceSide(asyncio.Protocol):
 
     # ---- protocol callbacks --------------------------------------------------------------
     def data_received(self, data: bytes) -> None:
+        self.seen = True
         if self._on_data is not None:
             callback, self._on_data = self._on_data, None
             callback()
@@ -240,3 +243,24 @@ class Holding(asyncio.Protocol):
             transport.close()
         if self._lost is not None:
             protocol.connection_lost(self._lost[0])
+
+
+def sweep_idle(sides: Iterable[SpliceSide], sweeps: int = 2) -> int:
+    """Close spliced connections that moved no byte either way for `sweeps` calls in a row
+    (called every idle_timeout/2: a connection idle for the timeout goes within half of it
+    more). A per-connection timer would cost a timer reset per chunk; this costs one
+    attribute store per chunk and one pass per sweep. Returns how many it closed."""
+    closed = 0
+    for side in list(sides):
+        peer = side.peer
+        if side.seen or (peer is not None and peer.seen):
+            side.seen = False
+            if peer is not None:
+                peer.seen = False
+            side.idle_sweeps = 0
+            continue
+        side.idle_sweeps += 1
+        if side.idle_sweeps >= sweeps:
+            side.close()
+            closed += 1
+    return closed

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import shutil
 import socket
 import ssl
 import time
@@ -307,3 +308,62 @@ async def test_an_app_that_is_down_on_one_instance_moves_the_call_to_another():
         for _ in range(6):
             assert await mesh.call() == b"api:ping"
 
+
+
+async def _openssl(port: int, tmp_path: Any, identity: dict[str, Any] | None, roots_pem: str) -> tuple[int, str]:
+    (tmp_path / "roots.pem").write_text(roots_pem)
+    args = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(tmp_path / "roots.pem"),
+            "-quiet", "-verify_return_error"]
+    if identity is not None:
+        (tmp_path / "leaf.pem").write_text(identity["CertPEM"])
+        (tmp_path / "key.pem").write_text(identity["PrivateKeyPEM"])
+        args += ["-cert", str(tmp_path / "leaf.pem"), "-key", str(tmp_path / "key.pem")]
+    proc = await asyncio.create_subprocess_exec(*args, stdin=asyncio.subprocess.PIPE,
+                                                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.write(b"hello\n")
+    await proc.stdin.drain()
+    out = b""
+    deadline = time.monotonic() + 5
+    try:
+        while b"api:hello" not in out and time.monotonic() < deadline:
+            try:
+                chunk = await asyncio.wait_for(proc.stdout.read(4096), deadline - time.monotonic())
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.wait()
+    return proc.returncode or 0, out.decode(errors="replace")
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command (apt-get install openssl)")
+async def test_openssl_s_client_needs_a_client_certificate(tmp_path):
+    async with running_mesh() as mesh:
+        _, anonymous = await _openssl(mesh.api_public, tmp_path, None, mesh.ca.root_pem)
+        assert "api:hello" not in anonymous
+        assert "alert" in anonymous.lower() or "error" in anonymous.lower(), anonymous
+        _, with_leaf = await _openssl(mesh.api_public, tmp_path, mesh.ca.leaf("web"), mesh.ca.root_pem)
+        assert "api:hello" in with_leaf, with_leaf
+
+
+async def test_idle_connections_close_after_idle_timeout():
+    async with running_mesh() as mesh:
+        mesh.agent.set_service(sidecar_service("web", _free_port(), local_port=1, upstreams=[("api", mesh.upstream_port)],
+                                               config={"idle_timeout_ms": 300}))
+        web = mesh.proxies["web"]
+        deadline = time.monotonic() + 5
+        while web.config().registration.idle_timeout != 0.3:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        reader, writer = await asyncio.open_connection("127.0.0.1", mesh.upstream_port)
+        writer.write(b"one")
+        assert await asyncio.wait_for(reader.read(100), 5) == b"api:one"
+        started = time.monotonic()
+        assert await asyncio.wait_for(reader.read(100), 5) == b"", "an idle connection must be closed"
+        assert 0.25 < time.monotonic() - started < 2.0
+        writer.close()
