@@ -6,7 +6,12 @@ import pytest
 
 from mesh.api.builders import sidecar_service
 from mesh.api.types import parse_agent_service, parse_leaf, parse_roots
-from mesh.proxy.config import ConfigBuilder, ConfigError, parse_upstream_flag, registration_from_service
+from mesh.proxy.config import (
+    ConfigBuilder,
+    ConfigError,
+    parse_upstream_flag,
+    registration_from_service,
+)
 from tests.harness.testca import TestCA
 
 
