@@ -21,6 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from mesh.catalog.commands import MessageType, encode
+from mesh.catalog.connect import may_hold_identity
 from mesh.catalog.errors import FatalStateError, InvalidRequest, MeshError, NotFound
 from mesh.catalog.structs import Check, Node, Service
 from mesh.dns.answer import AnswerPolicy
@@ -272,8 +273,9 @@ class Agent:
                 for sid, parent in self.local.sidecars().items() if sid in self.local.services}
 
     def _owns_service(self, name: str) -> bool:
-        """Whether a service of that name is registered on this agent (its leaf renews)."""
-        return any(local.service.service.lower() == name.lower() for local in self.local.services.values())
+        """Whether a service of that name is registered on this agent, or fronted by a
+        connect-proxy registered here (its leaf is signed and renews)."""
+        return any(may_hold_identity(local.service, name) for local in self.local.services.values())
 
     async def _dns_metrics_loop(self) -> None:
         """Cache hits are counted as plain integers on the hot path and published here."""

@@ -242,3 +242,11 @@ def connect_names(service: Service) -> tuple[str, ...]:
     if service.connect.get("Native") and service.service.lower() not in names:
         names += (service.service.lower(),)
     return names
+
+
+def may_hold_identity(service: Service, name: str) -> bool:
+    """Whether a node running `service` may get a leaf for the identity `name`: its own
+    name, or the service a connect-proxy fronts (a proxy presents its destination's
+    identity). Without ACLs this is what keeps an agent from asking for any identity."""
+    wanted = name.lower()
+    return service.service.lower() == wanted or wanted in connect_names(service)

@@ -17,6 +17,7 @@ from typing import Any
 
 from mesh.ca import manager as ca_manager
 from mesh.catalog.commands import MessageType
+from mesh.catalog.connect import may_hold_identity
 from mesh.catalog.errors import InvalidRequest, MeshError, RateLimited
 from mesh.catalog.fsm import FSM, SERIALS_PER_ENTRY
 
@@ -50,13 +51,14 @@ class ConnectCA:
 
     # ---- endpoints ---------------------------------------------------------------------
     async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
-        """ConnectCA.Sign: a leaf for a service registered on the requesting node."""
+        """ConnectCA.Sign: a leaf for a service registered on the requesting node (or fronted
+        by a connect-proxy registered there)."""
         raft = self.membership.require_raft()
         service, node, csr = str(args.get("service", "")), str(args.get("node", "")), str(args.get("csr", ""))
         with raft.lock:
             store = self.fsm.store
             state = store.ca
-            owned = any(s.service.lower() == service.lower() for s in store.node_services(node).values())
+            owned = any(may_hold_identity(s, service) for s in store.node_services(node).values())
         if not owned:
             CA.sign_errors.inc()
             raise InvalidRequest(f"service {service!r} is not registered on node {node!r}: cannot sign its identity")

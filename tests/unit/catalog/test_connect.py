@@ -173,3 +173,17 @@ def test_keys_inside_config_are_never_renamed(raw):
         assert proxy["Config"] == raw["Config"]
     elif "config" in raw:
         assert proxy["Config"] == raw["config"]
+
+
+def test_a_node_may_hold_its_services_identities_and_those_its_proxies_front():
+    from mesh.catalog.connect import may_hold_identity
+    from mesh.catalog.structs import Service
+
+    web = Service(id="web", service="web")
+    proxy = Service(id="api-proxy", service="api-proxy", kind="connect-proxy",
+                    proxy={"DestinationServiceName": "api"})
+    native = Service(id="db", service="db", connect={"Native": True})
+    assert may_hold_identity(web, "WEB") and not may_hold_identity(web, "api")
+    assert may_hold_identity(proxy, "api") and may_hold_identity(proxy, "api-proxy")
+    assert not may_hold_identity(proxy, "db")
+    assert may_hold_identity(native, "db")
