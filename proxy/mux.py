@@ -353,6 +353,7 @@ class Session:
     def go_away(self, code: int = GoAwayCode.NORMAL) -> None:
         """Refuse new streams from now on; existing ones may finish."""
         if self.local_go_away is None or code != self.local_go_away:
+            self._announce()  # streams opened before the GoAway must be seen before it
             self._out.append(_pack(VERSION, GO_AWAY, 0, 0, code))
         self.local_go_away = code
 
@@ -370,11 +371,7 @@ class Session:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call, as one buffer."""
-        if self._flagged:
-            for st in self._flagged.values():
-                self._out.append(_pack(VERSION, WINDOW_UPDATE, st.flags, st.id, 0))
-                st.flags = 0
-            self._flagged.clear()
+        self._announce()
         out = self._out
         if not out:
             return b""
@@ -492,6 +489,14 @@ class Session:
             raise ProtocolError(f"frame for stream {sid}, which we never opened")
 
     # -- helpers -------------------------------------------------------------------------
+
+    def _announce(self) -> None:
+        """SYN and ACK that found no frame to ride on go out as bare WindowUpdates."""
+        if self._flagged:
+            for st in self._flagged.values():
+                self._out.append(_pack(VERSION, WINDOW_UPDATE, st.flags, st.id, 0))
+                st.flags = 0
+            self._flagged.clear()
 
     def _take_flags(self, st: _Stream) -> int:
         flags = st.flags

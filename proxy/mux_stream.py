@@ -25,7 +25,7 @@ import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mesh.proxy.mux import ACCEPT_BACKLOG, MAX_STREAMS, MuxError
+from mesh.proxy.mux import ACCEPT_BACKLOG, MAX_STREAMS, MuxError, StreamError
 
 if TYPE_CHECKING:
     from mesh.proxy.mux_transport import MuxConnection
@@ -145,7 +145,10 @@ class MuxStream(asyncio.Transport):
         if self._eof_written:
             raise RuntimeError("write() after write_eof()")
         session = self._session
-        session.send_data(self.id, data)
+        try:
+            session.send_data(self.id, data)
+        except StreamError:
+            return  # reset by the peer; its StreamReset is later in the batch being handled
         self._conn._want_flush()
         if not self._write_paused and session.buffered(self.id) > self._high:
             self._write_paused = True
@@ -159,8 +162,7 @@ class MuxStream(asyncio.Transport):
         if self._closing or self._eof_written:
             return
         self._eof_written = True
-        self._session.send_fin(self.id)
-        self._conn._want_flush()
+        self._send_fin()
         self._check_done()
 
     def close(self) -> None:
@@ -174,8 +176,7 @@ class MuxStream(asyncio.Transport):
             return
         if not self._eof_written:
             self._eof_written = True
-            self._session.send_fin(self.id)
-            self._conn._want_flush()
+            self._send_fin()
         self._check_done()
         self._start_linger()
 
@@ -310,8 +311,23 @@ class MuxStream(asyncio.Transport):
         self._conn._want_flush()
         self._finish(None)
 
+    def _send_fin(self) -> None:
+        try:
+            self._session.send_fin(self.id)
+        except StreamError:
+            return  # reset by the peer, as in write()
+        self._conn._want_flush()
+
     def _check_done(self) -> None:
-        if not self._done and not self._session.has_stream(self.id):
+        """Finish cleanly once the session forgot the stream after both FINs. While the
+        connection handles a batch of events the session is ahead of them (a RST later
+        in the batch already made it forget the stream), so the check waits for the
+        batch's end, when such a stream has had its StreamReset."""
+        if self._done:
+            return
+        if self._conn._batching:
+            self._conn._check_later.append(self)
+        elif not self._session.has_stream(self.id):
             self._finish(None)
 
     def _start_linger(self) -> None:
@@ -323,7 +339,7 @@ class MuxStream(asyncio.Transport):
     def _finish(self, exc: Exception | None) -> None:
         if self._done:
             return
-        self._done = True
+        self._done = self._closing = True
         self._pending.clear()
         if self._linger is not None:
             self._linger.cancel()

@@ -87,7 +87,8 @@ class MuxConnection(asyncio.Protocol):
         self._loop: asyncio.AbstractEventLoop = None  # type: ignore[assignment]  # connection_made
         self._transport: asyncio.Transport | None = None
         self._streams: dict[int, MuxStream] = {}
-        self._batching = False
+        self._batching = False  # handling events: flush once at the end (and see _check_later)
+        self._check_later: list[MuxStream] = []
         self._flush_pending = False
         self._closing = False  # no more writes to the transport
         self._error: Exception | None = None  # why we ended it, for the streams
@@ -207,18 +208,14 @@ class MuxConnection(asyncio.Protocol):
         self._last_rx = self._loop.time()
         self._batching = True
         try:
-            try:
-                events = self._session.receive(data)
-            except ProtocolError as exc:
-                self._error = exc  # the session queued GoAway(protocol error)
-                self._flush()
-                self._closing = True
-                self._transport.close()  # type: ignore[union-attr]
-                return
-            self._dispatch(events)
+            self._dispatch(self._session.receive(data))
+        except ProtocolError as exc:
+            self._error = exc
+            self._flush()  # the GoAway(protocol error) the session queued
+            self._closing = True
+            self._transport.close()  # type: ignore[union-attr]
         finally:
-            self._batching = False
-        self._flush()
+            self._end_batch()
 
     def eof_received(self) -> bool:
         return False  # TLS has no half-close: the connection ends, every stream with it
@@ -231,8 +228,7 @@ class MuxConnection(asyncio.Protocol):
         try:
             self._dispatch(self._session.set_output_blocked(False))
         finally:
-            self._batching = False
-        self._flush()
+            self._end_batch()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -287,6 +283,12 @@ class MuxConnection(asyncio.Protocol):
                 self._on_go_away(event.code)
             elif kind is Pong:
                 self._on_pong(event.opaque)
+
+    def _end_batch(self) -> None:
+        self._batching = False
+        while self._check_later:
+            self._check_later.pop()._check_done()
+        self._flush()
 
     def _accept(self, sid: int) -> None:
         stream = MuxStream(self, sid)
