@@ -13,6 +13,8 @@ handlers (agent/http/agent_api.py, connect_ca.py, health.py, intentions.py):
 - GET  /v1/health/connect/:service (?passing, index-blocking per service)
 - GET  /v1/connect/intentions/match?by=&name= (index-blocking), and on every answer
   X-Consul-Default-ACL-Policy
+- PUT  /v1/agent/mesh/proxies/:id/ready (a proxy's ready report; 404 unless :id is a
+  registered connect-proxy, as our agent answers)
 
 Every request is recorded (`requests`). `inject()` makes a path answer something else
 (a 500, a 403, garbage) for the next requests, as a failing or hostile agent would.
@@ -233,6 +235,7 @@ class FakeAgent:
             web.get("/v1/agent/connect/ca/roots", self._roots_handler),
             web.get("/v1/health/connect/{service}", self._health_connect),
             web.get("/v1/connect/intentions/match", self._match),
+            web.put("/v1/agent/mesh/proxies/{id:.+}/ready", self._ready),
         ]
 
     async def _block(self, request: web.Request, unchanged: Callable[[], bool]) -> None:
@@ -304,6 +307,12 @@ class FakeAgent:
             return _text(404, f"Unknown service ID {sid!r}. Ensure that the service ID is passed, not the service name.")
         self.remove_service(sid)
         return _json(None)
+
+    async def _ready(self, request: web.Request) -> web.Response:
+        proxy_id = request.match_info["id"]
+        if self.services.get(proxy_id, {}).get("Kind") != "connect-proxy":
+            return _text(404, f"unknown proxy service ID: {proxy_id}")
+        return _json({"ProxyServiceID": proxy_id, "State": "ready"})
 
     async def _ttl(self, request: web.Request) -> web.Response:
         check_id = request.match_info["id"]

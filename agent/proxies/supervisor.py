@@ -340,8 +340,12 @@ class ProxySupervisor:
             handle = adopt(record.pid, record.start_time)
             handle.watch(asyncio.get_running_loop(), self.wake)
             self._handles[record.proxy_id] = handle
-            self._procs[record.proxy_id] = adopted(record.proxy_id, record.parent_id, record.pid,
-                                                   record.start_time, now)
+            proc = adopted(record.proxy_id, record.parent_id, record.pid, record.start_time, now)
+            early = self._reports.get(record.proxy_id)
+            if early is not None and early[0].pid in (0, record.pid):
+                # it reported between the HTTP listener's start and this adoption
+                proc = became_ready(proc, now)
+            self._procs[record.proxy_id] = proc
             self._started_wall[record.proxy_id] = record.started_wall
             ADOPTIONS.inc()
             log.info("proxy_adopted", proxy=record.proxy_id, pid=record.pid,

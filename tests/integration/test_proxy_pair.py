@@ -276,6 +276,29 @@ async def test_with_the_agent_gone_the_proxies_keep_serving_and_catch_up_when_it
             await asyncio.sleep(0.1)
 
 
+async def test_an_agent_back_hears_from_its_proxies_and_they_follow_it_within_a_second():
+    """An agent gone for a few seconds (the watches back off meanwhile: 0.5 s doubling)
+    and back: each proxy reports ready to it again (a restarted agent has just adopted
+    it and knows nothing of it) and its watches ask again at once, so an intention
+    written after the agent's return applies within about a second."""
+    async with running_mesh() as mesh:
+        paths = [f"/v1/agent/mesh/proxies/{p}-sidecar-proxy/ready" for p in ("web", "api")]
+        assert all(mesh.agent.requests_to(p) for p in paths)
+        await mesh.agent.stop()
+        await asyncio.sleep(4)
+        assert await mesh.call() == b"api:ping"  # served on the cached configuration
+        reported = {p: len(mesh.agent.requests_to(p)) for p in paths}
+        await mesh.agent.start()
+        back = time.monotonic()
+        mesh.allow(False)
+        while await mesh.call() != b"":
+            assert time.monotonic() - back < 2.0, "the deny did not apply within 2 s of the agent's return"
+            await asyncio.sleep(0.02)
+        while not all(len(mesh.agent.requests_to(p)) > reported[p] for p in paths):
+            assert time.monotonic() - back < 2.0, "the proxies did not report to the returned agent"
+            await asyncio.sleep(0.02)
+
+
 async def test_a_dead_instance_is_skipped_for_a_live_one():
     async with running_mesh() as mesh:
         dead = _free_port()
