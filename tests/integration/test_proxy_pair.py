@@ -369,7 +369,10 @@ async def test_openssl_s_client_needs_a_client_certificate(tmp_path):
     async with running_mesh() as mesh:
         _, anonymous = await _openssl(mesh.api_public, tmp_path, None, mesh.ca.root_pem)
         assert "api:hello" not in anonymous
-        assert "alert" in anonymous.lower() or "error" in anonymous.lower(), anonymous
+        # TLS 1.3: the client finishes its side before the server checks the certificate;
+        # the refusal is an alert, or a reset (the server closes with the client's line
+        # unread) that may overtake the alert: "read:errno=104"
+        assert any(s in anonymous.lower() for s in ("alert", "error", "errno=104")), anonymous
         _, with_leaf = await _openssl(mesh.api_public, tmp_path, mesh.ca.leaf("web"), mesh.ca.root_pem)
         assert "api:hello" in with_leaf, with_leaf
 
