@@ -50,7 +50,7 @@ def sidecar_service(parent_id: str, port: int, *, parent_name: str = "", local_p
         "EnableTagOverride": False,
         "Proxy": {"DestinationServiceName": name, "DestinationServiceID": parent_id,
                   "LocalServiceAddress": "127.0.0.1", "LocalServicePort": local_port, "Config": dict(config or {}),
-                  "Upstreams": [_upstream(u) for u in upstreams]},
+                  "Upstreams": [_upstream(u) for u in upstreams], "MeshGateway": {}, "Expose": {}},
     }
 
 
@@ -77,7 +77,8 @@ def connect_entry(destination: str, node: str, address: str, port: int, *, statu
         sid = service_id or f"{destination}-sidecar-proxy"
         service = {"Kind": "connect-proxy", "ID": sid, "Service": f"{destination}-sidecar-proxy",
                    "Proxy": {"DestinationServiceName": destination, "DestinationServiceID": destination,
-                             "LocalServiceAddress": "127.0.0.1", "LocalServicePort": 8080}}
+                             "LocalServiceAddress": "127.0.0.1", "LocalServicePort": 8080, "MeshGateway": {},
+                             "Expose": {}}}
     service.update({"Tags": [], "Address": address, "Meta": {}, "Port": port, "Weights": dict(_WEIGHTS),
                     "EnableTagOverride": False, "CreateIndex": 1, "ModifyIndex": 1})
     checks = [_check(node, "serfHealth", "Serf Health Status", PASSING, output="Agent alive and reachable"),

@@ -166,7 +166,8 @@ class InboundListener:
             self._connections -= 1
             reason = handshake_failure_reason(exc)
             self._metrics.handshake_failures.labels("inbound", reason).inc()
-            self._refused("inbound_handshake_failed", reason=reason, peer=str(peer), error=str(exc)[:200])
+            if reason != "closed":  # a TCP health check connects and closes: not worth a line
+                self._refused("inbound_handshake_failed", reason=reason, peer=str(peer), error=str(exc)[:200])
             conn.close()
             return
         except asyncio.CancelledError:
@@ -255,7 +256,11 @@ class InboundListener:
         if not decision.allowed:
             self._refused("inbound_denied", source=caller, destination=config.registration.service,
                           reason=decision.reason, peer=peer)
-            stream.refuse()
+            # accepted, then reset: a denial is an answer, not a broken instance, so the
+            # caller neither retries elsewhere (intentions are the same everywhere) nor
+            # counts it towards setting this instance aside
+            stream.accept(asyncio.Protocol())
+            stream.abort()
             return
         app = await self._dial_app(config)
         if app is None:

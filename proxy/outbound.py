@@ -29,7 +29,7 @@ from .config import ProxyConfig, UpstreamSpec
 from .inbound import handshake_failure_reason
 from .metrics import ProxyMetrics
 from .mux import ALPN
-from .mux_stream import MuxClosedError, StreamRefusedError
+from .mux_stream import MuxClosedError, StreamRefusedError, StreamResetError
 from .mux_transport import MuxConnection
 from .splice import Holding, SpliceSide, Traffic, join
 
@@ -105,8 +105,15 @@ class Dialer:
             try:
                 stream = conn.open_stream(lambda: upstream)
                 await stream.established()
-            except (StreamRefusedError, MuxClosedError) as exc:
+            except StreamRefusedError as exc:
                 raise DialError("refused_by_peer", f"{endpoint.key} refused the stream: {exc}") from None
+            except MuxClosedError as exc:
+                raise DialError("connection_lost", f"{endpoint.key}: {exc}") from None
+            except StreamResetError:
+                # accepted and reset at once: the peer's answer (an intention denies us),
+                # not a broken instance: no retry elsewhere, nothing counted against it
+                side.abort()
+                return
             join(side, upstream)
 
     async def _shared_dial(self, endpoint: Endpoint, config: ProxyConfig, side: SpliceSide) -> MuxConnection | None:

@@ -192,9 +192,14 @@ class SpliceSide(asyncio.Protocol):
 
 
 def join(downstream: SpliceSide, upstream: SpliceSide) -> None:
-    """Connect two sides both ways; `downstream` faces the connection's initiator."""
+    """Connect two sides both ways; `downstream` faces the connection's initiator. A side
+    that ended before the join (a stream reset right after it was accepted) ends the other."""
     upstream.attach(downstream)
     downstream.attach(upstream)
+    if upstream.closed and not downstream.closed:
+        downstream.close()
+    elif downstream.closed and not upstream.closed:
+        upstream.close()
 
 
 class Holding(asyncio.Protocol):

@@ -24,10 +24,11 @@ P = "web-sidecar-proxy"
 
 
 def sidecar(port: int, **extra: object) -> dict[str, object]:
-    return {"Kind": "connect-proxy", "ID": P, "Name": "web-sidecar-proxy", "Port": port,
-            "Proxy": {"DestinationServiceName": "web", "DestinationServiceID": "web"},
-            "Check": {"Name": "Connect Sidecar Listening", "TCP": f"127.0.0.1:{port}", "Interval": "30s"},
-            **extra}
+    """web with a sidecar the agent expands (and so supervises), on `port`, with one TCP
+    check every 30 s instead of the defaults (so a test sees the ready call run it)."""
+    return {"Name": "web", "Port": 8080, "Connect": {"SidecarService": {
+        "Port": port, "Check": {"Name": "Connect Sidecar Listening", "TCP": f"127.0.0.1:{port}", "Interval": "30s"},
+        **extra}}}
 
 
 @pytest.fixture
@@ -63,7 +64,6 @@ async def test_supervised_sidecar_its_ready_call_and_the_cli(env):
     port = listener.getsockname()[1]
     sup = supervise(agent, harness)
     await sup.start(f"127.0.0.1:{client.port}")
-    assert (await client.put("/v1/agent/service/register", json={"Name": "web", "Port": 8080})).status == 200
     resp = await client.put("/v1/agent/service/register", json=sidecar(port, Token="sidecar-secret"))
     assert resp.status == 200, await resp.text()
     pid = (await until(harness.pids, what="the sidecar's proxy"))[0]
@@ -127,12 +127,13 @@ async def test_ready_for_an_unknown_or_plain_service_is_a_404_and_bad_bodies_400
 
 async def test_which_services_are_supervised(env):
     agent, client, harness, listener = env
-    await client.put("/v1/agent/service/register", json={"Name": "web", "Port": 8080})
     await client.put("/v1/agent/service/register", json=sidecar(21000))
-    # a connect-proxy for a service that is not on this agent is not a sidecar of ours
-    await client.put("/v1/agent/service/register", json={
-        "Kind": "connect-proxy", "ID": "remote-proxy", "Name": "remote-proxy", "Port": 21001,
-        "Proxy": {"DestinationServiceName": "api", "DestinationServiceID": "api"}})
+    # a connect-proxy registered on its own (an Envoy the user runs, a proxy with
+    # -register) is not the agent's to start, even for a service on this agent
+    for proxy_id, dest in (("remote-proxy", "api"), ("hand-proxy", "web")):
+        await client.put("/v1/agent/service/register", json={
+            "Kind": "connect-proxy", "ID": proxy_id, "Name": proxy_id, "Port": 21001,
+            "Proxy": {"DestinationServiceName": dest, "DestinationServiceID": dest}})
     assert agent._wanted_proxies() == {P: SidecarInfo("web", "")}
     body = await (await client.get("/v1/agent/mesh/proxies")).json()
     assert list(body) == [P] and body[P]["Supervised"] is True and body[P]["State"] == "pending"

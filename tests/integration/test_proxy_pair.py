@@ -143,6 +143,11 @@ async def test_a_deny_refuses_new_connections_within_a_second_and_an_allow_resto
             await asyncio.sleep(0.02)
         api = mesh.proxies["api"]
         assert api.metrics.authz.labels("deny")._value.get() >= 1  # noqa: SLF001
+        for _ in range(5):  # denials are answers: no retries, nothing set aside
+            assert await mesh.call() == b""
+        web = mesh.proxies["web"]
+        assert web.balancers["api"].ejected_count(time.monotonic()) == 0
+        assert not [s for m in web.metrics.dial_failures.collect() for s in m.samples if s.value]
         mesh.allow(True)
         deadline = time.monotonic() + 1.0
         while await mesh.call() != b"api:ping":

@@ -125,3 +125,10 @@ def test_the_idle_sweep_closes_only_connections_that_moved_nothing():
     busy_up.data_received(b"x")
     assert sweep_idle(sides) == 1
     assert idle_dt.closed and not busy_dt.closed
+
+
+def test_a_side_that_ended_before_the_join_ends_the_other():
+    down, up, dt, ut, _ = pair()
+    up.connection_lost(None)  # e.g. a stream reset right after it was accepted
+    join(down, up)
+    assert dt.closed
