@@ -16,7 +16,7 @@ from tests.chaos.run import Report, run_chaos
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.timeout(900)]
 
-SECONDS = float(os.environ.get("CHAOS_TEST_SECONDS") or 140)
+SECONDS = float(os.environ.get("CHAOS_TEST_SECONDS") or 110)
 
 
 @pytest.fixture(scope="module")
