@@ -140,6 +140,7 @@ class MuxConnection(asyncio.Protocol):
             stream._protocol = None
             stream.abort()  # its SYN never left: forgotten without a frame
             raise
+        self._want_flush()  # the SYN goes out even when the app has nothing to say first
         return stream
 
     def ping(self) -> asyncio.Future[float]:

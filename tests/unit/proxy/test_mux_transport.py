@@ -213,6 +213,22 @@ def test_fifty_streams_echo_megabytes_intact(run, tls):
     run(main())
 
 
+def test_a_server_that_speaks_first(run, tls):
+    class Greeter(Echo):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.write(b"220 ready\r\n")
+
+    async def main():
+        pair = await Pair.start(tls, lambda stream: Greeter())
+        stream = pair.client.open_stream(Sender)  # writes nothing: the SYN goes alone
+        async with asyncio.timeout(5):
+            await stream.get_protocol().wait_for(11)
+        assert stream.get_protocol().got == b"220 ready\r\n"
+        await pair.stop()
+    run(main())
+
+
 def test_a_slow_reader_pauses_the_writer_and_bounds_its_memory(run, tls):
     sinks: list[Sink] = []
 
@@ -460,9 +476,11 @@ def test_a_peer_that_never_finishes_is_reset_after_fin_timeout(run, tls):
     async def main():
         pair = await Pair.start(tls, lambda stream: CloseAtOnce(),
                                 limits=MuxLimits(fin_timeout=0.1))
+        loop = asyncio.get_running_loop()
         stream = pair.client.open_stream(Sender)  # its protocol keeps its half open
-        stream.write(b"x")
+        started = loop.time()
         assert isinstance(await stream.get_protocol().lost, StreamResetError)
+        assert loop.time() - started >= 0.1  # the linger, not the reset for unread data
         assert await server_side[0].lost is None and stream.get_protocol().eof
         await pair.stop()
     run(main())
