@@ -11,9 +11,8 @@ bytes read from the connection (`receive`) and the app's actions (`open_stream`,
 for the glue (`mux_transport.py`) and gathers the bytes to write, taken with
 `data_to_send()` once per batch so that many frames share one TLS write.
 
-The wire format is in `mux_frame.py`, the events and states in `mux_events.py`. The
-client opens odd stream ids, the server even ones; each stream starts with a 256 KiB
-window in each direction.
+Wire format and errors: `mux_frame.py`; events and states: `mux_events.py`. The client
+opens odd stream ids, the server even ones; each stream starts with 256 KiB windows.
 
 Choices where the spec is silent (our peers are other mesh sidecars):
 - SYN and ACK ride on the stream's first frame when the app writes in the same batch;
@@ -28,8 +27,6 @@ Choices where the spec is silent (our peers are other mesh sidecars):
   excess SYN gets RST), a frame's size (the window), the window (2**32 - 1). While the
   glue says the connection's write side is blocked, stream data stays queued and pings
   go unanswered, so a peer that does not read cannot grow our buffers.
-
-Errors: see `mux_frame.py` (MuxError, ProtocolError, StreamError).
 """
 
 from __future__ import annotations
@@ -112,8 +109,7 @@ class Session:
 
     def __init__(self, *, client: bool, window: int = INITIAL_WINDOW, max_streams: int = MAX_STREAMS,
                  accept_backlog: int = ACCEPT_BACKLOG, max_send_frame: int = MAX_SEND_FRAME) -> None:
-        # `window` other than the spec's 256 KiB only between two ends built alike (tests)
-        self.client = client
+        self.client = client  # `window` may differ from the spec's only between two of ours
         self.window = window
         self.max_streams = max_streams
         self.accept_backlog = accept_backlog
@@ -138,10 +134,6 @@ class Session:
 
     # -- inspection --------------------------------------------------------------------
 
-    @property
-    def active_streams(self) -> int:
-        return len(self._streams)
-
     def stream_ids(self) -> list[int]:
         return list(self._streams)
 
@@ -161,8 +153,7 @@ class Session:
         return None
 
     def stream_state(self, sid: int) -> StreamState | None:
-        st = self._streams.get(sid)
-        if st is None:
+        if (st := self._streams.get(sid)) is None:
             return None
         if st.fin_requested:
             return StreamState.CLOSING if st.remote_fin else StreamState.LOCAL_CLOSE
@@ -171,8 +162,7 @@ class Session:
     def stream_stats(self, sid: int) -> StreamStats | None:
         """Flow-control counters of a live stream (debugging, metrics, invariant tests):
         recv_window + unconsumed + uncredited is always the session's window."""
-        st = self._streams.get(sid)
-        if st is None:
+        if (st := self._streams.get(sid)) is None:
             return None
         return StreamStats(st.send_window, st.recv_window, st.unconsumed, st.credit, st.queued)
 
@@ -309,7 +299,8 @@ class Session:
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call, as one buffer."""
-        self._announce()
+        if self._flagged:
+            self._announce()
         out = self._out
         if not out:
             return b""
@@ -324,8 +315,17 @@ class Session:
         if self.failed is not None:
             raise self.failed
         events: list[Event] = []
+        streams = self._streams
         try:
             for ftype, flags, sid, length, payload in self._decoder.feed(data):
+                if ftype == DATA and not flags:  # the bulk of the traffic: checks inline
+                    st = streams.get(sid)
+                    if (st is not None and not st.flags & SYN and not st.remote_fin
+                            and 0 < length <= st.recv_window):
+                        st.recv_window -= length
+                        st.unconsumed += length
+                        events.append(Data(sid, payload))
+                        continue
                 if ftype <= WINDOW_UPDATE:
                     self._on_stream_frame(ftype, flags, sid, length, payload, events)
                 else:
