@@ -5,14 +5,14 @@ streams, so a new app connection costs one frame instead of a ~2 ms TLS handshak
 framing is HashiCorp's yamux spec (version 0), negotiated by the ALPN id `ALPN`; a peer
 that does not offer it gets one TLS connection per app connection (not this module).
 
-This module is the functional core: no asyncio, no sockets, no clocks, no logging. A
-`Session` is fed the bytes read from the connection (`receive`) and the app's actions
-(`open_stream`, `send_data`, `consume`, `send_fin`, `reset_stream`, `ping`, `go_away`);
-it returns events for the glue (`mux_transport.py`) and accumulates the bytes to write,
-taken with `data_to_send()` once per batch so many frames share one TLS write.
+The functional core: no asyncio, sockets, clocks or logging. A `Session` is fed the
+bytes read from the connection (`receive`) and the app's actions (`open_stream`,
+`send_data`, `consume`, `send_fin`, `reset_stream`, `ping`, `go_away`); it returns events
+for the glue (`mux_transport.py`) and gathers the bytes to write, taken with
+`data_to_send()` once per batch so that many frames share one TLS write.
 
-The wire format is in `mux_frame.py` (re-exported here). The client opens odd stream
-ids, the server even ones; each stream starts with a 256 KiB window in each direction.
+Wire format and errors: `mux_frame.py`; events and states: `mux_events.py`. The client
+opens odd stream ids, the server even ones; each stream starts with 256 KiB windows.
 
 Choices where the spec is silent (our peers are other mesh sidecars):
 - SYN and ACK ride on the stream's first frame when the app writes in the same batch;
@@ -20,32 +20,38 @@ Choices where the spec is silent (our peers are other mesh sidecars):
 - A peer's stream ids must increase. A frame for an id that was never opened, or for a
   stream whose SYN we have not sent yet, is a protocol error; a frame for a stream that
   is already gone is dropped (it crossed our RST or FIN on the wire).
-- The receive window is credited back with one WindowUpdate once the app has consumed
-  at least half of it. The glue reports consumption only when the local side really
-  took the bytes, so a slow local reader stops the remote writer: backpressure crosses
-  the mux.
-- Everything the peer controls is bounded: concurrent streams and accepted-but-not-yet
-  taken streams (an excess SYN is answered with RST), the size of a frame (the window),
-  the window itself (2**32 - 1). While the glue says the connection's write side is
-  blocked, queued stream data stays queued and pings are not answered, so a peer that
-  does not read cannot grow our buffers.
-
-Errors: see `mux_frame.py` (MuxError, ProtocolError, StreamError).
+- The receive window is credited back in one WindowUpdate once the app consumed half of
+  it. The glue reports consumption only when the local side really took the bytes, so a
+  slow local reader stops the remote writer: backpressure crosses the mux.
+- Everything the peer controls is bounded: concurrent and not yet accepted streams (an
+  excess SYN gets RST), a frame's size (the window), the window (2**32 - 1). While the
+  glue says the connection's write side is blocked, stream data stays queued and pings
+  go unanswered, so a peer that does not read cannot grow our buffers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from enum import IntEnum
-from typing import NamedTuple
+from collections import deque
 
+from mesh.proxy.mux_events import (
+    Data,
+    Event,
+    GoAwayReceived,
+    Pong,
+    StreamAccepted,
+    StreamFinished,
+    StreamOpened,
+    StreamReset,
+    StreamState,
+    StreamStats,
+    WindowOpened,
+)
 from mesh.proxy.mux_frame import (
     ACK,
     DATA,
     FIN,
     GO_AWAY,
     HEADER,
-    HEADER_SIZE,
     INITIAL_WINDOW,
     MAX_WINDOW,
     PING,
@@ -53,23 +59,14 @@ from mesh.proxy.mux_frame import (
     SYN,
     VERSION,
     WINDOW_UPDATE,
-    Flag,
-    Frame,
     FrameDecoder,
     FrameType,
     GoAwayCode,
-    MuxError,
     ProtocolError,
     StreamError,
-    encode_frame,
 )
 
-__all__ = [
-    "ACCEPT_BACKLOG", "ALPN", "HEADER_SIZE", "INITIAL_WINDOW", "MAX_SEND_FRAME", "MAX_STREAMS",
-    "Data", "Event", "Flag", "Frame", "FrameDecoder", "FrameType", "GoAwayCode", "GoAwayReceived",
-    "MuxError", "Pong", "ProtocolError", "Session", "StreamError", "StreamFinished",
-    "StreamAccepted", "StreamOpened", "StreamReset", "StreamState", "StreamStats", "WindowOpened", "encode_frame",
-]
+__all__ = ["ACCEPT_BACKLOG", "ALPN", "MAX_SEND_FRAME", "MAX_STREAMS", "Session"]
 
 ALPN = "x-mesh-yamux/1"
 MAX_STREAM_ID = 0xFFFFFFFF
@@ -77,89 +74,12 @@ MAX_STREAMS = 1024
 ACCEPT_BACKLOG = 256
 MAX_SEND_FRAME = 64 * 1024  # bounds how much the receiver reassembles before delivering
 _pack = HEADER.pack
-_SYN_SENT, _SYN_RECEIVED, _ESTABLISHED = 0, 1, 2
-
-
-class StreamState(IntEnum):
-    """A live stream's state. Closed and reset streams are forgotten (state None)."""
-
-    SYN_SENT = _SYN_SENT
-    SYN_RECEIVED = _SYN_RECEIVED
-    ESTABLISHED = _ESTABLISHED
-    LOCAL_CLOSE = 3  # we sent (or queued) FIN
-    REMOTE_CLOSE = 4  # the peer sent FIN
-    CLOSING = 5  # both, our FIN still queued behind data the window does not allow yet
-
-
-class StreamStats(NamedTuple):
-    send_window: int  # bytes we may still send
-    recv_window: int  # bytes the peer may still send
-    unconsumed: int  # delivered to the app, not yet consumed
-    uncredited: int  # consumed, not yet credited back to the peer
-    buffered: int  # written by the app, waiting for window
-
-
-@dataclass(slots=True)
-class StreamOpened:
-    """The peer opened a stream; the glue attaches it and calls `accept_stream`."""
-
-    stream_id: int
-
-
-@dataclass(slots=True)
-class StreamAccepted:
-    """The peer accepted a stream we opened (its ACK): whatever we send now reaches it."""
-
-    stream_id: int
-
-
-@dataclass(slots=True)
-class Data:
-    """Bytes for a stream, in order; the glue reports them with `consume` once taken."""
-
-    stream_id: int
-    data: bytes
-
-
-@dataclass(slots=True)
-class StreamFinished:
-    """The peer sent FIN: after all its data, no more will come."""
-
-    stream_id: int
-
-
-@dataclass(slots=True)
-class StreamReset:
-    """The peer reset the stream; `refused` when it never accepted it (nothing reached
-    its app, so the caller may retry elsewhere)."""
-
-    stream_id: int
-    refused: bool = False
-
-
-@dataclass(slots=True)
-class WindowOpened:
-    """Queued data of the stream went out: its send buffer shrank."""
-
-    stream_id: int
-
-
-@dataclass(slots=True)
-class GoAwayReceived:
-    code: int
-
-
-@dataclass(slots=True)
-class Pong:
-    opaque: int
-
-
-Event = StreamOpened | StreamAccepted | Data | StreamFinished | StreamReset | WindowOpened | GoAwayReceived | Pong
+_SYN_SENT, _SYN_RECEIVED, _ESTABLISHED = 0, 1, 2  # StreamState's, as plain ints
 
 
 class _Stream:
     __slots__ = ("id", "state", "send_window", "recv_window", "unconsumed", "credit", "queue",
-                 "flags", "fin_requested", "fin_sent", "remote_fin", "accepted")
+                 "queued", "flags", "fin_requested", "fin_sent", "remote_fin", "accepted")
 
     def __init__(self, sid: int, state: int, window: int) -> None:
         self.id = sid
@@ -168,7 +88,10 @@ class _Stream:
         self.recv_window = window
         self.unconsumed = 0  # received, not yet taken by the app
         self.credit = 0  # taken by the app, not yet given back to the peer
-        self.queue = bytearray()  # beyond the send window or while output is blocked
+        # beyond the send window or while output is blocked: the app's own buffers (or
+        # views of them), not copies; the deque only while there is something in it
+        self.queue: deque[bytes | memoryview] | None = None
+        self.queued = 0
         self.flags = 0  # SYN/ACK waiting to ride on the next frame
         self.fin_requested = False
         self.fin_sent = False
@@ -187,8 +110,7 @@ class Session:
 
     def __init__(self, *, client: bool, window: int = INITIAL_WINDOW, max_streams: int = MAX_STREAMS,
                  accept_backlog: int = ACCEPT_BACKLOG, max_send_frame: int = MAX_SEND_FRAME) -> None:
-        # `window` other than the spec's 256 KiB only between two ends built alike (tests)
-        self.client = client
+        self.client = client  # `window` may differ from the spec's only between two of ours
         self.window = window
         self.max_streams = max_streams
         self.accept_backlog = accept_backlog
@@ -208,13 +130,10 @@ class Session:
         self._backlog = 0
         self._blocked = False
         self._out: list[bytes | bytearray | memoryview] = []
+        self.output_size = 0  # data bytes waiting in data_to_send(): the glue may flush early
         self._decoder = FrameDecoder(window)
 
     # -- inspection --------------------------------------------------------------------
-
-    @property
-    def active_streams(self) -> int:
-        return len(self._streams)
 
     def stream_ids(self) -> list[int]:
         return list(self._streams)
@@ -235,8 +154,7 @@ class Session:
         return None
 
     def stream_state(self, sid: int) -> StreamState | None:
-        st = self._streams.get(sid)
-        if st is None:
+        if (st := self._streams.get(sid)) is None:
             return None
         if st.fin_requested:
             return StreamState.CLOSING if st.remote_fin else StreamState.LOCAL_CLOSE
@@ -245,15 +163,14 @@ class Session:
     def stream_stats(self, sid: int) -> StreamStats | None:
         """Flow-control counters of a live stream (debugging, metrics, invariant tests):
         recv_window + unconsumed + uncredited is always the session's window."""
-        st = self._streams.get(sid)
-        if st is None:
+        if (st := self._streams.get(sid)) is None:
             return None
-        return StreamStats(st.send_window, st.recv_window, st.unconsumed, st.credit, len(st.queue))
+        return StreamStats(st.send_window, st.recv_window, st.unconsumed, st.credit, st.queued)
 
     def buffered(self, sid: int) -> int:
         """Bytes the app wrote that are still queued (0 for a forgotten stream)."""
         st = self._streams.get(sid)
-        return len(st.queue) if st is not None else 0
+        return st.queued if st is not None else 0
 
     # -- local operations --------------------------------------------------------------
 
@@ -282,35 +199,34 @@ class Session:
         st.flags |= ACK
         self._flagged[sid] = st
 
-    def send_data(self, sid: int, data: bytes | bytearray | memoryview) -> None:
-        """Frame `data` up to the send window; queue the rest (see `buffered`)."""
+    def send_data(self, sid: int, data: bytes | bytearray | memoryview) -> int:
+        """Frame `data` up to the send window, queue the rest; the bytes now queued."""
         st = self._streams.get(sid)
         if st is None or st.fin_requested:
             raise StreamError(f"stream {sid} is not open for writing")
         n = len(data)
         if not n:
-            return
-        if st.queue or self._blocked or not st.send_window:
-            st.queue += data
-            self._queued[sid] = st
-            return
+            return st.queued
         if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse its buffer; we keep references
         window = st.send_window
-        if n <= window and n <= self.max_send_frame:
+        if st.queued or self._blocked or not window:
+            self._enqueue(st, data)
+        elif n <= window and n <= self.max_send_frame:
             flags = st.flags
             if flags:
                 st.flags = 0
                 del self._flagged[sid]
             self._out += (_pack(VERSION, DATA, flags, sid, n), data)
+            self.output_size += n
             st.send_window = window - n
-            return
-        view = memoryview(data)
-        sent = min(n, window)
-        self._emit_data(st, view[:sent])
-        if sent < n:
-            st.queue += view[sent:]
-            self._queued[sid] = st
+        elif n <= window:
+            self._emit_data(st, data)
+        else:
+            view = memoryview(data)
+            self._emit_data(st, view[:window])
+            self._enqueue(st, view[window:])
+        return st.queued
 
     def send_fin(self, sid: int) -> None:
         """Half-close: FIN goes out after the data already queued."""
@@ -320,7 +236,7 @@ class Session:
         if st.fin_requested:
             return
         st.fin_requested = True
-        if not st.queue:
+        if not st.queued:
             self._emit_fin(st)
 
     def reset_stream(self, sid: int) -> None:
@@ -357,26 +273,41 @@ class Session:
             self._out.append(_pack(VERSION, GO_AWAY, 0, 0, code))
         self.local_go_away = code
 
-    def set_output_blocked(self, blocked: bool) -> list[Event]:
+    def set_output_blocked(self, blocked: bool, budget: int = MAX_WINDOW) -> list[Event]:
         """The connection's write buffer is full (True) or drained (False). Unblocking
-        sends what the windows allow and reports the streams whose buffers shrank."""
+        sends queued data as the windows allow, streams in turn, about `budget` bytes
+        (`sendable()` says whether more could go), and reports the streams whose
+        buffers shrank."""
         self._blocked = blocked
-        if blocked or not self._queued:
-            return []
         events: list[Event] = []
+        if blocked:
+            return events
         for st in list(self._queued.values()):
-            if st.send_window and self._flush(st):
+            if budget <= 0:
+                break
+            if st.send_window:
+                sent = self._flush(st, budget)
+                budget -= sent
                 events.append(WindowOpened(st.id))
+                if st.queued:  # its turn is over: to the back of the line
+                    del self._queued[st.id]
+                    self._queued[st.id] = st
         return events
+
+    def sendable(self) -> bool:
+        """Whether queued data could go out now (after a budgeted unblock)."""
+        return not self._blocked and any(st.send_window for st in self._queued.values())
 
     def data_to_send(self) -> bytes:
         """Everything queued for the wire since the last call, as one buffer."""
-        self._announce()
+        if self._flagged:
+            self._announce()
         out = self._out
         if not out:
             return b""
         data = b"".join(out)
         out.clear()
+        self.output_size = 0
         return data
 
     # -- the peer's bytes --------------------------------------------------------------
@@ -385,8 +316,17 @@ class Session:
         if self.failed is not None:
             raise self.failed
         events: list[Event] = []
+        streams = self._streams
         try:
             for ftype, flags, sid, length, payload in self._decoder.feed(data):
+                if ftype == DATA and not flags:  # the bulk of the traffic: checks inline
+                    st = streams.get(sid)
+                    if (st is not None and not st.flags & SYN and not st.remote_fin
+                            and 0 < length <= st.recv_window):
+                        st.recv_window -= length
+                        st.unconsumed += length
+                        events.append(Data(sid, payload))
+                        continue
                 if ftype <= WINDOW_UPDATE:
                     self._on_stream_frame(ftype, flags, sid, length, payload, events)
                 else:
@@ -435,7 +375,7 @@ class Session:
             if window > MAX_WINDOW:
                 raise ProtocolError(f"window update overflows stream {sid}'s window")
             st.send_window = window
-            if st.queue and not self._blocked and self._flush(st):
+            if st.queued and not self._blocked and self._flush(st):
                 events.append(WindowOpened(sid))
         if flags & FIN:
             if st.remote_fin:
@@ -505,22 +445,43 @@ class Session:
             del self._flagged[st.id]
         return flags
 
-    def _emit_data(self, st: _Stream, view: memoryview | bytearray) -> None:
-        """Frames for `view` (within the window), at most max_send_frame each."""
-        total, step, out, sid = len(view), self.max_send_frame, self._out, st.id
+    def _emit_data(self, st: _Stream, data: bytes | memoryview) -> None:
+        """Frames for `data` (within the window), at most max_send_frame each."""
+        total, step, out, sid = len(data), self.max_send_frame, self._out, st.id
+        if total > step and type(data) is bytes:
+            data = memoryview(data)  # slices without copies
         for pos in range(0, total, step):
-            chunk = view[pos:pos + step]
+            chunk = data[pos:pos + step] if total > step else data
             out += (_pack(VERSION, DATA, self._take_flags(st), sid, len(chunk)), chunk)
         st.send_window -= total
+        self.output_size += total
 
-    def _flush(self, st: _Stream) -> int:
-        """Send as much of the queue as the window allows; FIN if it was waiting."""
+    def _enqueue(self, st: _Stream, data: bytes | memoryview) -> None:
+        if st.queue is None:
+            st.queue = deque()
+            self._queued[st.id] = st
+        st.queue.append(data)
+        st.queued += len(data)
+
+    def _flush(self, st: _Stream, limit: int = MAX_WINDOW) -> int:
+        """Send as much of the queue as the window (and `limit`) allows; then the FIN if
+        it was waiting. How much went out."""
         queue = st.queue
-        n = min(len(queue), st.send_window)
-        if n:
-            self._emit_data(st, queue[:n])  # a copy: the queue is resized below
-            del queue[:n]
-        if not queue:
+        assert queue is not None
+        n = budget = min(st.queued, st.send_window, limit)
+        while budget:
+            piece = queue[0]
+            if len(piece) <= budget:
+                queue.popleft()
+            else:
+                piece = memoryview(piece)
+                queue[0] = piece[budget:]
+                piece = piece[:budget]
+            self._emit_data(st, piece)
+            budget -= len(piece)
+        st.queued -= n
+        if not st.queued:
+            st.queue = None
             del self._queued[st.id]
             if st.fin_requested and not st.fin_sent:
                 self._emit_fin(st)

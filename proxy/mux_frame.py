@@ -126,8 +126,22 @@ class FrameDecoder:
         pos = self._complete(data, frames) if self._buf else 0
         if pos < 0:
             return frames
-        pos = self._parse(data, pos, frames)
-        if pos < len(data):
+        unpack, append = HEADER.unpack_from, frames.append
+        end, max_frame = len(data), self.max_frame
+        while end - pos >= 12:
+            version, ftype, flags, sid, length = unpack(data, pos)
+            if version or ftype > _GO_AWAY or (not ftype and length > max_frame):
+                self._reject(version, ftype, length)
+            if ftype:
+                append((ftype, flags, sid, length, b""))  # type: ignore[arg-type]
+                pos += 12
+                continue
+            stop = pos + 12 + length
+            if stop > end:
+                break
+            append((ftype, flags, sid, length, data[pos + 12:stop]))  # type: ignore[arg-type]
+            pos = stop
+        if pos < end:
             self._buf += memoryview(data)[pos:]
         return frames
 
@@ -141,37 +155,21 @@ class FrameDecoder:
             buf += data[:used]
             if len(buf) < 12:
                 return -1
-        version, ftype, _, _, length = HEADER.unpack_from(buf)
+        version, ftype, flags, sid, length = HEADER.unpack_from(buf)
         if version or ftype > _GO_AWAY or (not ftype and length > self.max_frame):
             self._reject(version, ftype, length)
-        missing = (12 + length if ftype == _DATA else 12) - len(buf)
-        if missing > 0:
-            buf += memoryview(data)[used:used + missing]
-            if len(buf) < 12 + length:
-                return -1
-            used += missing
-        self._parse(bytes(buf), 0, frames)
+        payload = b""
+        if ftype == _DATA:
+            missing = 12 + length - len(buf)
+            if missing > 0:
+                buf += memoryview(data)[used:used + missing]
+                if len(buf) < 12 + length:
+                    return -1
+                used += missing
+            payload = bytes(memoryview(buf)[12:])
+        frames.append((ftype, flags, sid, length, payload))  # type: ignore[arg-type]
         buf.clear()
         return used
-
-    def _parse(self, src: bytes, pos: int, frames: list[Frame]) -> int:
-        """Append the complete frames of src[pos:]; where the first incomplete one starts."""
-        unpack, append = HEADER.unpack_from, frames.append
-        end, max_frame = len(src), self.max_frame
-        while end - pos >= 12:
-            version, ftype, flags, sid, length = unpack(src, pos)
-            if version or ftype > _GO_AWAY or (not ftype and length > max_frame):
-                self._reject(version, ftype, length)
-            if ftype:
-                append((ftype, flags, sid, length, b""))  # type: ignore[arg-type]
-                pos += 12
-                continue
-            stop = pos + 12 + length
-            if stop > end:
-                break
-            append((ftype, flags, sid, length, src[pos + 12:stop]))  # type: ignore[arg-type]
-            pos = stop
-        return pos
 
     def _reject(self, version: int, ftype: int, length: int) -> None:
         if version != VERSION:

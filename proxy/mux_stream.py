@@ -25,7 +25,8 @@ import collections
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mesh.proxy.mux import ACCEPT_BACKLOG, MAX_STREAMS, MuxError, StreamError
+from mesh.proxy.mux import ACCEPT_BACKLOG, MAX_STREAMS
+from mesh.proxy.mux_frame import MuxError, StreamError
 
 if TYPE_CHECKING:
     from mesh.proxy.mux_transport import MuxConnection
@@ -54,6 +55,7 @@ class MuxLimits:
     accept_backlog: int = ACCEPT_BACKLOG
     stream_high_water: int = 64 * 1024  # a stream's queued bytes before pause_writing
     transport_high_water: int = 256 * 1024  # TLS write buffer before stream data waits
+    write_batch: int = 64 * 1024  # data waiting for the end of the loop iteration: flush now
     max_transport_buffer: int = 16 * 1024 * 1024  # beyond: the peer does not read; abort
     keepalive_interval: float | None = 30.0  # ping when nothing was received for this long
     keepalive_timeout: float = 10.0  # ... and give up when still nothing after this
@@ -146,11 +148,14 @@ class MuxStream(asyncio.Transport):
             raise RuntimeError("write() after write_eof()")
         session = self._session
         try:
-            session.send_data(self.id, data)
+            queued = session.send_data(self.id, data)
         except StreamError:
             return  # reset by the peer; its StreamReset is later in the batch being handled
-        self._conn._want_flush()
-        if not self._write_paused and session.buffered(self.id) > self._high:
+        if session.output_size >= self._conn.limits.write_batch:
+            self._conn._flush()  # bulk: no use waiting, and the transport may pause us now
+        else:
+            self._conn._want_flush()
+        if queued > self._high and not self._write_paused:
             self._write_paused = True
             self._callback("pause_writing")
 

@@ -8,10 +8,12 @@ server side gets `on_stream(stream)` per stream the peer opens and returns the p
 to attach (None refuses the stream, which the peer sees as StreamRefusedError).
 
 Batching: stream writes and credits made during one loop iteration go out in one TLS
-write (a `call_soon` flush); everything one received chunk causes, in one write at its
-end. When the TLS transport's buffer passes its high-water mark the session stops
-framing stream data (their writers get paused by their own water marks); a buffer past
-`max_transport_buffer` means the peer does not read, and the connection is aborted.
+write (a `call_soon` flush), at once when `write_batch` bytes of data are waiting;
+everything one received chunk causes, in one write at its end. When the TLS transport's
+buffer passes its high-water mark the session stops framing stream data (their writers
+get paused by their own water marks); on resume the streams' queues go out in turns of
+about the high-water mark. A buffer past `max_transport_buffer` while paused means a
+peer that makes us answer without reading: the connection is aborted.
 
 For a pool: `usable` (not going away, below max streams), `idle_since` (loop time since
 when no stream is open), `active_streams`, `streams_opened`; `go_away()` drains and
@@ -31,21 +33,18 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from mesh.proxy.mux import (
-    ALPN,
+from mesh.proxy.mux import ALPN, Session
+from mesh.proxy.mux_events import (
     Data,
-    GoAwayCode,
     GoAwayReceived,
-    MuxError,
     Pong,
-    ProtocolError,
-    Session,
     StreamAccepted,
     StreamFinished,
     StreamOpened,
     StreamReset,
     WindowOpened,
 )
+from mesh.proxy.mux_frame import GoAwayCode, MuxError, ProtocolError
 from mesh.proxy.mux_stream import (
     MuxClosedError,
     MuxLimits,
@@ -62,7 +61,7 @@ __all__ = ["DEFER", "MuxConnection", "StreamHandler", "mux_negotiated"]
 # anything reached any app and the peer may retry elsewhere.
 DEFER = object()
 
-StreamHandler = Callable[[MuxStream], asyncio.BaseProtocol | None]
+StreamHandler = Callable[[MuxStream], asyncio.BaseProtocol | object | None]
 
 
 def mux_negotiated(transport: asyncio.BaseTransport) -> bool:
@@ -93,9 +92,10 @@ class MuxConnection(asyncio.Protocol):
         self._closing = False  # no more writes to the transport
         self._error: Exception | None = None  # why we ended it, for the streams
         self._idle_since = 0.0
-        self._last_rx = 0.0
-        self._ping_sent_at: float | None = None
+        self._heard = False  # something was received since the last keepalive tick
+        self._keepalive_ping = False  # a keepalive ping is waiting for any answer
         self._keepalive: asyncio.TimerHandle | None = None
+        self._write_paused = False
         self._pings: dict[int, tuple[float, asyncio.Future[float]]] = {}
         self._next_ping = 0
         self._closed: asyncio.Future[None] | None = None
@@ -147,7 +147,7 @@ class MuxConnection(asyncio.Protocol):
             stream._protocol = None
             stream.abort()  # its SYN never left: forgotten without a frame
             raise
-        self._want_flush()  # the SYN goes out even if nothing is written (a caller may wait for the ACK)
+        self._want_flush()  # the SYN goes out even when the app has nothing to say first
         return stream
 
     def ping(self) -> asyncio.Future[float]:
@@ -198,14 +198,14 @@ class MuxConnection(asyncio.Protocol):
         self._transport = transport  # type: ignore[assignment]  # uvloop's is no subclass
         self._loop = asyncio.get_running_loop()
         self._closed = self._loop.create_future()
-        self._idle_since = self._last_rx = self._loop.time()
+        self._idle_since = self._loop.time()
         transport.set_write_buffer_limits(high=self.limits.transport_high_water)
         if self.limits.keepalive_interval:
             self._keepalive = self._loop.call_later(self.limits.keepalive_interval,
                                                     self._keepalive_tick)
 
     def data_received(self, data: bytes) -> None:
-        self._last_rx = self._loop.time()
+        self._heard = True
         self._batching = True
         try:
             self._dispatch(self._session.receive(data))
@@ -221,14 +221,19 @@ class MuxConnection(asyncio.Protocol):
         return False  # TLS has no half-close: the connection ends, every stream with it
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         self._session.set_output_blocked(True)
 
     def resume_writing(self) -> None:
+        self._write_paused = False
         self._batching = True
         try:
-            self._dispatch(self._session.set_output_blocked(False))
+            self._dispatch(self._session.set_output_blocked(False,
+                                                            self.limits.transport_high_water))
         finally:
             self._end_batch()
+        if not self._write_paused and not self._closing and self._session.sendable():
+            self._loop.call_soon(self.resume_writing)  # the next share, after others ran
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
@@ -307,9 +312,9 @@ class MuxConnection(asyncio.Protocol):
             stream._defer()
             return
         self._session.accept_stream(sid)
-        stream._protocol = protocol
+        stream._protocol = protocol  # type: ignore[assignment]
         try:
-            protocol.connection_made(stream)
+            protocol.connection_made(stream)  # type: ignore[union-attr]
         except Exception as exc:
             stream._fatal(exc, "connection_made")
 
@@ -335,27 +340,21 @@ class MuxConnection(asyncio.Protocol):
                 future.set_result(self.last_rtt)
 
     def _keepalive_tick(self) -> None:
-        """Ping when idle; abort when a ping brought nothing back in time."""
-        limits, now = self.limits, self._loop.time()
-        interval = limits.keepalive_interval or 0.0
-        if self._ping_sent_at is not None:
-            if self._last_rx >= self._ping_sent_at:
-                self._ping_sent_at = None
-            elif now - self._ping_sent_at >= limits.keepalive_timeout:
-                self.abort(MuxError(f"keepalive: nothing received for "
-                                    f"{limits.keepalive_timeout:g} s after a ping"))
-                return
-        if self._ping_sent_at is None:
-            idle = now - self._last_rx
-            if idle >= interval:
-                self._session.ping(0)  # opaque 0: keepalive; ping() never uses 0
-                self._want_flush()
-                self._ping_sent_at = now
-                delay = limits.keepalive_timeout
-            else:
-                delay = interval - idle
+        """Every keepalive_interval: fine when something came in since the last tick;
+        else a ping, and when nothing comes in keepalive_timeout after it, abort."""
+        limits = self.limits
+        if self._heard:
+            self._heard = self._keepalive_ping = False
+            delay = limits.keepalive_interval or 0.0
+        elif not self._keepalive_ping:
+            self._session.ping(0)  # opaque 0: keepalive; ping() never uses 0
+            self._want_flush()
+            self._keepalive_ping = True
+            delay = limits.keepalive_timeout
         else:
-            delay = self._ping_sent_at + limits.keepalive_timeout - now
+            self.abort(MuxError(f"keepalive: nothing received for "
+                                f"{limits.keepalive_timeout:g} s after a ping"))
+            return
         self._keepalive = self._loop.call_later(delay, self._keepalive_tick)
 
     def _want_flush(self) -> None:
@@ -371,6 +370,9 @@ class MuxConnection(asyncio.Protocol):
         if data:
             transport = self._transport
             transport.write(data)  # type: ignore[union-attr]
-            if transport.get_write_buffer_size() > self.limits.max_transport_buffer:  # type: ignore[union-attr]
-                self.abort(MuxError("the peer does not read: "
-                                    f"{transport.get_write_buffer_size()} bytes buffered"))  # type: ignore[union-attr]
+            # only control frames are written while paused; a pile of them means a peer
+            # that makes us answer without reading the answers
+            if self._write_paused:
+                size = transport.get_write_buffer_size()  # type: ignore[union-attr]
+                if size > self.limits.max_transport_buffer:
+                    self.abort(MuxError(f"the peer does not read: {size} bytes buffered"))

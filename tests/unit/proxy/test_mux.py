@@ -9,25 +9,27 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.proxy import mux
-from mesh.proxy.mux import (
+from mesh.proxy.mux import Session
+from mesh.proxy.mux_events import (
     Data,
-    Flag,
-    Frame,
-    FrameDecoder,
-    FrameType,
-    GoAwayCode,
     GoAwayReceived,
     Pong,
-    ProtocolError,
-    Session,
     StreamAccepted,
-    StreamError,
     StreamFinished,
     StreamOpened,
     StreamReset,
     StreamState,
     WindowOpened,
+)
+from mesh.proxy.mux_frame import (
+    HEADER_SIZE,
+    Flag,
+    Frame,
+    FrameDecoder,
+    FrameType,
+    GoAwayCode,
+    ProtocolError,
+    StreamError,
     encode_frame,
 )
 
@@ -60,7 +62,7 @@ def any_frame(draw) -> Frame:
 @given(any_frame())
 def test_encode_decode_round_trip(f):
     wire = encode_frame(f)
-    assert len(wire) == mux.HEADER_SIZE + len(f.payload)
+    assert len(wire) == HEADER_SIZE + len(f.payload)
     assert frames_of(wire) == [f]
 
 
@@ -350,3 +352,20 @@ def test_a_stream_opened_before_go_away_is_announced_before_it():
     sid = c.open_stream()
     c.go_away()
     assert frames_of(c.data_to_send()) == [(WU, SYN, sid, 0, b""), (GO_AWAY, 0, 0, 0, b"")]
+
+
+def test_unblocking_with_a_budget_takes_streams_in_turn():
+    c, _ = pair()
+    a, b = c.open_stream(), c.open_stream()
+    c.data_to_send()
+    c.set_output_blocked(True)
+    c.send_data(a, b"a" * 300)
+    c.send_data(b, b"b" * 300)
+    assert c.output_size == 0
+    assert c.set_output_blocked(False, budget=200) == [WindowOpened(a)]
+    assert c.buffered(a) == 100 and c.buffered(b) == 300 and c.sendable()
+    assert c.output_size == 200
+    assert c.set_output_blocked(False, budget=400) == [WindowOpened(b), WindowOpened(a)]
+    assert not c.sendable() and c.buffered(a) == c.buffered(b) == 0
+    assert [(f[2], len(f[4])) for f in frames_of(c.data_to_send())] == [(a, 200), (b, 300), (a, 100)]
+    assert c.output_size == 0

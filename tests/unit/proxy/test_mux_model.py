@@ -13,18 +13,18 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from mesh.proxy import mux
-from mesh.proxy.mux import (
+from mesh.proxy.mux import MAX_SEND_FRAME, Session
+from mesh.proxy.mux_events import (
     Data,
     GoAwayReceived,
     Pong,
-    Session,
     StreamAccepted,
     StreamFinished,
     StreamOpened,
     StreamReset,
     WindowOpened,
 )
+from mesh.proxy.mux_frame import INITIAL_WINDOW
 
 SIDES = ("c", "s")
 OTHER = {"c": "s", "s": "c"}
@@ -32,8 +32,8 @@ side_st = st.sampled_from(SIDES)
 
 
 class TwoSessions(RuleBasedStateMachine):
-    @initialize(window=st.sampled_from([7, 64, 1000, mux.INITIAL_WINDOW]),
-                frame=st.sampled_from([1, 5, 64, mux.MAX_SEND_FRAME]),
+    @initialize(window=st.sampled_from([7, 64, 1000, INITIAL_WINDOW]),
+                frame=st.sampled_from([1, 5, 64, MAX_SEND_FRAME]),
                 max_streams=st.sampled_from([1, 3, 1024]), backlog=st.sampled_from([1, 2, 256]))
     def setup(self, window, frame, max_streams, backlog):
         kw = dict(window=window, max_send_frame=frame, max_streams=max_streams,
@@ -165,9 +165,9 @@ class TwoSessions(RuleBasedStateMachine):
         self.sessions[side].ping(opaque)
         self.pump()
 
-    @rule(side=side_st, blocked=st.booleans())
-    def block(self, side, blocked):
-        self.handle(side, self.sessions[side].set_output_blocked(blocked))
+    @rule(side=side_st, blocked=st.booleans(), budget=st.integers(1, 5000))
+    def block(self, side, blocked, budget):
+        self.handle(side, self.sessions[side].set_output_blocked(blocked, budget))
         self.pump()
 
     @rule(side=side_st, roll=st.integers(0, 15))

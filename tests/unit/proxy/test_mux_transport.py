@@ -14,7 +14,8 @@ import pytest
 import uvloop
 
 from mesh.ca import x509 as cax
-from mesh.proxy.mux import ALPN, HEADER_SIZE, INITIAL_WINDOW, Frame, FrameDecoder, encode_frame
+from mesh.proxy.mux import ALPN
+from mesh.proxy.mux_frame import HEADER_SIZE, INITIAL_WINDOW, Frame, FrameDecoder, encode_frame
 from mesh.proxy.mux_stream import (
     MuxClosedError,
     MuxLimits,
@@ -67,6 +68,20 @@ def run(request) -> Callable[[Awaitable[None]], None]:
     return runner
 
 
+class Recording(MuxConnection):
+    """Keeps its TLS transport where a test can reach it, and says when it has one."""
+
+    def __init__(self, made: asyncio.Future[None], **kw) -> None:
+        super().__init__(**kw)
+        self.made = made
+
+    def connection_made(self, transport):
+        self.tls_transport = transport
+        super().connection_made(transport)
+        if not self.made.done():
+            self.made.set_result(None)
+
+
 class Pair:
     """A mux server and one client connection to it."""
 
@@ -80,15 +95,17 @@ class Pair:
     async def start(cls, tls, on_stream, limits: MuxLimits | None = None,
                     client_limits: MuxLimits | None = None) -> Pair:
         pair, loop = cls(), asyncio.get_running_loop()
+        made = loop.create_future()
 
         def server_side() -> MuxConnection:
-            conn = MuxConnection(client=False, on_stream=on_stream, limits=limits)
+            conn = Recording(made, client=False, on_stream=on_stream, limits=limits)
             pair.servers.append(conn)
             return conn
         pair.listener = await loop.create_server(server_side, "127.0.0.1", 0, ssl=tls[0])
         port = pair.listener.sockets[0].getsockname()[1]
         pair.transport, pair.client = await loop.create_connection(
             lambda: MuxConnection(client=True, limits=client_limits), "127.0.0.1", port, ssl=tls[1])
+        await made  # TLS 1.3: the server side finishes its handshake after the client
         return pair
 
     async def stop(self) -> None:
@@ -196,6 +213,22 @@ def test_fifty_streams_echo_megabytes_intact(run, tls):
     run(main())
 
 
+def test_a_server_that_speaks_first(run, tls):
+    class Greeter(Echo):
+        def connection_made(self, transport):
+            super().connection_made(transport)
+            transport.write(b"220 ready\r\n")
+
+    async def main():
+        pair = await Pair.start(tls, lambda stream: Greeter())
+        stream = pair.client.open_stream(Sender)  # writes nothing: the SYN goes alone
+        async with asyncio.timeout(5):
+            await stream.get_protocol().wait_for(11)
+        assert stream.get_protocol().got == b"220 ready\r\n"
+        await pair.stop()
+    run(main())
+
+
 def test_a_slow_reader_pauses_the_writer_and_bounds_its_memory(run, tls):
     sinks: list[Sink] = []
 
@@ -223,6 +256,40 @@ def test_a_slow_reader_pauses_the_writer_and_bounds_its_memory(run, tls):
         await sinks[0].wait_for(len(payload))
         assert sinks[0].got == payload and sender.resumes >= 1
         assert sinks[0].eof  # the FIN waited behind the data the paused reader had not taken
+        await pair.stop()
+    run(main())
+
+
+def test_a_peer_that_stops_reading_the_connection_pauses_every_writer(run, tls):
+    sinks: list[Sender] = []
+    arrived = asyncio.Event()
+
+    def on_stream(stream):
+        sinks.append(Sender())
+        arrived.set()
+        return sinks[-1]
+
+    async def main():
+        pair = await Pair.start(tls, on_stream)
+        pair.servers[0].tls_transport.pause_reading()  # the whole connection, not a stream
+        rng = random.Random(5)
+        payloads = [rng.randbytes(2 * 1024 * 1024) for _ in range(40)]
+        streams = [pair.client.open_stream(lambda p=p: Sender(p)) for p in payloads]
+        for stream in streams:
+            await stream.get_protocol().paused_once.wait()
+        limits = pair.client.limits
+        for stream in streams:
+            assert stream.get_protocol().max_buffered <= limits.stream_high_water + 64 * 1024
+        # past its high-water mark the TLS transport only got what one flush held
+        assert pair.transport.get_write_buffer_size() <= (limits.transport_high_water
+                                                          + 2 * limits.write_batch)
+        pair.servers[0].tls_transport.resume_reading()
+        while len(sinks) < len(payloads):
+            arrived.clear()
+            await arrived.wait()
+        for sink, payload in zip(sinks, payloads, strict=True):
+            await sink.wait_for(len(payload))
+            assert sink.got == payload
         await pair.stop()
     run(main())
 
@@ -436,9 +503,11 @@ def test_a_peer_that_never_finishes_is_reset_after_fin_timeout(run, tls):
     async def main():
         pair = await Pair.start(tls, lambda stream: CloseAtOnce(),
                                 limits=MuxLimits(fin_timeout=0.1))
+        loop = asyncio.get_running_loop()
         stream = pair.client.open_stream(Sender)  # its protocol keeps its half open
-        stream.write(b"x")
+        started = loop.time()
         assert isinstance(await stream.get_protocol().lost, StreamResetError)
+        assert loop.time() - started >= 0.099  # (uvloop keeps time in ms) the linger, not the reset for unread data
         assert await server_side[0].lost is None and stream.get_protocol().eof
         await pair.stop()
     run(main())
