@@ -33,7 +33,8 @@ from typing import Any
 
 import pytest
 
-from tests.harness.cluster import Agent, Cluster, free_port, retry
+from tests.harness.cluster import Agent, Cluster, _cmdline, free_port, retry
+from tests.harness.cluster import proxy_pids as harness_proxy_pids
 from tests.harness.testca import TestCA
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
@@ -100,40 +101,8 @@ def _sidecar_range(n: int, taken: int = 0) -> int:
     raise AssertionError("no free range of sidecar ports")
 
 
-def _proc_cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return [p.decode("utf-8", "replace") for p in f.read().split(b"\0")[:-1]]
-    except OSError:
-        return []
-
-
-def _is_proxy(cmdline: list[str], parent_id: str = "") -> bool:
-    pair = any(a == "connect" and b == "proxy" for a, b in zip(cmdline, cmdline[1:], strict=False))
-    return pair and (not parent_id or parent_id in cmdline)
-
-
 def proxy_pids(agent: Agent, parent_id: str) -> list[int]:
-    """Every live process on this machine running `connect proxy -sidecar-for <parent_id>`
-    for `agent` (a /proc scan, what `pgrep -f` would find, narrowed to the processes whose
-    CONSUL_HTTP_ADDR is this agent's: other test runs may use the same service IDs)."""
-    out = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        cmd = _proc_cmdline(int(name))
-        if not (_is_proxy(cmd, parent_id) and "-sidecar-for" in cmd):
-            continue
-        try:
-            with open(f"/proc/{name}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-            with open(f"/proc/{name}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
-            continue
-        if state not in ("Z", "X") and f"CONSUL_HTTP_ADDR={agent.http}".encode() in env:
-            out.append(int(name))
-    return out
+    return harness_proxy_pids(agent.http, parent_id)
 
 
 # ---- the shared cluster ---------------------------------------------------------------------
@@ -220,7 +189,8 @@ class Mesh:
                 with contextlib.suppress(OSError, ValueError, KeyError):
                     pids.add(int(json.loads(pidfile.read_text())["Pid"]))
         for pid in pids:
-            if _is_proxy(_proc_cmdline(pid)):
+            cmd = _cmdline(pid)
+            if any(a == "connect" and b == "proxy" for a, b in zip(cmd, cmd[1:], strict=False)):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
         for app in (self.web, self.api1, self.api2):
@@ -601,7 +571,7 @@ def test_proxies_outlive_a_killed_agent_and_are_adopted_on_its_restart(mesh, tmp
     ports = {p: mesh.public_port(mesh.c1, p) for p in (WEB, API2)}
     for parent in (WEB, API2):
         assert proxy_pids(mesh.c1, parent) == [before[SIDECAR(parent)]["PID"]]
-    mesh.c1.kill()
+    mesh.c1.kill(keep_proxies=True)
 
     # the agent is gone; its proxies keep serving (web's sidecar from its cached config)
     with Traffic(mesh) as traffic:

@@ -106,10 +106,18 @@ class Agent:
             assert self.proc is not None
             os.kill(self.proc.pid, sig)
 
-    def kill(self) -> None:
+    def kill(self, keep_proxies: bool = False) -> None:
+        """SIGKILL the agent and, unless `keep_proxies` (a test of adoption), the sidecar
+        proxies it started: they outlive a crashed agent by design, not a test."""
         if self.proc is not None and self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
+        if not keep_proxies:
+            for pid in proxy_pids(self.http):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
 
     def stop(self, timeout: float = 10) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -240,6 +248,39 @@ class Cluster:
 
     def logs(self) -> str:
         return "\n".join(f"--- {a.name} ---\n{a.log_tail()}" for a in self.agents + self.clients)
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return [p.decode("utf-8", "replace") for p in f.read().split(b"\0")[:-1]]
+    except OSError:
+        return []
+
+
+def proxy_pids(agent_http: str, parent_id: str = "") -> list[int]:
+    """Live `connect proxy` processes (of `parent_id`'s sidecar when given) whose
+    CONSUL_HTTP_ADDR is `agent_http`: what `pgrep -f` finds, narrowed to one agent,
+    since other runs on this machine may use the same service IDs."""
+    out = []
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        cmd = _cmdline(int(name))
+        if not any(a == "connect" and b == "proxy" for a, b in zip(cmd, cmd[1:], strict=False)):
+            continue
+        if parent_id and not ("-sidecar-for" in cmd and parent_id in cmd):
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+            with open(f"/proc/{name}/environ", "rb") as f:
+                env = f.read().split(b"\0")
+        except OSError:
+            continue
+        if state not in ("Z", "X") and f"CONSUL_HTTP_ADDR={agent_http}".encode() in env:
+            out.append(int(name))
+    return out
 
 
 def dev_agent(tmp: Any, name: str = "dev", extra: list[str] | None = None, dns: bool = False,
