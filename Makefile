@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration cluster chaos lint bench clean deps dig
+.PHONY: run test unit integration cluster chaos lint bench bench-proxy clean deps dig
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -50,6 +50,14 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/raft_writes.py
+
+# the sidecar pair beside a haproxy mutual-TLS pair and direct nginx (needs wrk, hey,
+# haproxy and nginx: installed from Debian when missing and possible)
+bench-proxy: $(STAMP)
+	@command -v wrk >/dev/null 2>&1 && command -v haproxy >/dev/null 2>&1 && command -v nginx >/dev/null 2>&1 && \
+	  command -v hey >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  (apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk hey haproxy nginx >/dev/null 2>&1); } || true
+	$(BIN)/python bench/proxy.py
 
 clean:
 	rm -rf $(VENV) *.egg-info
