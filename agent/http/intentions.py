@@ -139,6 +139,7 @@ async def delete_by_id(request: web.Request) -> web.Response:
     return json_response(request, None)
 
 
+@routes.put("/v1/agent/connect/authorize")  # py-consul's Agent.Connect.authorize sends PUT
 @routes.post("/v1/agent/connect/authorize")
 async def authorize(request: web.Request) -> web.Response:
     agent = request.app["agent"]

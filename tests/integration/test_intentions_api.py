@@ -47,3 +47,27 @@ def test_bad_requests(dev, method, path, body, status):
     with pytest.raises(HTTPError) as err:
         dev.request(method, path, body)
     assert err.value.status == status
+
+
+def test_py_consul_connect_calls_on_the_agent(dev):
+    """py-consul's whole agent-side Connect surface with a sidecar: register with
+    `connect=`, the connect view, authorize (which it sends as PUT), leaf and roots."""
+    import consul
+
+    c = consul.Consul(port=dev.http_port)
+    c.agent.service.register("api", service_id="api", port=19999,
+                             connect={"SidecarService": {"Proxy": {"Upstreams": [
+                                 {"DestinationName": "db", "LocalBindPort": 19191}]}}})
+    sidecar = c.agent.services()["api-sidecar-proxy"]
+    assert sidecar["Kind"] == "connect-proxy" and sidecar["Proxy"]["DestinationServiceID"] == "api"
+    assert sidecar["Proxy"]["Upstreams"][0]["DestinationName"] == "db"
+    from tests.harness.cluster import retry
+
+    entries = retry(lambda: c.health.connect("api")[1], 10, 0.05, "the sidecar in the catalog (anti-entropy)")
+    assert [e["Service"]["ID"] for e in entries] == ["api-sidecar-proxy"]
+    td = c.agent.connect.ca.roots()["TrustDomain"]
+    verdict = c.agent.connect.authorize("api", f"spiffe://{td}/ns/default/dc/dc1/svc/web", "00:01")
+    assert set(verdict) >= {"Authorized", "Reason"}
+    assert c.agent.connect.ca.leaf("api")["ServiceURI"].endswith("/svc/api")
+    c.agent.service.deregister("api")
+    assert "api-sidecar-proxy" not in c.agent.services()
