@@ -225,9 +225,13 @@ async def test_the_public_port_refuses_strangers_and_keeps_serving():
 async def test_the_client_side_refuses_a_server_with_the_wrong_identity():
     async with running_mesh() as mesh:
         # api's sidecar now presents a certificate for "db": web must not talk to it
+        api = mesh.proxies["api"]
+        before = api.config().leaf_serial
         mesh.agent.set_leaf("api", mesh.ca.leaf("db"))
-        mesh.agent.set_leaf("api", mesh.ca.leaf("db"))
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 5
+        while api.config().leaf_serial == before:  # wait for the condition, not a fixed time
+            assert time.monotonic() < deadline, "api's sidecar never took the new leaf"
+            await asyncio.sleep(0.02)
         web = mesh.proxies["web"]
         web.dialer.close()  # drop the pooled connection made with the right identity
         assert await mesh.call() == b""
