@@ -292,7 +292,10 @@ async def test_an_agent_back_hears_from_its_proxies_and_they_follow_it_within_a_
     written after the agent's return applies within about a second."""
     async with running_mesh() as mesh:
         paths = [f"/v1/agent/mesh/proxies/{p}-sidecar-proxy/ready" for p in ("web", "api")]
-        assert all(mesh.agent.requests_to(p) for p in paths)
+        started = time.monotonic()
+        while not all(mesh.agent.requests_to(p) for p in paths):  # reported from a loop of its own
+            assert time.monotonic() - started < 5.0, "the proxies never reported ready"
+            await asyncio.sleep(0.02)
         await mesh.agent.stop()
         await asyncio.sleep(4)
         assert await mesh.call() == b"api:ping"  # served on the cached configuration
