@@ -104,6 +104,7 @@ class Proxy:
     local_service_port: int = 0
     config: dict[str, Any] = field(default_factory=dict)
     upstreams: tuple[Upstream, ...] = ()
+    access_logs: dict[str, Any] = field(default_factory=dict)  # Consul's AccessLogs block, as registered
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +149,7 @@ def _proxy(data: Any, what: str) -> Proxy:
         local_service_port=f.int("LocalServicePort", **_PORT),
         config=f.obj("Config"),
         upstreams=tuple(_upstream(u, f"{what}.Upstreams[{i}]") for i, u in enumerate(upstreams)),
+        access_logs=f.obj("AccessLogs"),
     )
 
 

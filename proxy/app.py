@@ -23,6 +23,11 @@ from typing import Any
 from .balancer import Balancer
 from .config import ConfigBuilder, ConfigError, ProxyConfig, Registration, UpstreamSpec
 from .errors import StartError
+from .http.access import AccessLog
+from .http.exchange import POOL_IDLE_SECONDS, InboundHttp, OutboundHttp
+from .http.forward import ConnPool
+from .http.policy import new_budget
+from .http.stats import HttpStats
 from .inbound import InboundListener
 from .metrics import ProxyMetrics, serve_metrics
 from .outbound import Dialer, UpstreamListener
@@ -66,6 +71,36 @@ class Proxy:
         self.watches: AgentWatches | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._problem_logged = ""
+        self.http_stats = HttpStats()
+        self.metrics.registry.register(self.http_stats)
+        self.peer_pool = ConnPool()  # HTTP connections to other sidecars, shared by the upstreams
+        self.budgets: dict[str, Any] = {}
+        self.access = AccessLog(self.log)
+
+    def _access_log(self) -> AccessLog | None:
+        """The access log when the registration turns it on (read per request)."""
+        config = self.current
+        return self.access if config is not None and self.access.configure(config.registration.access_logs) else None
+
+    def _budget_for(self, key: str) -> Any:
+        budget = self.budgets.get(key)
+        if budget is None:
+            budget = self.budgets[key] = new_budget()
+        return budget
+
+    def _balancer_for(self, key: str) -> Balancer:
+        balancer = self.balancers.get(key)
+        if balancer is None:
+            balancer = self.balancers[key] = Balancer("round_robin")
+        return balancer
+
+    def _inbound_listener(self) -> InboundListener:
+        http = InboundHttp(self.config, self.http_stats, self._access_log, self.refused)
+        return InboundListener(self.config, self.metrics, self.refused, http)
+
+    def _outbound_http(self, listener: UpstreamListener) -> OutboundHttp:
+        return OutboundHttp(listener, self.config, self.dialer, self.http_stats, self._access_log, self.refused,
+                            self._balancer_for, self.peer_pool, self._budget_for, self.metrics)
 
     def config(self) -> ProxyConfig:
         assert self.current is not None
@@ -100,7 +135,7 @@ class Proxy:
         config = self.config()
         reg = config.registration
         if reg.public_port and self.inbound is None:
-            self.inbound = InboundListener(self.config, self.metrics, self.refused)
+            self.inbound = self._inbound_listener()
             self.public_address = await self.inbound.start(reg.public_address, reg.public_port)
             self.log.info("listener_started", listener="public listener",
                           bind_addr=f"{reg.public_address}:{self.public_address[1]}",
@@ -109,7 +144,7 @@ class Proxy:
                 (reg.public_port, reg.public_address) != (self.public_address[1], self.public_address[0]) and \
                 reg.public_port:
             old = self.inbound
-            self.inbound = InboundListener(self.config, self.metrics, self.refused)
+            self.inbound = self._inbound_listener()
             await old.stop_accepting()
             self.public_address = await self.inbound.start(reg.public_address, reg.public_port)
             self.log.info("listener_moved", listener="public listener", bind_addr=f"{reg.public_address}:{reg.public_port}")
@@ -126,7 +161,8 @@ class Proxy:
             if listener is not None:
                 listener.spec, listener.balancer = spec, balancer
                 continue
-            listener = UpstreamListener(spec, self.config, self.dialer, self.metrics, self.refused, balancer)
+            listener = UpstreamListener(spec, self.config, self.dialer, self.metrics, self.refused, balancer,
+                                        self._outbound_http)
             try:
                 await listener.start()
             except OSError as exc:
@@ -170,6 +206,9 @@ class Proxy:
                     waiter.cancel()
                     stopper.cancel()
                 self.dialer.prune_idle()
+                self.peer_pool.prune(POOL_IDLE_SECONDS)
+                if self.inbound is not None and self.inbound.http is not None:
+                    self.inbound.http.pool.prune(POOL_IDLE_SECONDS)
             sweeper.cancel()
         finally:
             await self._drain()
@@ -248,6 +287,8 @@ class Proxy:
         left = sum(listener.active for listener in listeners)
         for listener in listeners:
             listener.close_all()
+        self.peer_pool.close_all()
         self.dialer.close()
+        self.access.close()
         if listeners:
             self.log.info("proxy_drained", cut=left)

@@ -39,6 +39,8 @@ DEFAULT_LOCAL_CONNECT_TIMEOUT = 1.0  # Consul: local_connect_timeout_ms 1000
 DEFAULT_HANDSHAKE_TIMEOUT = 10.0  # Consul: handshake_timeout_ms 10000
 DEFAULT_CONNECT_TIMEOUT = 10.0  # Consul: upstream connect_timeout_ms 10000
 DEFAULT_IDLE_TIMEOUT = 0.0  # mesh: idle_timeout_ms, 0 = none (Consul's proxy has none)
+DEFAULT_LOCAL_REQUEST_TIMEOUT = 15.0  # Consul: local_request_timeout_ms 15000 (http only)
+PROTOCOLS = ("tcp", "http")
 
 
 class ConfigError(ValueError):
@@ -59,6 +61,7 @@ class UpstreamSpec:
     destination_type: str = "service"
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     load_balancer: str = "round_robin"
+    protocol: str = "tcp"  # "http": requests are parsed, routed and retried (Config.protocol)
 
     @property
     def key(self) -> str:
@@ -81,6 +84,11 @@ class Registration:
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
     upstreams: tuple[UpstreamSpec, ...] = ()
     prometheus_bind_addr: str = ""
+    protocol: str = "tcp"  # of the public listener (Config.protocol, merged by the agent)
+    local_request_timeout: float = DEFAULT_LOCAL_REQUEST_TIMEOUT
+    max_inbound_connections: int = 0  # 0: the listener's own cap only
+    access_logs: Mapping[str, Any] = field(default_factory=dict)  # Consul's AccessLogs, as registered
+    tracing: Mapping[str, Any] = field(default_factory=dict)  # Config.tracing (a mesh addition)
 
 
 def _milliseconds(config: Mapping[str, Any], key: str, default: float, what: str) -> float:
@@ -103,6 +111,23 @@ def _load_balancer(config: Mapping[str, Any], what: str) -> str:
     if policy not in POLICIES:
         raise ConfigError(f"{what}.load_balancer: must be one of {', '.join(POLICIES)}, got {policy!r}")
     return str(policy)
+
+
+def _protocol(config: Mapping[str, Any], what: str) -> str:
+    raw = config.get("protocol") or "tcp"
+    protocol = str(raw).lower() if isinstance(raw, str) else raw
+    if protocol in ("http2", "grpc"):
+        raise ConfigError(f"{what}.protocol: {protocol!r} is not supported yet (tcp or http)")
+    if protocol not in PROTOCOLS:
+        raise ConfigError(f"{what}.protocol: must be tcp or http, got {raw!r}")
+    return str(protocol)
+
+
+def _count(config: Mapping[str, Any], key: str, what: str) -> int:
+    raw = config.get(key, 0) or 0
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 0 <= raw <= 1_000_000:
+        raise ConfigError(f"{what}.{key}: must be a whole number between 0 and 1000000, got {raw!r}")
+    return raw
 
 
 def _port(value: Any, what: str, allow_zero: bool = False) -> int:
@@ -143,6 +168,7 @@ def registration_from_service(service: Any) -> Registration:
             datacenter=up.datacenter or "",
             connect_timeout=_milliseconds(up.config or {}, "connect_timeout_ms", DEFAULT_CONNECT_TIMEOUT, f"{uwhat}.Config"),
             load_balancer=_load_balancer(up.config or {}, f"{uwhat}.Config"),
+            protocol=_protocol(up.config or {}, f"{uwhat}.Config"),
         )
         if (spec.bind_address, spec.bind_port) in seen:
             raise ConfigError(f"{uwhat}: {spec.bind_address}:{spec.bind_port} is used by another upstream")
@@ -160,6 +186,11 @@ def registration_from_service(service: Any) -> Registration:
         idle_timeout=_milliseconds(config, "idle_timeout_ms", DEFAULT_IDLE_TIMEOUT, what),
         upstreams=tuple(upstreams),
         prometheus_bind_addr=str(config.get("prometheus_bind_addr") or ""),
+        protocol=_protocol(config, what),
+        local_request_timeout=_milliseconds(config, "local_request_timeout_ms", DEFAULT_LOCAL_REQUEST_TIMEOUT, what),
+        max_inbound_connections=_count(config, "max_inbound_connections", what),
+        access_logs=dict(getattr(proxy, "access_logs", None) or {}),
+        tracing=dict(config.get("tracing") or {}) if isinstance(config.get("tracing"), dict) else {},
     )
 
 

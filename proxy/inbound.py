@@ -23,7 +23,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh.ca import tls
 
@@ -32,6 +32,9 @@ from .metrics import ProxyMetrics
 from .mux import ALPN
 from .mux_transport import DEFER, MuxConnection
 from .splice import Holding, SpliceSide, Traffic, join
+
+if TYPE_CHECKING:
+    from .http.exchange import InboundHttp
 
 __all__ = ["InboundListener", "MAX_CONNECTIONS", "MAX_HANDSHAKES"]
 
@@ -62,8 +65,10 @@ def handshake_failure_reason(exc: BaseException) -> str:
 
 
 class InboundListener:
-    def __init__(self, current: Callable[[], ProxyConfig], metrics: ProxyMetrics, refused: Refused) -> None:
+    def __init__(self, current: Callable[[], ProxyConfig], metrics: ProxyMetrics, refused: Refused,
+                 http: InboundHttp | None = None) -> None:
         self._current = current
+        self.http = http  # requests of an http service: parsed, authorized one by one
         self._metrics = metrics
         self._refused = refused
         self._socket: socket.socket | None = None
@@ -74,6 +79,7 @@ class InboundListener:
         self._sides: set[SpliceSide] = set()  # plain TLS connections
         self._stream_sides: set[SpliceSide] = set()  # streams of multiplexed ones
         self._mux: set[MuxConnection] = set()
+        self._http_streams = 0  # http connections carried by streams of pooled connections
         self.traffic: Traffic = metrics.traffic_for("inbound", "")
         metrics.mux_sources["inbound"] = lambda: (len(self._mux), sum(m.active_streams for m in self._mux))
 
@@ -132,10 +138,18 @@ class InboundListener:
             conn.abort()
         for task in list(self._tasks):
             task.cancel()
+        if self.http is not None:
+            self.http.close_all()
 
     # ---- per connection ------------------------------------------------------------------
+    def _over_limit(self) -> bool:
+        """Consul's MaxInboundConnections (service-defaults), counting streams of pooled
+        connections as the connections they stand for."""
+        limit = self._current().registration.max_inbound_connections
+        return bool(limit) and self.traffic.active + self._http_streams >= limit
+
     def accepted(self, conn: socket.socket) -> None:
-        if self._connections >= MAX_CONNECTIONS or self._handshakes >= MAX_HANDSHAKES:
+        if self._connections >= MAX_CONNECTIONS or self._handshakes >= MAX_HANDSHAKES or self._over_limit():
             self._metrics.refused.labels("inbound", "too_many_connections").inc()
             conn.close()
             return
@@ -189,6 +203,11 @@ class InboundListener:
             return
         if ssl_object.selected_alpn_protocol() == ALPN:
             self._serve_mux(tls_transport, holding, caller.service, str(peer))
+            return
+        if self.http is not None and config.registration.protocol == "http":
+            self.traffic.opened += 1
+            self.traffic.active += 1
+            holding.hand_over(tls_transport, self.http.connection(caller.service, str(peer), self._released))
             return
         self.traffic.opened += 1
         self.traffic.active += 1
@@ -251,6 +270,14 @@ class InboundListener:
         caller learns of a refusal (a reset before the accept) while nothing has reached
         any app and can try another instance."""
         config = self._current()
+        if self.http is not None and config.registration.protocol == "http":
+            if self._over_limit():
+                self._metrics.refused.labels("inbound", "max_inbound_connections").inc()
+                stream.refuse()
+                return
+            self._http_streams += 1
+            stream.accept(self.http.connection(caller, peer, self._http_stream_closed))  # authorized per request
+            return
         decision = config.authorize(caller)
         self._metrics.authz.labels("allow" if decision.allowed else "deny").inc()
         if not decision.allowed:
@@ -272,6 +299,9 @@ class InboundListener:
         self._stream_sides.add(downstream)
         stream.accept(downstream)
         join(downstream, app)
+
+    def _http_stream_closed(self, _: object) -> None:
+        self._http_streams -= 1
 
     def _stream_closed(self, side: SpliceSide) -> None:
         self._stream_sides.discard(side)

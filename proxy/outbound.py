@@ -26,12 +26,15 @@ from mesh.ca import tls
 
 from .balancer import Balancer, Endpoint
 from .config import ProxyConfig, UpstreamSpec
+from .http.client_conn import HttpClientConn
 from .inbound import handshake_failure_reason
 from .metrics import ProxyMetrics
 from .mux import ALPN
 from .mux_stream import MuxClosedError, StreamRefusedError, StreamResetError
 from .mux_transport import MuxConnection
 from .splice import Holding, SpliceSide, Traffic, join
+
+PlainHandOver = Callable[[Holding, Any], None]  # gives a peer without mux its TLS connection
 
 __all__ = ["UpstreamListener", "Dialer", "DialError", "MAX_ATTEMPTS"]
 
@@ -92,14 +95,20 @@ class Dialer:
     async def open(self, endpoint: Endpoint, config: ProxyConfig, timeout: float, side: SpliceSide) -> None:
         """Connect `side` (the app's connection) to `endpoint`'s sidecar; DialError when
         nothing reached the peer's app."""
+
+        def plain(holding: Holding, transport: Any) -> None:
+            upstream = SpliceSide(side.traffic, downstream=False)
+            holding.hand_over(transport, upstream)
+            join(side, upstream)
+
         async with asyncio.timeout(timeout or None):
             conn = self._pooled(endpoint.key, config.generation)
             if conn is None and self._no_mux_until.get(endpoint.key, 0) < time.monotonic():
-                conn = await self._shared_dial(endpoint, config, side)
+                conn = await self._shared_dial(endpoint, config, plain)
                 if conn is None:  # the peer has no mux: `side` got its own TLS connection
                     return
             elif conn is None:
-                await self._dial(endpoint, config, side)
+                await self._dial(endpoint, config, plain)
                 return
             upstream = SpliceSide(side.traffic, downstream=False)
             try:
@@ -116,7 +125,33 @@ class Dialer:
                 return
             join(side, upstream)
 
-    async def _shared_dial(self, endpoint: Endpoint, config: ProxyConfig, side: SpliceSide) -> MuxConnection | None:
+    async def open_http(self, endpoint: Endpoint, config: ProxyConfig, timeout: float) -> HttpClientConn:
+        """A new HTTP/1.1 connection to `endpoint`'s sidecar: a stream on a pooled mux
+        connection, or a TLS connection of its own for a peer without mux."""
+        proto = HttpClientConn(endpoint.key, config.generation)
+
+        def plain(holding: Holding, transport: Any) -> None:
+            holding.hand_over(transport, proto)
+
+        async with asyncio.timeout(timeout or None):
+            conn = self._pooled(endpoint.key, config.generation)
+            if conn is None and self._no_mux_until.get(endpoint.key, 0) < time.monotonic():
+                conn = await self._shared_dial(endpoint, config, plain)
+                if conn is None:
+                    return proto
+            elif conn is None:
+                await self._dial(endpoint, config, plain)
+                return proto
+            try:
+                stream = conn.open_stream(lambda: proto)
+                await stream.established()
+            except StreamRefusedError as exc:
+                raise DialError("refused_by_peer", f"{endpoint.key} refused the stream: {exc}") from None
+            except (MuxClosedError, StreamResetError) as exc:
+                raise DialError("connection_lost", f"{endpoint.key}: {exc}") from None
+        return proto
+
+    async def _shared_dial(self, endpoint: Endpoint, config: ProxyConfig, plain: PlainHandOver) -> MuxConnection | None:
         """One dial per instance at a time: connections opening while it is in flight wait
         for it and share the pooled connection."""
         key = (endpoint.key, config.generation)
@@ -125,12 +160,12 @@ class Dialer:
             conn = await asyncio.shield(pending)
             if conn is not None:
                 return conn
-            await self._dial(endpoint, config, side)
+            await self._dial(endpoint, config, plain)
             return None
         future: asyncio.Future[MuxConnection | None] = asyncio.get_running_loop().create_future()
         self._dialing[key] = future
         try:
-            conn = await self._dial(endpoint, config, side)
+            conn = await self._dial(endpoint, config, plain)
             future.set_result(conn)
             return conn
         except BaseException as exc:
@@ -140,9 +175,9 @@ class Dialer:
         finally:
             del self._dialing[key]
 
-    async def _dial(self, endpoint: Endpoint, config: ProxyConfig, side: SpliceSide) -> MuxConnection | None:
+    async def _dial(self, endpoint: Endpoint, config: ProxyConfig, plain: PlainHandOver) -> MuxConnection | None:
         """A new mTLS connection: returns the pooled MuxConnection when the peer speaks
-        mux, else hands the TLS connection to `side` and returns None."""
+        mux, else hands the TLS connection over by `plain` and returns None."""
         loop = asyncio.get_running_loop()
         holding = Holding()
         started = time.perf_counter()
@@ -175,9 +210,7 @@ class Dialer:
             self._pool.setdefault(endpoint.key, []).append((config.generation, conn))
             return conn
         self._no_mux_until[endpoint.key] = time.monotonic() + NO_MUX_REMEMBER_SECONDS
-        upstream = SpliceSide(side.traffic, downstream=False)
-        holding.hand_over(transport, upstream)
-        join(side, upstream)
+        plain(holding, transport)
         return None
 
     def prune_idle(self) -> None:
@@ -196,8 +229,10 @@ class UpstreamListener:
     """The local listener of one upstream."""
 
     def __init__(self, spec: UpstreamSpec, current: Callable[[], ProxyConfig], dialer: Dialer,
-                 metrics: ProxyMetrics, refused: Callable[..., None], balancer: Balancer) -> None:
+                 metrics: ProxyMetrics, refused: Callable[..., None], balancer: Balancer,
+                 http: Callable[[UpstreamListener], Any] | None = None) -> None:
         self.spec = spec
+        self.http = http(self) if http is not None else None  # requests when spec.protocol is http
         self._current = current
         self._dialer = dialer
         self._metrics = metrics
@@ -222,7 +257,7 @@ class UpstreamListener:
 
     @property
     def active(self) -> int:
-        return len(self._sides)
+        return len(self._sides) + (len(self.http.conns) if self.http is not None else 0)
 
     def spliced(self) -> list[SpliceSide]:
         return list(self._sides)
@@ -230,8 +265,12 @@ class UpstreamListener:
     def close_all(self) -> None:
         for side in list(self._sides):
             side.abort()
+        if self.http is not None:
+            self.http.close_all()
 
-    def _accept(self) -> SpliceSide:
+    def _accept(self) -> asyncio.Protocol:
+        if self.http is not None and self.spec.protocol == "http":
+            return self.http.connection()
         return _AppSide(self)
 
     def _connected(self, side: SpliceSide) -> None:

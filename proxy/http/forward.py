@@ -1,0 +1,260 @@
+"""One request forwarded on one connection, and its response carried back.
+
+`Attempt` is the response's receiver: it holds the response head until the exchange has
+decided (forward it, or throw it away and retry elsewhere), then writes the head and
+streams the body to the caller with the caller's flow control. Headers are touched only
+where HTTP/1.1 requires it of a proxy (RFC 9110 §7.6.1): hop-by-hop fields are dropped,
+the body framing is re-stated (llhttp hands bodies over decoded), and `Connection:
+close` is added when the caller's connection ends with this response.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+from .client_conn import HttpClientConn, ResponseHead
+from .message import LAST_CHUNK, Request, chunk, request_head, response_head
+from .server_conn import HttpServerConn
+
+__all__ = ["Attempt", "ConnPool", "forward_request_head", "HOP_BY_HOP"]
+
+HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                        b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
+_FRAMING = frozenset({b"content-length"})
+
+
+def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Names listed in Connection are hop-by-hop too."""
+    listed: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            listed.update(token.strip().lower() for token in value.split(b","))
+    listed.discard(b"close")
+    listed.discard(b"keep-alive")
+    listed.discard(b"upgrade")
+    return frozenset(listed)
+
+
+def end_to_end(headers: list[tuple[bytes, bytes]], keep_upgrade: bool = False) -> list[tuple[bytes, bytes]]:
+    """The headers a proxy passes on, without the framing ones (re-stated by the sender)."""
+    listed = _connection_listed(headers) if any(n.lower() == b"connection" for n, _ in headers) else frozenset()
+    out = []
+    for name, value in headers:
+        lower = name.lower()
+        if lower in HOP_BY_HOP or lower in _FRAMING or lower in listed:
+            if keep_upgrade and lower == b"upgrade":
+                out.append((name, value))
+            continue
+        out.append((name, value))
+    return out
+
+
+def forward_request_head(request: Request, target: bytes, headers: list[tuple[bytes, bytes]],
+                         body_length: int | None) -> bytes:
+    """The head sent on: `body_length` None means chunked (a body still arriving), 0 none."""
+    out = list(headers)
+    if request.upgrade:
+        out.append((b"connection", b"upgrade"))
+    if body_length is None:
+        out.append((b"transfer-encoding", b"chunked"))
+    elif body_length or request.method in ("POST", "PUT", "PATCH"):
+        out.append((b"content-length", b"%d" % body_length))
+    return request_head(request.method, target, out)
+
+
+def send_body(request: Request, conn: HttpClientConn, replay: bool) -> None:
+    """The body after the head: all at once when it is kept, else streamed as chunks."""
+    body = request.body
+    if replay:
+        data = body.replay()
+        if data:
+            conn.write(data)
+        return
+    body.pipe(lambda data: conn.write(chunk(data)), lambda: conn.write(LAST_CHUNK))
+
+
+class Attempt:
+    """Receives one response from `conn` for `downstream`'s current request."""
+
+    __slots__ = ("downstream", "conn", "request", "head", "_held", "_committed", "_chunked", "_head_future",
+                 "_done_future", "failure", "bytes_out", "request_source", "_close_after", "_loop",
+                 "expect_continue_sent")
+
+    def __init__(self, downstream: HttpServerConn, request: Request, conn: HttpClientConn) -> None:
+        self.downstream = downstream
+        self.conn = conn
+        self.request = request
+        self.head: ResponseHead | None = None
+        self._held: list[bytes] = []
+        self._committed = False
+        self._chunked = False
+        self._loop = asyncio.get_running_loop()
+        self._head_future: asyncio.Future[None] = self._loop.create_future()
+        self._done_future: asyncio.Future[None] = self._loop.create_future()
+        self.failure = ""
+        self.bytes_out = 0
+        self.request_source: Any = downstream.transport  # paused when the app is not reading
+        self._close_after = False
+        self.expect_continue_sent = False
+
+    # ---- ResponseSink ----------------------------------------------------------------------------
+    def response_head(self, head: ResponseHead) -> None:
+        if 100 <= head.status < 200 and head.status != 101:
+            if self.request.expect_continue and not self.expect_continue_sent:
+                self.expect_continue_sent = True
+                self.downstream.write(response_head(head.status, [], head.reason))
+            return
+        self.head = head
+        if not self._head_future.done():
+            self._head_future.set_result(None)
+
+    def response_body(self, data: bytes) -> None:
+        if not self._committed:
+            self._held.append(data)
+            return
+        self.bytes_out += len(data)
+        self.downstream.write(chunk(data) if self._chunked else data)
+
+    def response_done(self) -> None:
+        if self._committed and self._chunked:
+            self.downstream.write(LAST_CHUNK)
+        if not self._done_future.done():
+            self._done_future.set_result(None)
+        if not self._head_future.done():
+            self._head_future.set_result(None)
+
+    def response_failed(self, reason: str) -> None:
+        self.failure = reason
+        for future in (self._head_future, self._done_future):
+            if not future.done():
+                future.set_result(None)
+
+    # ---- for the exchange -----------------------------------------------------------------------
+    async def wait_head(self) -> None:
+        await self._head_future
+
+    async def wait_done(self) -> None:
+        await self._done_future
+
+    @property
+    def done(self) -> bool:
+        return self._done_future.done()
+
+    def commit(self, extra: list[tuple[bytes, bytes]] | None = None,
+               edit: Any = None) -> None:
+        """Send the response head to the caller and stream the body from now on."""
+        head = self.head
+        assert head is not None
+        downstream = self.downstream
+        headers = end_to_end(head.headers, keep_upgrade=head.status == 101)
+        if edit is not None:
+            headers = edit(headers)
+        if extra:
+            headers.extend(extra)
+        length = _content_length(head.headers)
+        no_body = self.request.method == "HEAD" or head.status in (204, 304) or head.status == 101
+        if head.status == 101:
+            headers.append((b"connection", b"upgrade"))
+        elif length is not None:
+            headers.append((b"content-length", b"%d" % length))
+        elif not no_body:
+            if self.request.version == "1.1":
+                self._chunked = True
+                headers.append((b"transfer-encoding", b"chunked"))
+            else:
+                self._close_after = True  # an HTTP/1.0 caller reads to the close
+        if not self.request.keep_alive or self._close_after:
+            headers.append((b"connection", b"close"))
+            self.request.keep_alive = False
+        downstream.source = self.conn.transport
+        self._committed = True
+        data = response_head(head.status, headers, head.reason)
+        if self._held:
+            held = b"".join(self._held)
+            self._held.clear()
+            self.bytes_out += len(held)
+            data += chunk(held) if self._chunked else held
+        if self._done_future.done() and self._chunked and not self.failure:
+            data += LAST_CHUNK
+        downstream.write(data)
+
+    def finish(self) -> None:
+        self.downstream.source = None
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if len(name) == 14 and name.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class ConnPool:
+    """Idle keep-alive connections, most recently used first, per key (the local app, or
+    one instance's sidecar). A connection made under an older TLS context generation is
+    not reused."""
+
+    MAX_IDLE_PER_KEY = 256
+
+    def __init__(self) -> None:
+        self._idle: dict[str, list[HttpClientConn]] = {}
+        self._all: set[HttpClientConn] = set()
+
+    def get(self, key: str, generation: int = 0) -> HttpClientConn | None:
+        idle = self._idle.get(key)
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if conn.generation != generation:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    def adopt(self, conn: HttpClientConn) -> None:
+        """Track a new connection: it comes back through its on_idle."""
+        self._all.add(conn)
+        conn.on_idle = self._put
+        conn.on_lost = self._lost
+
+    def _put(self, conn: HttpClientConn) -> None:
+        idle = self._idle.setdefault(conn.key, [])
+        if len(idle) >= self.MAX_IDLE_PER_KEY:
+            conn.close()
+            return
+        idle.append(conn)
+
+    def _lost(self, conn: HttpClientConn) -> None:
+        self._all.discard(conn)
+        idle = self._idle.get(conn.key)
+        if idle and conn in idle:
+            idle.remove(conn)
+
+    def prune(self, idle_seconds: float, now: float | None = None) -> int:
+        now = time.monotonic() if now is None else now
+        closed = 0
+        for key, idle in list(self._idle.items()):
+            for conn in list(idle):
+                if now - conn.idle_since > idle_seconds:
+                    idle.remove(conn)
+                    conn.close()
+                    closed += 1
+            if not idle:
+                del self._idle[key]
+        return closed
+
+    def close_all(self) -> None:
+        for conn in list(self._all):
+            conn.abort()
+        self._idle.clear()
+
+    @property
+    def size(self) -> int:
+        return len(self._all)

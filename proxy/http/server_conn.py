@@ -1,0 +1,276 @@
+"""The accepting side of an HTTP/1.1 connection: requests parsed by llhttp (httptools) at
+the Protocol level, handled one at a time in order, answers written back.
+
+Used for both listeners of an http sidecar: an app's connection to an upstream listener,
+and a peer sidecar's stream (or TLS connection) on the public listener. Requests arriving
+pipelined are queued and answered in order; a request's body is held until its turn
+(reading pauses past a bound). Limits: the request line and headers together
+`MAX_HEAD_BYTES`, at most `MAX_HEADERS` fields; a head that breaks them, or bytes the
+parser refuses, get a 400/431 from the sidecar and the connection closes: they never
+reach an app.
+
+After a request that asks for an upgrade (WebSocket) the parser stops: if the handler
+turns the connection into a tunnel (the app answered 101) the bytes already read go into
+it; otherwise the connection closes after the answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import httptools
+
+from ..splice import set_nodelay
+from .message import Body, Request, simple_response
+
+__all__ = ["HttpServerConn", "Handler", "MAX_HEAD_BYTES", "MAX_HEADERS"]
+
+MAX_HEAD_BYTES = 64 * 1024
+MAX_HEADERS = 128
+MAX_QUEUED = 64  # pipelined requests waiting for their turn before reading pauses
+
+Handler = Callable[["HttpServerConn", Request], Awaitable[None]]
+
+
+class _HeadTooLarge(Exception):
+    pass
+
+
+class HttpServerConn(asyncio.Protocol):
+    __slots__ = ("transport", "_handler", "_parser", "_current", "_head_bytes", "_queue", "_serving",
+                 "closed", "_on_close", "_broken", "source", "_upgrade_tail", "_tunnel", "peer", "last_active",
+                 "_paused_for_queue", "tag", "_read_paused", "_writing_paused", "_drained", "handled")
+
+    def __init__(self, handler: Handler, on_close: Callable[[HttpServerConn], None] | None = None,
+                 peer: str = "") -> None:
+        self.transport: Any = None
+        self._handler = handler
+        self._parser: Any = None
+        self._current: Request | None = None
+        self._head_bytes = 0
+        self._queue: deque[Request] = deque()
+        self._serving = False
+        self.closed = False
+        self._on_close = on_close
+        self._broken: tuple[int, str] | None = None
+        self.source: Any = None  # the transport a response body comes from (paused when we cannot write)
+        self._upgrade_tail: bytes | None = None
+        self._tunnel: Any = None  # after a 101: the transport bytes go to
+        self.peer = peer
+        self.last_active = time.monotonic()
+        self._paused_for_queue = False
+        self._read_paused = False
+        self._writing_paused = False
+        self._drained: asyncio.Future[None] | None = None
+        self.tag: Any = None
+        self.handled = 0
+
+    # ---- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        set_nodelay(transport)
+        self._parser = httptools.HttpRequestParser(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last_active = time.monotonic()
+        if self._tunnel is not None:
+            self._tunnel.write(data)
+            return
+        if self._upgrade_tail is not None:  # waiting to learn whether the upgrade happens
+            self._upgrade_tail += data
+            self._pause_reading()
+            return
+        if self._broken is not None:
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            offset = exc.args[0] if exc.args else len(data)
+            self._upgrade_tail = data[offset:]
+            self._pause_reading()
+        except _HeadTooLarge:
+            self._refuse(431, "request header fields too large")
+        except httptools.HttpParserCallbackError as exc:
+            if isinstance(exc.__context__, _HeadTooLarge):
+                self._refuse(431, "request header fields too large")
+            else:
+                self._refuse(400, "malformed request")
+        except httptools.HttpParserError:
+            self._refuse(400, "malformed request")
+
+    def eof_received(self) -> bool:
+        if self._tunnel is not None:
+            if self._tunnel.can_write_eof():
+                self._tunnel.write_eof()
+                return True
+            self._tunnel.close()
+            return False
+        current = self._current
+        if current is not None:  # the caller stopped in the middle of a request
+            current.body.fail()
+        if not self._queue and not self._serving:
+            self.transport.close()
+            return False
+        return True  # finish answering what is queued, then close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self._current is not None:
+            self._current.body.fail()
+        for request in self._queue:
+            request.body.fail()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+        tunnel = self._tunnel
+        if tunnel is not None and not tunnel.is_closing():
+            tunnel.abort() if exc is not None else tunnel.close()
+        if self._on_close is not None:
+            self._on_close(self)
+
+    def pause_writing(self) -> None:
+        self._writing_paused = True
+        if self.source is not None:
+            self.source.pause_reading()
+
+    def resume_writing(self) -> None:
+        self._writing_paused = False
+        if self.source is not None:
+            self.source.resume_reading()
+        if self._drained is not None and not self._drained.done():
+            self._drained.set_result(None)
+
+    # ---- parser callbacks ----------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        request = Request()
+        request.started = time.monotonic()
+        request.body = Body(self._pause_reading, self._resume_reading)
+        self._current = request
+        self._head_bytes = 0
+
+    def on_url(self, url: bytes) -> None:
+        self._head_bytes += len(url)
+        if self._head_bytes > MAX_HEAD_BYTES:
+            raise _HeadTooLarge()
+        current = self._current
+        assert current is not None
+        current.target += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        current = self._current
+        assert current is not None
+        if self._head_bytes > MAX_HEAD_BYTES or len(current.headers) >= MAX_HEADERS:
+            raise _HeadTooLarge()
+        current.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        request = self._current
+        assert request is not None
+        parser = self._parser
+        request.method = parser.get_method().decode("ascii", "replace")
+        request.version = parser.get_http_version()
+        request.keep_alive = parser.should_keep_alive()
+        request.upgrade = parser.should_upgrade()
+        self._queue.append(request)
+        if len(self._queue) > MAX_QUEUED:
+            self._paused_for_queue = True
+            self._pause_reading()
+        if not self._serving:
+            self._serving = True
+            asyncio.get_running_loop().create_task(self._serve())
+
+    def on_body(self, body: bytes) -> None:
+        current = self._current
+        assert current is not None
+        current.body.feed(body)
+
+    def on_message_complete(self) -> None:
+        current = self._current
+        if current is not None:
+            current.body.finish()
+            self._current = None
+
+    # ---- serving -------------------------------------------------------------------------------
+    async def _serve(self) -> None:
+        queue = self._queue
+        try:
+            while queue and not self.closed:
+                request = queue[0]
+                try:
+                    await self._handler(self, request)
+                except Exception:  # a handler bug must not leave the caller hanging
+                    if not self.closed:
+                        self.transport.abort()
+                    raise
+                queue.popleft()
+                self.handled += 1
+                self.last_active = time.monotonic()
+                if self._paused_for_queue and len(queue) <= MAX_QUEUED // 2:
+                    self._paused_for_queue = False
+                    self._resume_reading()
+                if self.closed or self._tunnel is not None:
+                    return
+                if not request.keep_alive or self._upgrade_tail is not None:
+                    self.transport.close()
+                    return
+        finally:
+            self._serving = False
+        if self._broken is not None and not self.closed:
+            status, reason = self._broken
+            self.transport.write(simple_response(status, reason, close=True))
+            self.transport.close()
+
+    def _refuse(self, status: int, reason: str) -> None:
+        """Bytes the parser cannot take: answer once the requests before them are, then close."""
+        self._broken = (status, reason)
+        if self._current is not None:
+            self._current.body.fail()
+            self._current = None
+        if not self._serving and not self.closed:
+            self.transport.write(simple_response(status, reason, close=True))
+            self.transport.close()
+
+    # ---- for handlers ---------------------------------------------------------------------------
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)
+
+    async def drain(self) -> None:
+        """Wait while the caller is not reading (used by handlers writing their own bodies)."""
+        while self._writing_paused and not self.closed:
+            self._drained = asyncio.get_running_loop().create_future()
+            await self._drained
+
+    def abort(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.abort()
+
+    def become_tunnel(self, other: Any) -> bytes:
+        """After a 101: from now on bytes from the caller go to `other` (a transport); returns
+        what was read past the upgrade request, which the caller must send first."""
+        self._tunnel = other
+        tail = self._upgrade_tail or b""
+        self._upgrade_tail = None
+        self._resume_reading()
+        return tail
+
+    def _pause_reading(self) -> None:
+        if not self._read_paused and not self.closed:
+            self._read_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._read_paused and not self.closed and not self._paused_for_queue:
+            self._read_paused = False
+            self.transport.resume_reading()
+
+    @property
+    def idle(self) -> bool:
+        """Between requests: nothing queued, nothing half-read."""
+        return not self._queue and self._current is None and self._tunnel is None
