@@ -26,7 +26,7 @@ routes = web.RouteTableDef()
 
 
 def _agent_service(agent: Any, service_id: str) -> dict[str, Any]:
-    row = agent.local.service_rows()[service_id].to_api()
+    row = agent.local.service_row(service_id).to_api()
     row.pop("CreateIndex", None)
     row.pop("ModifyIndex", None)
     row["Datacenter"] = agent.cfg.datacenter

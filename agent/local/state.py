@@ -25,6 +25,7 @@ from typing import Any
 from mesh.catalog.structs import CRITICAL, Check, Node, Service, evolve, row_to_wire
 
 from ..data_dir import make_private_dir, write_private
+from .central import CentralConfig, merge_central
 
 __all__ = ["LocalService", "LocalCheck", "LocalState", "Registration", "NODE_MAINT_ID", "service_maint_id"]
 
@@ -94,6 +95,14 @@ class LocalState:
         # registered yet, so that no other sidecar takes them meanwhile.
         self.sidecar_ports: dict[str, int] = self._load_ports()
         self._ports_pruned = False
+        self.central = CentralConfig()  # config entries merged into proxy rows as they are read
+
+    def set_central(self, central: CentralConfig) -> None:
+        """New central config: proxy rows (their content hashes too) change, so blocked
+        readers of them wake and anti-entropy syncs them."""
+        if central != self.central:
+            self.central = central
+            self._changed()
 
     # ---- changes -------------------------------------------------------------------
     def _changed(self, persist: bool = False) -> None:
@@ -236,7 +245,12 @@ class LocalState:
 
     # ---- views ------------------------------------------------------------------------
     def service_rows(self) -> dict[str, Service]:
-        return {sid: evolve(s.service, node=self.node.node) for sid, s in self.services.items()}
+        central = self.central
+        return {sid: merge_central(evolve(s.service, node=self.node.node), central) for sid, s in self.services.items()}
+
+    def service_row(self, service_id: str) -> Service | None:
+        svc = self.services.get(service_id)
+        return merge_central(evolve(svc.service, node=self.node.node), self.central) if svc is not None else None
 
     def check_rows(self) -> dict[str, Check]:
         return {cid: c.row(self.node.node, self.services[c.defn.service_id].service
@@ -252,7 +266,7 @@ class LocalState:
         svc = self.services.get(service_id)
         if svc is None:
             return ""
-        data = json.dumps(row_to_wire(svc.service), sort_keys=True, default=str).encode()
+        data = json.dumps(row_to_wire(merge_central(svc.service, self.central)), sort_keys=True, default=str).encode()
         return hashlib.sha256(data).hexdigest()[:16]
 
     # ---- sidecar ports -------------------------------------------------------------------

@@ -1,0 +1,90 @@
+"""Central configuration merged into a local proxy registration, as Consul's agent does it.
+
+A sidecar registered on this agent gets, from the config entries the servers hold:
+
+- `proxy-defaults` (`global`): its `Config` keys, and `AccessLogs` when the registration
+  has none enabled;
+- `service-defaults` of the proxied service: `Protocol` as `Config.protocol`, and
+  `LocalConnectTimeoutMs`, `LocalRequestTimeoutMs`, `MaxInboundConnections` as
+  `local_connect_timeout_ms`, `local_request_timeout_ms`, `max_inbound_connections`;
+- each upstream: the destination's protocol as its `Config.protocol`.
+
+What the registration says itself always wins (Consul: central values fill only what the
+registration left empty), so an operator can pin one sidecar. The protocol of a service
+is its service-defaults `Protocol`, else proxy-defaults `Config.protocol`, else unset
+(tcp). Pure: the agent calls it for each read of a connect-proxy's row, so a new entry
+changes the row, its content hash, and wakes the proxy's blocking read of it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh.catalog.structs import Service, evolve
+
+__all__ = ["CentralConfig", "merge_central"]
+
+_SERVICE_DEFAULTS_KEYS = (
+    ("LocalConnectTimeoutMs", "local_connect_timeout_ms"),
+    ("LocalRequestTimeoutMs", "local_request_timeout_ms"),
+    ("MaxInboundConnections", "max_inbound_connections"),
+)
+
+
+@dataclass(frozen=True)
+class CentralConfig:
+    """The entries a merge needs: proxy-defaults `global` and service-defaults by name."""
+
+    proxy_defaults: Mapping[str, Any] | None = None
+    service_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def protocol(self, service: str) -> str:
+        entry = self.service_defaults.get(service)
+        if entry and entry.get("Protocol"):
+            return str(entry["Protocol"])
+        config = (self.proxy_defaults or {}).get("Config") or {}
+        value = config.get("protocol")
+        return str(value) if isinstance(value, str) and value else ""
+
+    @property
+    def empty(self) -> bool:
+        return not self.proxy_defaults and not self.service_defaults
+
+
+def _fill(base: Mapping[str, Any], local: Mapping[str, Any]) -> dict[str, Any]:
+    """`local` over `base`: central values only where the registration has none."""
+    merged = dict(base)
+    merged.update(local)
+    return merged
+
+
+def merge_central(service: Service, central: CentralConfig) -> Service:
+    """The row a connect-proxy is served and synced as; other rows are returned as they are."""
+    if service.kind != "connect-proxy" or central.empty or not service.proxy:
+        return service
+    proxy = dict(service.proxy)
+    destination = str(proxy.get("DestinationServiceName") or "")
+    defaults: dict[str, Any] = dict((central.proxy_defaults or {}).get("Config") or {})
+    protocol = central.protocol(destination)
+    if protocol:
+        defaults["protocol"] = protocol
+    entry = central.service_defaults.get(destination) or {}
+    for entry_key, config_key in _SERVICE_DEFAULTS_KEYS:
+        if entry.get(entry_key):
+            defaults[config_key] = entry[entry_key]
+    proxy["Config"] = _fill(defaults, proxy.get("Config") or {})
+    access = (central.proxy_defaults or {}).get("AccessLogs")
+    if access and not (proxy.get("AccessLogs") or {}).get("Enabled"):
+        proxy["AccessLogs"] = dict(access)
+    upstreams = []
+    for upstream in proxy.get("Upstreams") or []:
+        name = str(upstream.get("DestinationName") or "")
+        upstream_protocol = central.protocol(name) if (upstream.get("DestinationType") or "service") == "service" else ""
+        if upstream_protocol:
+            upstream = {**upstream, "Config": _fill({"protocol": upstream_protocol}, upstream.get("Config") or {})}
+        upstreams.append(upstream)
+    if upstreams:
+        proxy["Upstreams"] = upstreams
+    return evolve(service, proxy=proxy)
