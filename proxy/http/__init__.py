@@ -1,0 +1,1 @@
+"""The HTTP-aware sidecar: pure per-request decisions (normalization, authorization, routing, retries, tracing, access logs)."""
