@@ -54,16 +54,30 @@ class L7Decision:
 
 
 @dataclass(frozen=True, slots=True)
-class _Permission:
-    allow: bool
-    match: HttpMatch
+class _CompiledIntention:
+    """An L7 intention's permissions with their decisions made up front: a request
+    only runs comparisons and returns one of these prebuilt values."""
+
+    permissions: tuple[tuple[HttpMatch, L7Decision], ...]
+    no_match: tuple[L7Decision, L7Decision]  # by default_allow: False, True
 
 
-_Compiled = tuple[_Permission, ...]
-_CACHE: weakref.WeakKeyDictionary[IntentionIndex, dict[int, _Compiled]] = weakref.WeakKeyDictionary()
+_CACHE: weakref.WeakKeyDictionary[IntentionIndex, dict[int, _CompiledIntention]] = weakref.WeakKeyDictionary()
 
 
-def compiled_permissions(index: IntentionIndex, intention: Intention) -> _Compiled:
+def _compile(intention: Intention) -> _CompiledIntention:
+    label = f"{intention.source_name} => {intention.destination_name}"
+    permissions = []
+    for number, permission in enumerate(intention.permissions, 1):
+        allow = str(permission.get("Action", "")).lower() == "allow"
+        verdict = "allowed" if allow else "denied"
+        decision = L7Decision(allow, f"{verdict} by L7 intention {label}, permission {number}", intention, number)
+        permissions.append((HttpMatch(permission.get("HTTP")), decision))
+    why = f"no permission of L7 intention {label} matched"
+    return _CompiledIntention(tuple(permissions), (_default(False, why, intention), _default(True, why, intention)))
+
+
+def compiled_permissions(index: IntentionIndex, intention: Intention) -> _CompiledIntention:
     """The compiled permissions of an L7 intention of `index` (compiled on first use).
     Keyed by the intention object: the index holds it, so its id stays its own."""
     per_index = _CACHE.get(index)
@@ -71,10 +85,7 @@ def compiled_permissions(index: IntentionIndex, intention: Intention) -> _Compil
         per_index = _CACHE[index] = {}
     compiled = per_index.get(id(intention))
     if compiled is None:
-        compiled = per_index[id(intention)] = tuple(
-            _Permission(str(p.get("Action", "")).lower() == "allow", HttpMatch(p.get("HTTP")))
-            for p in intention.permissions
-        )
+        compiled = per_index[id(intention)] = _compile(intention)
     return compiled
 
 
@@ -82,23 +93,24 @@ def authorize(
     index: IntentionIndex, source: str, destination: str, default_allow: bool, view: RequestView
 ) -> L7Decision:
     """The decision for one request (see the module docstring for the order)."""
-    decision = index.decide(source, destination, default_allow)
-    intention = decision.intention
+    intention = index.decide(source, destination, default_allow).intention
     if intention is None:
-        return _default(default_allow, "no intention matched")
-    label = f"{intention.source_name} => {intention.destination_name}"
+        return _NOTHING_MATCHED[default_allow]
     if not intention.permissions:
         allowed = intention.action.lower() == "allow"
-        return L7Decision(allowed, f"{'allowed' if allowed else 'denied'} by intention {label}", intention)
-    for number, permission in enumerate(compiled_permissions(index, intention), 1):
-        if permission.match.matches(view):
-            verdict = "allowed" if permission.allow else "denied"
-            return L7Decision(
-                permission.allow, f"{verdict} by L7 intention {label}, permission {number}", intention, number
-            )
-    return _default(default_allow, f"no permission of L7 intention {label} matched", intention)
+        verdict = "allowed" if allowed else "denied"
+        return L7Decision(allowed, f"{verdict} by intention {intention.source_name} => {intention.destination_name}",
+                          intention)
+    compiled = compiled_permissions(index, intention)
+    for match, decision in compiled.permissions:
+        if match.matches(view):
+            return decision
+    return compiled.no_match[default_allow]
 
 
 def _default(default_allow: bool, why: str, intention: Intention | None = None) -> L7Decision:
     verdict = "allowed" if default_allow else "denied"
     return L7Decision(default_allow, f"{verdict} by default policy ({why})", intention)
+
+
+_NOTHING_MATCHED = (_default(False, "no intention matched"), _default(True, "no intention matched"))

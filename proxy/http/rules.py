@@ -130,10 +130,6 @@ class HttpMatch:
         self.query: tuple[QueryRule, ...] = tuple(QueryRule(q) for q in http.get("QueryParam") or ())
         self.description = _describe(http)
 
-    @property
-    def reads_query(self) -> bool:
-        return bool(self.query)
-
     def matches(self, view: RequestView, params: Mapping[str, list[str]] | None = None) -> bool:
         """Whether the request meets every rule; `params` is the parsed query when the
         caller already has it (a router parses it once for all its routes)."""
