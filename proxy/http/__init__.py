@@ -1,1 +1,1 @@
-"""The HTTP-aware (L7) path of the sidecar: HTTP/1.1 framing, routing, retries, L7 intentions."""
+"""The HTTP-aware sidecar: pure per-request decisions (normalization, authorization, routing, retries, tracing, access logs)."""
