@@ -100,6 +100,20 @@ class AgentAPI:
                                                 [("by", "destination"), ("name", name)], index=index, wait=wait)
         return _typed(result, lambda r: IntentionMatch(parse_intention_match(r.value, name), default_allow(r.headers)))
 
+    async def config_entries(self, kind: str, *, index: int | None = None,
+                             wait: float = DEFAULT_WAIT) -> Result[tuple[dict[str, Any], ...]]:
+        """GET /v1/config/:kind: every entry of one kind (blocking), as Consul returns them."""
+        result = await self.client.blocking_get(f"/v1/config/{_seg(kind)}", index=index, wait=wait)
+
+        def entries(r: Result[Any]) -> tuple[dict[str, Any], ...]:
+            if r.value is None:
+                return ()
+            if not isinstance(r.value, list) or not all(isinstance(e, dict) for e in r.value):
+                raise DecodeError(f"/v1/config/{kind}: expected a list of entries")
+            return tuple(r.value)
+
+        return _typed(result, entries)
+
     # ---- plain reads and writes -------------------------------------------------------
 
     async def agent_services(self) -> dict[str, AgentService]:

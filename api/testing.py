@@ -95,6 +95,7 @@ class FakeAgent:
         self._connect: dict[str, tuple[int, list[dict[str, Any]]]] = {}
         self._intentions: dict[str, list[Intention]] = {}
         self._intentions_index = 0
+        self._config: dict[str, tuple[int, dict[str, dict[str, Any]]]] = {}  # kind -> (index, name -> entry)
         self._index = 0
         self._changed = asyncio.Event()
         self._runner: web.AppRunner | None = None
@@ -196,6 +197,19 @@ class FakeAgent:
             self.default_allow = default_allow
         self._intentions_index = self._bump()
 
+    def set_config_entry(self, entry: dict[str, Any]) -> None:
+        """Store a config entry (Kind, Name, ...) as `/v1/config` would, with new indexes."""
+        kind, name = entry["Kind"], entry["Name"]
+        index = self._bump()
+        _, entries = self._config.get(kind, (0, {}))
+        created = entries.get(name, {}).get("CreateIndex", index)
+        entries = {**entries, name: dict(entry, CreateIndex=created, ModifyIndex=index)}
+        self._config[kind] = (index, entries)
+
+    def delete_config_entry(self, kind: str, name: str) -> None:
+        _, entries = self._config.get(kind, (0, {}))
+        self._config[kind] = (self._bump(), {k: v for k, v in entries.items() if k != name})
+
     # ---- HTTP ---------------------------------------------------------------------------
 
     @web.middleware
@@ -236,6 +250,8 @@ class FakeAgent:
             web.get("/v1/health/connect/{service}", self._health_connect),
             web.get("/v1/connect/intentions/match", self._match),
             web.put("/v1/agent/mesh/proxies/{id:.+}/ready", self._ready),
+            web.get("/v1/config/{kind}", self._config_list),
+            web.get("/v1/config/{kind}/{name}", self._config_get),
         ]
 
     async def _block(self, request: web.Request, unchanged: Callable[[], bool]) -> None:
@@ -347,6 +363,28 @@ class FakeAgent:
         if passing:
             entries = [e for e in entries if all(c.get("Status") == PASSING for c in e.get("Checks") or [])]
         return _json(entries, index=current())
+
+    async def _config_list(self, request: web.Request) -> web.Response:
+        kind = request.match_info["kind"]
+
+        def current() -> int:
+            return self._config[kind][0] if kind in self._config else self._index
+
+        await self._block_on_index(request, current)
+        entries = self._config.get(kind, (0, {}))[1]
+        return _json([entries[n] for n in sorted(entries)], index=current())
+
+    async def _config_get(self, request: web.Request) -> web.Response:
+        kind, name = request.match_info["kind"], request.match_info["name"]
+
+        def current() -> int:
+            return self._config[kind][0] if kind in self._config else self._index
+
+        await self._block_on_index(request, current)
+        entry = self._config.get(kind, (0, {}))[1].get(name)
+        if entry is None:
+            return _text(404, f'Config entry not found for "{kind}" / "{name}"')
+        return _json(entry, index=current())
 
     async def _match(self, request: web.Request) -> web.Response:
         by = request.query.get("by", "")

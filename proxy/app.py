@@ -24,9 +24,10 @@ from .balancer import Balancer
 from .config import ConfigBuilder, ConfigError, ProxyConfig, Registration, UpstreamSpec
 from .errors import StartError
 from .http.access import AccessLog
-from .http.exchange import POOL_IDLE_SECONDS, InboundHttp, OutboundHttp
+from .http.exchange import POOL_IDLE_SECONDS, InboundHttp, Observer, OutboundHttp
 from .http.forward import ConnPool
 from .http.policy import new_budget
+from .http.spans import SpanExporter
 from .http.stats import HttpStats
 from .inbound import InboundListener
 from .metrics import ProxyMetrics, serve_metrics
@@ -76,6 +77,8 @@ class Proxy:
         self.peer_pool = ConnPool()  # HTTP connections to other sidecars, shared by the upstreams
         self.budgets: dict[str, Any] = {}
         self.access = AccessLog(self.log)
+        self.spans = SpanExporter(options.service or options.sidecar_for or "proxy", self.log)
+        self.observer = Observer(self.http_stats, self._access_log, self.spans)
 
     def _access_log(self) -> AccessLog | None:
         """The access log when the registration turns it on (read per request)."""
@@ -95,11 +98,11 @@ class Proxy:
         return balancer
 
     def _inbound_listener(self) -> InboundListener:
-        http = InboundHttp(self.config, self.http_stats, self._access_log, self.refused)
+        http = InboundHttp(self.config, self.observer, self.refused)
         return InboundListener(self.config, self.metrics, self.refused, http)
 
     def _outbound_http(self, listener: UpstreamListener) -> OutboundHttp:
-        return OutboundHttp(listener, self.config, self.dialer, self.http_stats, self._access_log, self.refused,
+        return OutboundHttp(listener, self.config, self.dialer, self.observer, self.refused,
                             self._balancer_for, self.peer_pool, self._budget_for, self.metrics)
 
     def config(self) -> ProxyConfig:
@@ -290,5 +293,6 @@ class Proxy:
         self.peer_pool.close_all()
         self.dialer.close()
         self.access.close()
+        await self.spans.close()
         if listeners:
             self.log.info("proxy_drained", cut=left)

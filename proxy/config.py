@@ -22,6 +22,7 @@ from mesh.catalog.authz import Decision, IntentionIndex
 from mesh.catalog.structs import Intention
 
 from .balancer import POLICIES, Endpoint
+from .http.policy import compile_router_entry
 from .mux import ALPN
 
 __all__ = [
@@ -225,6 +226,7 @@ class ProxyConfig:
     intentions: IntentionIndex
     default_allow: bool
     generation: int = 0  # bumps with every new context pair
+    routers: Mapping[str, Any] = field(default_factory=dict)  # upstream name -> its service-router entry
 
     def authorize(self, source_service: str) -> Decision:
         """The intention decision for a caller, by the same code the agent uses."""
@@ -249,8 +251,14 @@ class ConfigBuilder:
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     _contexts: tuple[Any, ...] | None = None  # (leaf serial, root ids, server, client, generation)
     _index: IntentionIndex | None = None
+    routers: dict[str, Any] = field(default_factory=dict)
     _generation: int = 0
     problem: str = "waiting for the proxy's registration"
+
+    def set_routers(self, entries: Any) -> None:
+        """service-router entries, by the service they route (each is compiled once here,
+        not per request)."""
+        self.routers = {str(e.get("Name", "")): compile_router_entry(e) for e in entries if isinstance(e, dict)}
 
     def set_intentions(self, intentions: tuple[Intention, ...], default_allow: bool) -> None:
         self.intentions, self.default_allow, self._index = intentions, default_allow, None
@@ -296,4 +304,5 @@ class ConfigBuilder:
             intentions=self._index,
             default_allow=self.default_allow,
             generation=generation,
+            routers=self.routers,
         )

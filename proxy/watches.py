@@ -193,6 +193,7 @@ class AgentWatches:
     def follow(self, registration: Registration) -> None:
         """Keep the leaf, intention and upstream watches in line with the registration."""
         wanted = (registration.service, frozenset(u.key for u in registration.upstreams))
+        self._follow_routers(registration)
         if self._following == wanted:
             return
         old_service, old_upstreams = self._following or ("", frozenset())
@@ -216,6 +217,42 @@ class AgentWatches:
             self._spawn(f"upstream:{spec.key}", self._watch(
                 f"upstream:{spec.key}", lambda n=name, d=dc, **kw: self.api.health_connect(n, datacenter=d, **kw),
                 apply))
+
+    def _follow_routers(self, registration: Registration) -> None:
+        """http upstreams need the service-router entries (one blocking list of the kind:
+        routers are few) and the instances of every service a route sends to."""
+        wants = any(u.protocol == "http" for u in registration.upstreams)
+        if wants and "routers" not in self._tasks:
+            self._spawn("routers", self._watch(
+                "routers", lambda **kw: self.api.config_entries("service-router", **kw), self._on_routers))
+        elif not wants and "routers" in self._tasks:
+            self._cancel("routers")
+            self.proxy.builder.set_routers(())
+            self._follow_route_destinations(set())
+
+    def _on_routers(self, result: Any) -> None:
+        self.proxy.builder.set_routers(result.value)
+        registration = self.proxy.builder.registration
+        upstream_keys = {u.key for u in registration.upstreams} if registration is not None else set()
+        wanted = set()
+        for entry in result.value:
+            for route in entry.get("Routes") or []:
+                service = ((route or {}).get("Destination") or {}).get("Service") or ""
+                if service and service not in upstream_keys:
+                    wanted.add(service)
+        self._follow_route_destinations(wanted)
+
+    def _follow_route_destinations(self, wanted: set[str]) -> None:
+        running = {name.removeprefix("route:") for name in self._tasks if name.startswith("route:")}
+        for name in running - wanted:
+            self._cancel(f"route:{name}")
+            self.proxy.builder.endpoints.pop(name, None)
+        for name in wanted - running:
+            def apply(result: Any, key: str = name) -> None:
+                self.proxy.builder.endpoints[key] = endpoints_of(result.value)
+
+            self._spawn(f"route:{name}", self._watch(
+                f"route:{name}", lambda n=name, **kw: self.api.health_connect(n, **kw), apply))
 
     def _on_roots(self, result: Any) -> None:
         self.proxy.builder.roots = result.value

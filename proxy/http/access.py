@@ -1,18 +1,26 @@
-"""Writing access log lines: where Consul's AccessLogs settings say (stdout, stderr, a file).
+"""Writing access log lines where Consul's AccessLogs settings say (stdout, stderr, a file).
 
-The line itself is built by the pure `access_log` formatter; this module owns the file
-handle, reopens it when the configured path changes, and never lets a full disk or a
-closed pipe stop a request (a failed write is counted and dropped).
+The line is made by the pure `access_log` module; this one owns the output: it applies a
+new AccessLogs block when the registration changes (parsed once, not per request),
+reopens the file when the path changes, and never lets a full disk or a closed pipe
+stop a request (a failed write is counted and dropped).
 """
 
 from __future__ import annotations
 
-import datetime
-import json
 import os
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any, TextIO
+
+from .access_log import (
+    AccessLogConfig,
+    AccessLogConfigError,
+    AccessRecord,
+    format_line,
+    parse_access_logs,
+)
 
 __all__ = ["AccessLog"]
 
@@ -20,63 +28,57 @@ __all__ = ["AccessLog"]
 class AccessLog:
     def __init__(self, log: Any) -> None:
         self._log = log
-        self._settings: Any = None
-        self._enabled = False
+        self._raw: Any = None
+        self.config = AccessLogConfig()
         self._out: TextIO | None = None
         self._owned = False
         self.failures = 0
+        self.lines = 0
 
-    def configure(self, settings: Any) -> bool:
-        """Apply the registration's AccessLogs block (cheap when unchanged); True when on."""
-        if settings is self._settings:
-            return self._enabled
-        self._settings = settings
+    def configure(self, raw: Mapping[str, Any] | None) -> bool:
+        """Apply the registration's AccessLogs block (free when unchanged); True when on."""
+        if raw is self._raw or raw == self._raw:
+            self._raw = raw
+            return self._out is not None
+        self._raw = raw
         self._close_file()
-        self._enabled = bool(settings and settings.get("Enabled"))
-        if not self._enabled:
+        try:
+            self.config = parse_access_logs(raw or None)
+        except AccessLogConfigError as exc:
+            self._log.error("access_log_config_refused", error=str(exc))
+            self.config = AccessLogConfig()
             return False
-        kind = (settings.get("Type") or "stdout").lower()
-        if kind == "file":
-            path = settings.get("Path") or ""
+        if not self.config.enabled:
+            return False
+        if self.config.type == "file":
             try:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+                fd = os.open(self.config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
                 self._out = os.fdopen(fd, "a", buffering=1)
                 self._owned = True
             except OSError as exc:
-                self._log.error("access_log_open_failed", path=path, error=exc.strerror or str(exc))
-                self._enabled = False
+                self._log.error("access_log_open_failed", path=self.config.path, error=exc.strerror or str(exc))
                 return False
         else:
-            self._out = sys.stderr if kind == "stderr" else sys.stdout
+            self._out = sys.stderr if self.config.type == "stderr" else sys.stdout
         return True
 
-    def record(self, direction: str, config: Any, request: Any, ex: Any, started: float, *, source: str,
-               destination: str, peer: str) -> None:
+    def record(self, direction: str, request: Any, ex: Any, started: float, *, source: str, destination: str,
+               peer: str) -> None:
         out = self._out
         if out is None:
             return
-        wall = time.time() - (time.monotonic() - started)
-        record = {
-            "start_time": datetime.datetime.fromtimestamp(wall, datetime.UTC).isoformat(timespec="milliseconds")
-            .replace("+00:00", "Z"),
-            "direction": direction,
-            "source": source,
-            "destination": destination,
-            "method": request.method,
-            "path": request.target.decode("latin-1"),
-            "protocol": f"HTTP/{request.version}",
-            "response_code": ex.status,
-            "duration_ms": round((time.monotonic() - started) * 1000, 3),
-            "bytes_received": ex.bytes_in,
-            "bytes_sent": ex.bytes_out,
-            "upstream_host": ex.upstream_host,
-            "retries": ex.retries,
-            "trace_id": ex.trace_id,
-            "authz": ex.authz,
-            "route": ex.route,
-        }
+        now = time.monotonic()
+        record = AccessRecord(
+            start_time=time.time() - (now - started), source=source, destination=destination,
+            method=request.method, path=request.target.decode("latin-1"), protocol=f"HTTP/{request.version}",
+            response_code=ex.status, duration=now - started, bytes_received=ex.bytes_in, bytes_sent=ex.bytes_out,
+            upstream_host=ex.upstream_host, retries=ex.retries, trace_id=ex.trace_id, authz=ex.authz,
+            authz_reason=ex.authz_reason, route=ex.route, response_flags=ex.flags, downstream_remote_address=peer,
+            request_headers=request.header_map,
+        )
         try:
-            out.write(json.dumps(record, separators=(",", ":")) + "\n")
+            out.write(format_line(record, self.config) + "\n")
+            self.lines += 1
         except (OSError, ValueError):
             self.failures += 1
 

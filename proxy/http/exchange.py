@@ -29,31 +29,40 @@ from . import policy
 from .client_conn import HttpClientConn
 from .forward import Attempt, ConnPool, end_to_end, forward_request_head, send_body
 from .message import Request, simple_response
+from .permissions import DENIED_BODY, DENIED_STATUS
+from .retry import IDEMPOTENT_METHODS
 from .server_conn import HttpServerConn
 from .stats import HttpStats
+from .tracing import FinishedSpan
 
-__all__ = ["InboundHttp", "OutboundHttp", "POOL_IDLE_SECONDS"]
+__all__ = ["InboundHttp", "OutboundHttp", "Observer", "POOL_IDLE_SECONDS"]
 
 POOL_IDLE_SECONDS = 60.0
 APP_KEY = "app"
 
 
 class _Exchange:
-    """What one request became, for the access log and the metrics."""
+    """What one request became, for the access log, the span and the metrics."""
 
-    __slots__ = ("status", "retries", "upstream_host", "authz", "route", "trace_id", "bytes_in", "bytes_out",
-                 "failure")
+    __slots__ = ("status", "retries", "upstream_host", "authz", "authz_reason", "route", "trace", "bytes_in",
+                 "bytes_out", "failure", "flags")
 
     def __init__(self) -> None:
         self.status = 0
         self.retries = 0
         self.upstream_host = ""
-        self.authz = ""
+        self.authz = "allow"
+        self.authz_reason = ""
         self.route = "default"
-        self.trace_id = ""
+        self.trace: Any = None
         self.bytes_in = 0
         self.bytes_out = 0
         self.failure = ""
+        self.flags = ""  # Envoy's response flags: UF (connect failure), UT (timeout), UC (reset), ...
+
+    @property
+    def trace_id(self) -> str:
+        return self.trace.trace_id if self.trace is not None else ""
 
 
 async def _settled_body(request: Request) -> bool:
@@ -96,21 +105,24 @@ def _loop_time(monotonic_deadline: float) -> float:
 
 
 async def _stream_response(down: HttpServerConn, request: Request, attempt: Attempt, deadline: float | None,
-                           edit: Any = None, extra: list[tuple[bytes, bytes]] | None = None) -> bool:
-    """Send the response on; False when it could not be finished (timeout or reset)."""
+                           edit: Any = None, idle: float | None = None) -> bool:
+    """Send the response on; False when it could not be finished (timeout or reset).
+    `idle`: the route's IdleTimeout, the longest the response may go without a byte."""
     head = attempt.head
     assert head is not None
-    attempt.commit(extra, edit)
+    attempt.commit(None, edit)
     if head.status == 101 and request.upgrade:
         _tunnel(down, attempt.conn)
         return True
     try:
         if not attempt.done:
-            if deadline is None:
+            if deadline is None and idle is None:
                 await attempt.wait_done()
-            else:
-                async with asyncio.timeout_at(_loop_time(deadline)):
+            elif idle is None:
+                async with asyncio.timeout_at(_loop_time(deadline)):  # type: ignore[arg-type]
                     await attempt.wait_done()
+            else:
+                await _wait_with_idle(attempt, deadline, idle)
     except TimeoutError:
         attempt.conn.abort()
         down.abort()
@@ -121,6 +133,22 @@ async def _stream_response(down: HttpServerConn, request: Request, attempt: Atte
         down.abort()  # the head went out: the caller can only learn by the reset
         return False
     return True
+
+
+async def _wait_with_idle(attempt: Attempt, deadline: float | None, idle: float) -> None:
+    """Until the response ends; TimeoutError past the deadline or after `idle` seconds
+    without a byte of it."""
+    while not attempt.done:
+        seen = attempt.bytes_out
+        limit = idle if deadline is None else min(idle, deadline - time.monotonic())
+        if limit <= 0:
+            raise TimeoutError()
+        try:
+            async with asyncio.timeout(limit):
+                await asyncio.shield(attempt.done_future)
+        except TimeoutError:
+            if attempt.bytes_out == seen or (deadline is not None and time.monotonic() >= deadline):
+                raise
 
 
 def _tunnel(down: HttpServerConn, conn: HttpClientConn) -> None:
@@ -134,13 +162,39 @@ def _tunnel(down: HttpServerConn, conn: HttpClientConn) -> None:
         down.write(early)
 
 
+class Observer:
+    """Access log, span and metrics of finished requests, shared by both directions."""
+
+    def __init__(self, stats: HttpStats, access: Callable[[], Any], spans: Any) -> None:
+        self.stats = stats
+        self.access = access  # the AccessLog when on (read per request: the registration may change)
+        self.spans = spans
+
+    def finished(self, direction: str, config: Any, request: Request, ex: _Exchange, stats: Any, *, source: str,
+                 destination: str, peer: str) -> None:
+        now = time.monotonic()
+        stats.observe(ex.status, now - request.started)
+        ex.bytes_in = request.body.size
+        access = self.access()
+        if access is not None:
+            access.record(direction, request, ex, request.started, source=source, destination=destination, peer=peer)
+        trace = ex.trace
+        if trace is not None and trace.exporting and trace.ctx.sampled and self.spans is not None:
+            endpoint = policy.tracing_config(config).otlp_endpoint or ""
+            wall_ns = time.time_ns()
+            self.spans.add(endpoint, FinishedSpan(
+                ctx=trace.ctx, name=f"{request.method} {destination}", kind="SERVER" if direction == "inbound" else "CLIENT",
+                start_ns=wall_ns - int((now - request.started) * 1e9), end_ns=wall_ns, method=request.method,
+                path=request.target.decode("latin-1").partition("?")[0], status_code=ex.status,
+                server_address=ex.upstream_host), config.registration.service)
+
+
 class InboundHttp:
     """Requests arriving on the public listener, to the local app."""
 
-    def __init__(self, current: Callable[[], Any], stats: HttpStats, access: Any, refused: Callable[..., None]) -> None:
+    def __init__(self, current: Callable[[], Any], observer: Observer, refused: Callable[..., None]) -> None:
         self._current = current
-        self._stats = stats
-        self._access = access  # an AccessLog or None (read per request: config may change)
+        self._observer = observer
         self._refused = refused
         self.pool = ConnPool()
         self.conns: set[HttpServerConn] = set()
@@ -169,70 +223,68 @@ class InboundHttp:
     async def _handle(self, down: HttpServerConn, request: Request) -> None:
         config = self._current()
         reg = config.registration
-        caller = down.tag
         ex = _Exchange()
-        started = request.started
-        stats = self._stats.route("inbound", "", "default")
+        stats = self._observer.stats.route("inbound", "", "default")
+        try:
+            await self._serve(down, request, config, ex, stats)
+        finally:
+            self._observer.finished("inbound", config, request, ex, stats, source=down.tag, destination=reg.service,
+                                    peer=down.peer)
+
+    async def _serve(self, down: HttpServerConn, request: Request, config: Any, ex: _Exchange, stats: Any) -> None:
+        reg = config.registration
         try:
             parsed = policy.parse_request(request)
         except policy.BadRequest as exc:
             _answer(down, request, ex, 400, f"bad request: {exc}")
-            self._finish(config, down, request, ex, started, stats, caller)
             return
-        decision = policy.authorize(config, caller, parsed)
-        ex.authz = decision.log
+        decision = policy.authorize(config, down.tag, parsed)
+        ex.authz, ex.authz_reason = decision.authz, decision.reason
         if not decision.allowed:
             stats.denied += 1
-            _answer(down, request, ex, 403, "RBAC: access denied")
-            self._finish(config, down, request, ex, started, stats, caller)
+            ex.flags = "RBAC"
+            _answer(down, request, ex, DENIED_STATUS, DENIED_BODY)
             return
-        trace = policy.trace(config, request, inbound=True)
-        ex.trace_id = trace.trace_id if trace else ""
-        deadline = started + reg.local_request_timeout if reg.local_request_timeout else None
+        ex.trace = policy.trace(config, request)
+        deadline = request.started + reg.local_request_timeout if reg.local_request_timeout else None
         replay = await _settled_body(request)
-        conn = self.pool.get(APP_KEY)
-        if conn is None:
-            try:
-                conn = await self._dial_app(config)
-            except (OSError, TimeoutError) as exc:
-                self._refused("local_app_unreachable", app=f"{reg.local_address}:{reg.local_port}",
-                              error=str(exc) or type(exc).__name__)
-                ex.failure = "app_unreachable"
-                _answer(down, request, ex, 503, "upstream connect error: the local app is not reachable")
-                self._finish(config, down, request, ex, started, stats, caller)
-                return
-        ex.upstream_host = f"{reg.local_address}:{reg.local_port}"
         headers = end_to_end(request.headers, keep_upgrade=request.upgrade)
-        if trace is not None:
-            headers = policy.with_trace_headers(headers, trace)
-        head = forward_request_head(request, request.target, headers,
-                                    request.body.size if replay else (None if not request.body.done or request.body.size else 0))
-        attempt = await _run_attempt(down, request, conn, head, replay, deadline)
-        if attempt.head is None:
+        headers = policy.with_trace_headers(headers, ex.trace)
+        head = forward_request_head(request, parsed.target, headers, _length(request, replay))
+        ex.upstream_host = f"{reg.local_address}:{reg.local_port}"
+        for fresh in (False, True):
+            conn = None if fresh else self.pool.get(APP_KEY)
+            if conn is None:
+                try:
+                    conn = await self._dial_app(config)
+                except (OSError, TimeoutError) as exc:
+                    self._refused("local_app_unreachable", app=ex.upstream_host, error=str(exc) or type(exc).__name__)
+                    ex.failure, ex.flags = "app_unreachable", "UF"
+                    _answer(down, request, ex, 503, "upstream connect error: the local app is not reachable")
+                    return
+                fresh = True
+            attempt = await _run_attempt(down, request, conn, head, replay, deadline)
+            if attempt.head is not None:
+                break
             if attempt.failure == "timeout":
                 stats.timeouts += 1
+                ex.flags = "UT"
                 _answer(down, request, ex, 504, "upstream request timeout")
-            else:
-                _answer(down, request, ex, 502, f"upstream reset before the response ({attempt.failure})")
-            ex.failure = attempt.failure
-            self._finish(config, down, request, ex, started, stats, caller)
-            return
+                return
+            # a kept-alive connection the app closed as we used it: once more on a new one,
+            # when the request can be sent again and may be repeated
+            if fresh or not replay or request.method not in IDEMPOTENT_METHODS:
+                ex.failure, ex.flags = attempt.failure, "UC"
+                _answer(down, request, ex, 502, "upstream reset before the response")
+                return
+        assert attempt.head is not None
         ex.status = attempt.head.status
         if not await _stream_response(down, request, attempt, deadline):
             ex.failure = attempt.failure or "timeout"
             if ex.failure == "timeout":
                 stats.timeouts += 1
+                ex.flags = "UT"
         ex.bytes_out = attempt.bytes_out
-        self._finish(config, down, request, ex, started, stats, caller)
-
-    def _finish(self, config: Any, down: HttpServerConn, request: Request, ex: _Exchange, started: float,
-                stats: Any, caller: str) -> None:
-        stats.observe(ex.status, time.monotonic() - started)
-        ex.bytes_in = request.body.size
-        access = self._access()
-        if access is not None:
-            access.record("inbound", config, request, ex, started, source=caller,
-                          destination=config.registration.service, peer=down.peer)
 
     def close_all(self) -> None:
         for conn in list(self.conns):
@@ -240,17 +292,24 @@ class InboundHttp:
         self.pool.close_all()
 
 
+def _length(request: Request, replay: bool) -> int | None:
+    """The body length to state: known when kept whole; none when there is no body;
+    None (chunked) while it is still arriving."""
+    if replay:
+        return request.body.size
+    return 0 if request.body.done and not request.body.size else None
+
+
 class OutboundHttp:
     """Requests from the local app on one upstream listener."""
 
-    def __init__(self, listener: Any, current: Callable[[], Any], dialer: Dialer, stats: HttpStats, access: Any,
+    def __init__(self, listener: Any, current: Callable[[], Any], dialer: Dialer, observer: Observer,
                  refused: Callable[..., None], balancer_for: Callable[[str], Balancer], pool: ConnPool,
                  budget_for: Callable[[str], Any], metrics: Any) -> None:
         self._listener = listener
         self._current = current
         self._dialer = dialer
-        self._stats = stats
-        self._access = access
+        self._observer = observer
         self._refused = refused
         self._balancer_for = balancer_for
         self.pool = pool
@@ -277,57 +336,58 @@ class OutboundHttp:
 
     async def _handle(self, down: HttpServerConn, request: Request) -> None:
         config = self._current()
-        name = self.spec.destination_name
+        spec = self.spec
         ex = _Exchange()
-        started = request.started
+        box: list[Any] = [self._observer.stats.route("outbound", spec.destination_name, "default")]
+        try:
+            await self._serve(down, request, config, spec, ex, box)
+        finally:
+            self._observer.finished("outbound", config, request, ex, box[0], source=config.registration.service,
+                                    destination=spec.destination_name, peer=down.peer)
+
+    async def _serve(self, down: HttpServerConn, request: Request, config: Any, spec: Any, ex: _Exchange,
+                     box: list[Any]) -> None:
+        name = spec.destination_name
         try:
             parsed = policy.parse_request(request)
         except policy.BadRequest as exc:
             _answer(down, request, ex, 400, f"bad request: {exc}")
-            self._finish(config, request, ex, started, self._stats.route("outbound", name, "default"))
             return
-        route = policy.route(config, self.spec, parsed)
+        route = policy.route(config, spec, parsed)
         ex.route = route.name
-        stats = self._stats.route("outbound", name, route.name)
-        trace = policy.trace(config, request, inbound=False)
-        ex.trace_id = trace.trace_id if trace else ""
-        timeout = policy.request_timeout(route)
-        deadline = started + timeout if timeout else None
-        budget = self._budget_for(self.spec.key)
+        stats = box[0] = self._observer.stats.route("outbound", name, route.name)
+        ex.trace = policy.trace(config, request)
+        deadline = request.started + policy.request_timeout(route)
+        budget = self._budget_for(spec.key)
         budget.record_request()
         replay = await _settled_body(request)
-        target = policy.rewritten_target(route, parsed, request.target)
         headers = end_to_end(request.headers, keep_upgrade=request.upgrade)
         headers = policy.request_headers(route, headers)
-        if trace is not None:
-            headers = policy.with_trace_headers(headers, trace)
-        length = request.body.size if replay else (None if not request.body.done or request.body.size else 0)
-        head = forward_request_head(request, target, headers, length)
-        key = policy.endpoints_key(self.spec, route)
+        headers = policy.with_trace_headers(headers, ex.trace)
+        head = forward_request_head(request, policy.rewritten_target(route, parsed), headers, _length(request, replay))
+        key = policy.endpoints_key(spec, route)
         balancer = self._balancer_for(key)
         tried: set[str] = set()
         dial_failures = 0
-        attempt_no = 0
         while True:
             config = self._current()
             endpoints = config.endpoints.get(key, ())
             now = time.monotonic()
-            if deadline is not None and now >= deadline:
+            if now >= deadline:
                 stats.timeouts += 1
+                ex.flags = "UT"
                 _answer(down, request, ex, 504, "upstream request timeout")
-                break
+                return
             endpoint = balancer.pick(endpoints, now, tried) or (balancer.pick(endpoints, now, set()) if tried else None)
             if endpoint is None:
                 self._metrics.refused.labels("outbound", "no_healthy_instances").inc()
-                _answer(down, request, ex, 503, f"no healthy instance of {route.service}")
-                break
+                ex.flags = "UH"
+                _answer(down, request, ex, 503, f"no healthy upstream: {route.service}")
+                return
             tried.add(endpoint.key)
             ex.upstream_host = endpoint.key
-            connect_timeout = self.spec.connect_timeout
-            if deadline is not None:
-                connect_timeout = min(connect_timeout or deadline - now, deadline - now)
             try:
-                conn = await self._peer_conn(endpoint, config, connect_timeout)
+                conn = await self._peer_conn(endpoint, config, min(spec.connect_timeout or deadline - now, deadline - now))
             except (DialError, TimeoutError) as exc:
                 reason = exc.reason if isinstance(exc, DialError) else "timeout"
                 self._metrics.dial_failures.labels(name, reason).inc()
@@ -336,61 +396,58 @@ class OutboundHttp:
                 self._refused("upstream_dial_failed", upstream=name, instance=endpoint.key, reason=reason,
                               error=str(exc))
                 dial_failures += 1
-                # nothing reached any app: trying another instance is always safe
-                if dial_failures < MAX_ATTEMPTS or policy.may_retry(route, attempt_no, "connect-failure",
-                                                                    request.method, False, budget):
-                    attempt_no += 1 if dial_failures >= MAX_ATTEMPTS else 0
+                outcome = policy.REFUSED_STREAM if reason == "refused_by_peer" else policy.CONNECT_FAILURE
+                # nothing reached any app: other instances are tried as on the tcp path,
+                # then the route's own retries
+                if dial_failures < MAX_ATTEMPTS:
                     continue
+                if policy.may_retry(route, ex.retries, outcome, request.method, False, budget):
+                    ex.retries += 1
+                    stats.retries += 1
+                    await policy.backoff(ex.retries)
+                    continue
+                ex.flags = "UF"
                 _answer(down, request, ex, 503, "upstream connect error")
-                break
+                return
             balancer.started(endpoint.key)
             attempt = await _run_attempt(down, request, conn, head, replay, deadline)
             balancer.finished(endpoint.key)
             if attempt.head is None:
                 if attempt.failure == "timeout":
                     stats.timeouts += 1
+                    ex.flags = "UT"
                     _answer(down, request, ex, 504, "upstream request timeout")
-                    break
+                    return
                 if balancer.failed(endpoint.key, time.monotonic()):
                     self._metrics.ejections.labels(name).inc()
-                reached = conn.used > 1 or attempt.failure != "refused"
-                if replay and policy.may_retry(route, attempt_no, "reset", request.method, reached, budget):
-                    attempt_no += 1
+                if replay and policy.may_retry(route, ex.retries, policy.RESET, request.method, True, budget):
                     ex.retries += 1
                     stats.retries += 1
-                    await policy.backoff(attempt_no)
+                    await policy.backoff(ex.retries)
                     continue
-                ex.failure = attempt.failure
+                ex.failure, ex.flags = attempt.failure, "UC"
                 _answer(down, request, ex, 502, "upstream reset before the response")
-                break
+                return
             status = attempt.head.status
-            if replay and status >= 400 and policy.may_retry(route, attempt_no, status, request.method, True,
-                                                             budget, attempt.head.headers):
-                conn.abort()
+            if status >= 400 and replay and policy.may_retry(route, ex.retries, status, request.method, True, budget):
+                conn.abort()  # its body is not wanted; a new request needs a clean connection
                 if status >= 500 and balancer.failed(endpoint.key, time.monotonic()):
                     self._metrics.ejections.labels(name).inc()
-                attempt_no += 1
                 ex.retries += 1
                 stats.retries += 1
-                await policy.backoff(attempt_no)
+                await policy.backoff(ex.retries)
                 continue
-            balancer.succeeded(endpoint.key)
+            if status < 500:
+                balancer.succeeded(endpoint.key)
             ex.status = status
-            if not await _stream_response(down, request, attempt, deadline, edit=policy.response_editor(route)):
+            if not await _stream_response(down, request, attempt, deadline, edit=policy.response_editor(route),
+                                          idle=route.idle_timeout):
                 ex.failure = attempt.failure or "timeout"
                 if ex.failure == "timeout":
                     stats.timeouts += 1
+                    ex.flags = "UT"
             ex.bytes_out = attempt.bytes_out
-            break
-        self._finish(config, request, ex, started, stats)
-
-    def _finish(self, config: Any, request: Request, ex: _Exchange, started: float, stats: Any) -> None:
-        stats.observe(ex.status, time.monotonic() - started)
-        ex.bytes_in = request.body.size
-        access = self._access()
-        if access is not None:
-            access.record("outbound", config, request, ex, started, source=config.registration.service,
-                          destination=self.spec.destination_name, peer="")
+            return
 
     def close_all(self) -> None:
         for conn in list(self.conns):

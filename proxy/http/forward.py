@@ -32,6 +32,7 @@ def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     for name, value in headers:
         if name.lower() == b"connection":
             listed.update(token.strip().lower() for token in value.split(b","))
+    listed.discard(b"host")
     listed.discard(b"close")
     listed.discard(b"keep-alive")
     listed.discard(b"upgrade")
@@ -142,6 +143,10 @@ class Attempt:
     @property
     def done(self) -> bool:
         return self._done_future.done()
+
+    @property
+    def done_future(self) -> asyncio.Future[None]:
+        return self._done_future
 
     def commit(self, extra: list[tuple[bytes, bytes]] | None = None,
                edit: Any = None) -> None:

@@ -204,3 +204,160 @@ async def test_a_malformed_request_gets_a_400_from_the_sidecar_and_never_reaches
         assert answer.startswith(b"HTTP/1.1 400 ")
         _, calls = await mesh.get("/calls")
         assert set(calls) == {"/calls"}
+
+
+ADMIN_DENIED = {"SourceName": "web", "Permissions": [
+    {"Action": "deny", "HTTP": {"PathPrefix": "/admin"}},
+    {"Action": "allow", "HTTP": {"PathPrefix": "/"}},
+]}
+
+
+async def test_l7_intentions_deny_a_path_and_the_connection_goes_on():
+    async with http_mesh() as mesh:
+        mesh.intentions(ADMIN_DENIED)
+        await asyncio.sleep(0.3)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one_conn:
+            async def get(path: str) -> int:
+                async with one_conn.get(mesh.url + path) as response:
+                    await response.read()
+                    return response.status
+
+            assert await get("/public") == 200
+            assert await get("/admin/users") == 403
+            assert await get("/public/again") == 200  # same connection, still served
+        api = mesh.proxies["api"]
+        assert api.http_stats.route("inbound", "", "default").denied == 1
+
+
+async def test_other_spellings_of_a_denied_path_are_denied_too():
+    async with http_mesh() as mesh:
+        mesh.intentions(ADMIN_DENIED)
+        await asyncio.sleep(0.3)
+        for spelling in (b"/admin", b"/x/../admin", b"//admin", b"/%61dmin", b"/./admin", b"/admin/../admin/x",
+                         b"/%2e%2e/admin", b"/x/%2E%2E/admin"):
+            answer = await _raw(mesh.upstream_port, b"GET " + spelling + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert answer.startswith(b"HTTP/1.1 403 "), (spelling, answer[:60])
+        _, calls = await mesh.get("/calls")
+        assert not any("admin" in path for path in calls)
+
+
+async def test_methods_and_headers_in_permissions():
+    async with http_mesh() as mesh:
+        mesh.intentions({"SourceName": "web", "Permissions": [
+            {"Action": "allow", "HTTP": {"PathPrefix": "/api", "Methods": ["GET"],
+                                         "Header": [{"Name": "x-team", "Exact": "blue"}]}},
+            {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
+        ]})
+        await asyncio.sleep(0.3)
+        assert (await mesh.get("/api/x", headers={"X-Team": "blue"}))[0] == 200
+        assert (await mesh.get("/api/x", headers={"X-Team": "red"}))[0] == 403
+        async with mesh.session.delete(mesh.url + "/api/x", headers={"X-Team": "blue"}) as response:
+            assert response.status == 403
+
+
+async def test_an_l4_deny_answers_403_per_request_on_an_http_service():
+    async with http_mesh() as mesh:
+        mesh.intentions({"SourceName": "web", "Action": "deny"})
+        await asyncio.sleep(0.3)
+        assert (await mesh.get("/x"))[0] == 403
+        mesh.intentions({"SourceName": "web", "Action": "allow"})
+        await asyncio.sleep(0.3)
+        assert (await mesh.get("/x"))[0] == 200
+
+
+def _router(*routes: dict[str, Any]) -> dict[str, Any]:
+    return {"Kind": "service-router", "Name": "api", "Routes": list(routes)}
+
+
+async def _routed(mesh: HttpMesh, entry: dict[str, Any]) -> None:
+    """Write a router and wait until web's sidecar has it."""
+    mesh.agent.set_config_entry(entry)
+    web = mesh.proxies["web"]
+    deadline = time.monotonic() + 5
+    while web.current is None or "api" not in web.current.routers or \
+            len(web.current.routers["api"].routes) != len(entry.get("Routes") or []):
+        assert time.monotonic() < deadline, "web's sidecar never took the router"
+        await asyncio.sleep(0.02)
+
+
+async def test_an_idempotent_request_is_retried_and_a_post_is_not():
+    async with http_mesh() as mesh:
+        await _routed(mesh, _router({"Match": {"HTTP": {"PathPrefix": "/fail"}},
+                                     "Destination": {"NumRetries": 2, "RetryOnStatusCodes": [503]}}))
+        status, body = await mesh.get("/fail/get-once?times=1")
+        assert status == 200 and body["failed_before"] == 1
+        async with mesh.session.post(mesh.url + "/fail/post-once?times=1", data=b"x") as response:
+            assert response.status == 503  # may have changed something: never sent twice
+        status, body = await mesh.get("/fail/get-thrice?times=3")
+        assert status == 503  # two retries, then the third failure is the answer
+        stats = mesh.proxies["web"].http_stats.route("outbound", "api", "route-0")
+        assert stats.retries == 3
+
+
+async def test_the_route_timeout_answers_504_at_its_time():
+    async with http_mesh() as mesh:
+        await _routed(mesh, _router({"Match": {"HTTP": {"PathPrefix": "/slow"}},
+                                     "Destination": {"RequestTimeout": "300ms"}}))
+        started = time.monotonic()
+        status, _ = await mesh.get("/slow?ms=3000")
+        took = time.monotonic() - started
+        assert status == 504
+        assert 0.25 < took < 1.5, took
+        assert (await mesh.get("/after"))[0] == 200
+
+
+async def test_local_request_timeout_bounds_the_app():
+    async with http_mesh(api_config={"local_request_timeout_ms": 300}) as mesh:
+        started = time.monotonic()
+        status, _ = await mesh.get("/slow?ms=3000")
+        assert status == 504 and time.monotonic() - started < 1.5
+
+
+async def test_prefix_rewrite_and_header_operations():
+    async with http_mesh() as mesh:
+        await _routed(mesh, _router({
+            "Match": {"HTTP": {"PathPrefix": "/v2/"}},
+            "Destination": {"PrefixRewrite": "/", "RequestHeaders": {"Set": {"X-Routed": "yes"}, "Remove": ["X-Secret"]},
+                            "ResponseHeaders": {"Add": {"X-Via": "mesh"}}}}))
+        async with mesh.session.get(mesh.url + "/v2/items?q=1", headers={"X-Secret": "s"}) as response:
+            body = await response.json()
+            assert response.headers["X-Via"] == "mesh"
+        assert body["path"] == "/items" and body["query"] == "q=1"
+        assert body["headers"]["x-routed"] == "yes" and "x-secret" not in body["headers"]
+
+
+async def test_the_trace_id_reaches_the_app_and_a_trace_starts_when_none_comes():
+    async with http_mesh() as mesh:
+        parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        _, body = await mesh.get("/t", headers={"traceparent": parent})
+        assert body["headers"]["traceparent"] == parent  # not exporting: passed through as it was
+        _, body = await mesh.get("/t", headers={"b3": "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1"})
+        assert body["headers"]["b3"].startswith("80f198ee56343ba864fe8b2a57d3eff7-")
+        _, body = await mesh.get("/t")
+        started = body["headers"]["traceparent"].split("-")
+        assert len(started) == 4 and len(started[1]) == 32 and started[1] != "0" * 32
+
+
+async def test_access_log_lines_are_json_with_the_request(tmp_path):
+    path = tmp_path / "access.log"
+    async with http_mesh() as mesh:
+        api = mesh.agent.services["api-sidecar-proxy"]
+        mesh.agent.set_service({**api, "Proxy": {**api["Proxy"], "AccessLogs": {
+            "Enabled": True, "Type": "file", "Path": str(path)}}})
+        deadline = time.monotonic() + 5
+        while not mesh.proxies["api"].current.registration.access_logs:
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+        await mesh.get("/logged?a=1", headers={"traceparent": parent, "User-Agent": "probe"})
+        mesh.intentions(ADMIN_DENIED)
+        await asyncio.sleep(0.3)
+        await mesh.get("/admin")
+        lines = [json.loads(line) for line in path.read_text().splitlines()]
+        first, denied = lines[-2], lines[-1]
+        assert first["method"] == "GET" and first["path"] == "/logged?a=1" and first["response_code"] == 200
+        assert first["source"] == "web" and first["destination"] == "api"
+        assert first["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736" and first["user_agent"] == "probe"
+        assert first["authz"] == "allow" and first["bytes_sent"] > 0 and first["duration"] >= 0
+        assert first["upstream_host"] == f"127.0.0.1:{mesh.app_port}"
+        assert denied["response_code"] == 403 and denied["authz"] == "deny" and "L7 intention" in denied["authz_reason"]
