@@ -361,3 +361,70 @@ async def test_access_log_lines_are_json_with_the_request(tmp_path):
         assert first["authz"] == "allow" and first["bytes_sent"] > 0 and first["duration"] >= 0
         assert first["upstream_host"] == f"127.0.0.1:{mesh.app_port}"
         assert denied["response_code"] == 403 and denied["authz"] == "deny" and "L7 intention" in denied["authz_reason"]
+
+
+async def _second_instance(mesh: HttpMesh, parent: str, service: str, app_name: str) -> tuple[int, int]:
+    """Another app with its own sidecar (instance of `service`); returns its public port
+    and its app's port."""
+    runner, port = await start_app(app_name)
+    mesh.extra.append(runner)
+    public = _free_port()
+    mesh.agent.set_leaf(service, mesh.ca.leaf(service))
+    mesh.agent.set_service(sidecar_service(parent, public, parent_name=service, local_port=port, config=HTTP))
+    await _start_proxy(mesh, parent)
+    return public, port
+
+
+async def test_a_failed_attempt_moves_to_another_instance():
+    async with http_mesh() as mesh:
+        second, second_app = await _second_instance(mesh, "api2", "api", "api2")
+        mesh.agent.set_connect_endpoints("api", [
+            connect_entry("api", "node-1", "127.0.0.1", mesh.api_public),
+            connect_entry("api", "node-2", "127.0.0.1", second, service_id="api2-sidecar-proxy"),
+        ])
+        await _routed(mesh, _router({"Match": {"HTTP": {"PathPrefix": "/fail"}},
+                                     "Destination": {"NumRetries": 1, "RetryOn": ["5xx"]}}))
+        await asyncio.sleep(0.3)
+        # api2 has had its one failure for each key already (asked directly): whichever
+        # instance is tried first, api2 answers, so a retry never goes back to api
+        for i in range(6):
+            async with mesh.session.get(f"http://127.0.0.1:{second_app}/fail/k{i}?times=1") as response:
+                assert response.status == 503
+        for i in range(6):
+            status, body = await mesh.get(f"/fail/k{i}?times=1")
+            assert status == 200 and body["name"] == "api2", body
+        assert mesh.proxies["web"].http_stats.route("outbound", "api", "route-0").retries >= 1
+
+
+async def test_a_route_sends_a_path_to_another_service():
+    async with http_mesh() as mesh:
+        canary, _ = await _second_instance(mesh, "canary", "api-canary", "canary")
+        mesh.agent.set_connect_endpoints("api-canary", [
+            connect_entry("api-canary", "node-3", "127.0.0.1", canary, service_id="canary-sidecar-proxy")])
+        mesh.agent.set_intentions("api-canary", [{"SourceName": "web", "DestinationName": "api-canary",
+                                                  "Action": "allow"}])
+        await _routed(mesh, _router({"Match": {"HTTP": {"PathPrefix": "/beta", "Header": [{"Name": "x-canary", "Present": True}]}},
+                                     "Destination": {"Service": "api-canary"}}))
+        deadline = time.monotonic() + 5
+        while "api-canary" not in mesh.proxies["web"].current.endpoints:
+            assert time.monotonic() < deadline, "web's sidecar never watched api-canary"
+            await asyncio.sleep(0.02)
+        assert (await mesh.get("/beta/x", headers={"x-canary": "1"}))[1]["name"] == "canary"
+        assert (await mesh.get("/beta/x"))[1]["name"] == "api"
+        assert (await mesh.get("/other", headers={"x-canary": "1"}))[1]["name"] == "api"
+
+
+async def test_a_protocol_change_applies_to_new_connections():
+    async with http_mesh() as mesh:
+        assert (await mesh.get("/x"))[0] == 200
+        web = mesh.agent.services["web-sidecar-proxy"]
+        mesh.agent.set_service({**web, "Proxy": {**web["Proxy"], "Upstreams": [
+            {"DestinationName": "api", "LocalBindPort": mesh.upstream_port, "Config": {"protocol": "tcp"}}]}})
+        deadline = time.monotonic() + 5
+        while mesh.proxies["web"].current.registration.upstreams[0].protocol != "tcp":
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.02)
+        async with aiohttp.ClientSession() as fresh:  # a new connection: spliced at L4 now
+            async with fresh.get(mesh.url + "/x") as response:
+                assert response.status == 200
+        assert mesh.proxies["web"].http_stats.route("outbound", "api", "default").count == 1
