@@ -281,6 +281,8 @@ class Proxy:
             listeners.append(self.inbound)
         for listener in listeners:
             await listener.stop_accepting()
+            if getattr(listener, "http", None) is not None:
+                listener.http.drain()  # idle keep-alive connections need not wait out drain_timeout
         if self._metrics_server is not None:
             self._metrics_server.close()
         deadline = time.monotonic() + self.options.drain_timeout

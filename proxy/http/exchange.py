@@ -286,6 +286,10 @@ class InboundHttp:
                 ex.flags = "UT"
         ex.bytes_out = attempt.bytes_out
 
+    def drain(self) -> None:
+        for conn in list(self.conns):
+            conn.close_when_idle()
+
     def close_all(self) -> None:
         for conn in list(self.conns):
             conn.abort()
@@ -448,6 +452,10 @@ class OutboundHttp:
                     ex.flags = "UT"
             ex.bytes_out = attempt.bytes_out
             return
+
+    def drain(self) -> None:
+        for conn in list(self.conns):
+            conn.close_when_idle()
 
     def close_all(self) -> None:
         for conn in list(self.conns):

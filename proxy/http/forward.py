@@ -171,7 +171,7 @@ class Attempt:
                 headers.append((b"transfer-encoding", b"chunked"))
             else:
                 self._close_after = True  # an HTTP/1.0 caller reads to the close
-        if not self.request.keep_alive or self._close_after:
+        if not self.request.keep_alive or self._close_after or downstream.draining:
             headers.append((b"connection", b"close"))
             self.request.keep_alive = False
         downstream.source = self.conn.transport

@@ -43,7 +43,8 @@ class _HeadTooLarge(Exception):
 class HttpServerConn(asyncio.Protocol):
     __slots__ = ("transport", "_handler", "_parser", "_current", "_head_bytes", "_queue", "_serving",
                  "closed", "_on_close", "_broken", "source", "_upgrade_tail", "_tunnel", "peer", "last_active",
-                 "_paused_for_queue", "tag", "_read_paused", "_writing_paused", "_drained", "handled")
+                 "_paused_for_queue", "tag", "_read_paused", "_writing_paused", "_drained", "handled",
+                 "draining")
 
     def __init__(self, handler: Handler, on_close: Callable[[HttpServerConn], None] | None = None,
                  peer: str = "") -> None:
@@ -68,6 +69,7 @@ class HttpServerConn(asyncio.Protocol):
         self._drained: asyncio.Future[None] | None = None
         self.tag: Any = None
         self.handled = 0
+        self.draining = False  # the proxy is stopping: close after the answer in progress
 
     # ---- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -216,7 +218,7 @@ class HttpServerConn(asyncio.Protocol):
                     self._resume_reading()
                 if self.closed or self._tunnel is not None:
                     return
-                if not request.keep_alive or self._upgrade_tail is not None:
+                if not request.keep_alive or self._upgrade_tail is not None or self.draining:
                     self.transport.close()
                     return
         finally:
@@ -269,6 +271,13 @@ class HttpServerConn(asyncio.Protocol):
         if self._read_paused and not self.closed and not self._paused_for_queue:
             self._read_paused = False
             self.transport.resume_reading()
+
+    def close_when_idle(self) -> None:
+        """Stopping: an idle connection closes now, a busy one after its current answer
+        (which says `Connection: close`)."""
+        self.draining = True
+        if self.idle and not self._serving and not self.closed:
+            self.transport.close()
 
     @property
     def idle(self) -> bool:
