@@ -49,7 +49,8 @@ class _StopParsing(Exception):
 class HttpClientConn(asyncio.Protocol):
     __slots__ = ("transport", "_parser", "_sink", "_method", "_status_reason", "_headers", "_head_bytes",
                  "closed", "on_idle", "on_lost", "idle_since", "key", "_sent", "_interim", "used",
-                 "_upgraded", "tunnel_peer", "generation", "_replace_parser", "_pending_tunnel")
+                 "_upgraded", "tunnel_peer", "generation", "_replace_parser", "_pending_tunnel",
+                 "_until_close")
 
     def __init__(self, key: str = "", generation: int = 0) -> None:
         self.transport: Any = None
@@ -72,6 +73,7 @@ class HttpClientConn(asyncio.Protocol):
         self.tunnel_peer: Any = None  # after a 101: the caller's transport
         self._replace_parser = False
         self._pending_tunnel = b""
+        self._until_close = False  # the response in progress ends when the connection does
 
     # ---- asyncio callbacks --------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -106,12 +108,16 @@ class HttpClientConn(asyncio.Protocol):
                 return True
             self.tunnel_peer.close()
             return False
-        if self._sink is not None:
-            try:
-                self._parser.feed_data(b"")  # a body delimited by the close ends here
-            except httptools.HttpParserError:
-                pass
+        self._end_by_close()
         return False
+
+    def _end_by_close(self) -> None:
+        """A response without Content-Length or chunking ends with its connection (llhttp
+        would need its finish call, which httptools does not offer)."""
+        if self._sink is not None and self._until_close:
+            self._until_close = False
+            sink, self._sink = self._sink, None
+            sink.response_done()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed:
@@ -119,6 +125,8 @@ class HttpClientConn(asyncio.Protocol):
         self.closed = True
         if self.tunnel_peer is not None and not self.tunnel_peer.is_closing():
             self.tunnel_peer.abort() if exc is not None else self.tunnel_peer.close()
+        if exc is None:
+            self._end_by_close()
         if self._sink is not None:
             self._fail("reset")
         if self.on_lost is not None:
@@ -160,6 +168,8 @@ class HttpClientConn(asyncio.Protocol):
         head = ResponseHead(status, self._status_reason, self._headers, parser.should_keep_alive(),
                             status == 101)
         self._interim = 100 <= status < 200 and status != 101
+        self._until_close = not self._interim and status not in (101, 204, 304) and self._method != "HEAD" and \
+            not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers)
         sink.response_head(head)
         if self._method == "HEAD" and not self._interim:
             # no body follows, whatever the headers say: finish here, new parser next time
@@ -205,6 +215,7 @@ class HttpClientConn(asyncio.Protocol):
             self.transport.write(data)
 
     def _complete(self, keep_alive: bool) -> None:
+        self._until_close = False
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.response_done()

@@ -78,6 +78,8 @@ def _answer(down: HttpServerConn, request: Request, ex: _Exchange, status: int, 
             extra: list[tuple[bytes, bytes]] | None = None) -> None:
     request.body.discard()
     ex.status = status
+    if status == 400:  # what follows a request we could not read is not to be trusted
+        request.keep_alive = False
     close = not request.keep_alive
     down.write(simple_response(status, text, extra, close=close))
 
