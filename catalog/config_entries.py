@@ -74,6 +74,8 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimited", "retriable-4xx",
             "refused-stream", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 _UINT32 = (1 << 32) - 1
+_DESCRIPTION_MAX = 512
+_HEADER_OPS = ("Present", "Exact", "Prefix", "Suffix", "Regex")
 
 
 def watch_key(kind: str, name: str | None = None) -> str:
@@ -245,7 +247,7 @@ def _route(route: Obj) -> dict[str, Any]:
 
 def _http_match(http: Obj) -> dict[str, Any]:
     out = path_match(http)
-    headers = header_matches(http, "Header", ("Present", "Exact", "Prefix", "Suffix", "Regex"))
+    headers = header_matches(http, "Header", _HEADER_OPS)
     params = header_matches(http, "QueryParam", ("Present", "Exact", "Regex"))
     methods = http_methods(http)
     http.unsupported("CaseInsensitive")
@@ -320,14 +322,87 @@ def _header_modifiers(mods: Obj) -> dict[str, Any]:
 
 
 def _service_intentions(top: Obj, name: str) -> dict[str, Any]:
-    from .config_intentions import parse_sources
-
     service_name(name, "Name")
     top.unsupported("JWT")
-    sources = parse_sources(top, name)
+    sources = _sources(top, name)
     body: dict[str, Any] = {"Sources": sources}
     _meta(top, body)
     return body
+
+
+def _sources(top: Obj, destination: str) -> list[dict[str, Any]]:
+    """The entry's `Sources`, validated with Consul's rules and messages, canonical
+    (empty fields left out, Type `consul`, methods upper-case)."""
+    sources = list(top.objs("Sources"))
+    if not sources:
+        raise InvalidRequest("At least one source is required")
+    out = []
+    seen: set[str] = set()
+    for i, src in enumerate(sources):
+        name = src.str("Name")
+        if not name:
+            raise InvalidRequest(f"Sources[{i}].Name is required")
+        service_name(name, f"Sources[{i}].Name")
+        src.enterprise()
+        src.unsupported("Peer", "SamenessGroup")
+        description = src.str("Description")
+        if len(description) > _DESCRIPTION_MAX:
+            raise InvalidRequest(f"Sources[{i}].Description exceeds maximum length {_DESCRIPTION_MAX}")
+        if src.str_map("LegacyMeta"):
+            raise InvalidRequest(f"Sources[{i}].LegacyMeta must be omitted")
+        # read-only or bridging fields Consul accepts and clears on an entry write
+        src.skip("Precedence", "LegacyID", "LegacyCreateTime", "LegacyUpdateTime")
+        permissions = _permissions(src)
+        action = src.str("Action").lower()
+        if permissions and action:
+            raise InvalidRequest(f"Sources[{i}].Action must be omitted if Permissions are specified")
+        if not permissions and action not in ("allow", "deny"):
+            raise InvalidRequest(f"Sources[{i}].Action must be set to 'allow' or 'deny'")
+        if permissions and destination == "*":
+            raise InvalidRequest(f"Sources[{i}].Permissions cannot be specified on intentions with wildcarded "
+                                 "destinations")
+        source_type = src.str("Type") or "consul"
+        if source_type != "consul":
+            raise InvalidRequest(f"Sources[{i}].Type must be set to 'consul'")
+        if name.lower() in seen:
+            raise InvalidRequest(f'Sources[{i}] defines "{name}" more than once')
+        seen.add(name.lower())
+        src.finish()
+        canonical: dict[str, Any] = {"Name": name}
+        if action:
+            canonical["Action"] = action
+        if permissions:
+            canonical["Permissions"] = permissions
+        canonical["Type"] = source_type
+        if description:
+            canonical["Description"] = description
+        out.append(canonical)
+    return out
+
+
+def _permissions(src: Obj) -> list[dict[str, Any]]:
+    out = []
+    for perm in src.objs("Permissions"):
+        action = perm.str("Action").lower()
+        if action not in ("allow", "deny"):
+            raise InvalidRequest(f"{perm.name('Action')} must be set to 'allow' or 'deny'")
+        http = perm.obj("HTTP")
+        if http is None:
+            raise InvalidRequest(f"{perm.name('HTTP')} is required")
+        rule = path_match(http)
+        headers = header_matches(http, "Header", _HEADER_OPS)
+        methods = http_methods(http)
+        http.finish()
+        if headers:
+            rule["Header"] = headers
+        if methods:
+            rule["Methods"] = methods
+        if not rule:
+            raise InvalidRequest(f"{http.path} should not be empty")
+        perm.unsupported("JWT")
+        perm.finish()
+        out.append({"Action": action, "HTTP": rule})
+    return out
 
 
 _PARSERS = {

@@ -20,93 +20,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from .authz import WILDCARD, precedence, sort_intentions
-from .config_decode import Obj, header_matches, http_methods, path_match
+from .authz import precedence, sort_intentions
 from .config_entries import SERVICE_INTENTIONS, entry_to_api
-from .errors import InvalidRequest
-from .intentions import service_name
 from .structs import ConfigEntry, Intention
 
-__all__ = ["parse_sources", "intention_rows", "intentions_entry", "intentions_entries"]
-
-_DESCRIPTION_MAX = 512
-_HEADER_OPS = ("Present", "Exact", "Prefix", "Suffix", "Regex")
-
-
-def parse_sources(top: Obj, destination: str) -> list[dict[str, Any]]:
-    """The entry's `Sources`, validated with Consul's rules and messages, canonical
-    (empty fields left out, Type `consul`, methods upper-case)."""
-    sources = list(top.objs("Sources"))
-    if not sources:
-        raise InvalidRequest("At least one source is required")
-    out = []
-    seen: set[str] = set()
-    for i, src in enumerate(sources):
-        name = src.str("Name")
-        if not name:
-            raise InvalidRequest(f"Sources[{i}].Name is required")
-        service_name(name, f"Sources[{i}].Name")
-        src.enterprise()
-        src.unsupported("Peer", "SamenessGroup")
-        description = src.str("Description")
-        if len(description) > _DESCRIPTION_MAX:
-            raise InvalidRequest(f"Sources[{i}].Description exceeds maximum length {_DESCRIPTION_MAX}")
-        if src.str_map("LegacyMeta"):
-            raise InvalidRequest(f"Sources[{i}].LegacyMeta must be omitted")
-        # read-only or bridging fields Consul accepts and clears on an entry write
-        src.skip("Precedence", "LegacyID", "LegacyCreateTime", "LegacyUpdateTime")
-        permissions = _permissions(src)
-        action = src.str("Action").lower()
-        if permissions and action:
-            raise InvalidRequest(f"Sources[{i}].Action must be omitted if Permissions are specified")
-        if not permissions and action not in ("allow", "deny"):
-            raise InvalidRequest(f"Sources[{i}].Action must be set to 'allow' or 'deny'")
-        if permissions and destination == WILDCARD:
-            raise InvalidRequest(f"Sources[{i}].Permissions cannot be specified on intentions with wildcarded "
-                                 "destinations")
-        source_type = src.str("Type") or "consul"
-        if source_type != "consul":
-            raise InvalidRequest(f"Sources[{i}].Type must be set to 'consul'")
-        if name.lower() in seen:
-            raise InvalidRequest(f'Sources[{i}] defines "{name}" more than once')
-        seen.add(name.lower())
-        src.finish()
-        canonical: dict[str, Any] = {"Name": name}
-        if action:
-            canonical["Action"] = action
-        if permissions:
-            canonical["Permissions"] = permissions
-        canonical["Type"] = source_type
-        if description:
-            canonical["Description"] = description
-        out.append(canonical)
-    return out
-
-
-def _permissions(src: Obj) -> list[dict[str, Any]]:
-    out = []
-    for perm in src.objs("Permissions"):
-        action = perm.str("Action").lower()
-        if action not in ("allow", "deny"):
-            raise InvalidRequest(f"{perm.name('Action')} must be set to 'allow' or 'deny'")
-        http = perm.obj("HTTP")
-        if http is None:
-            raise InvalidRequest(f"{perm.name('HTTP')} is required")
-        rule = path_match(http)
-        headers = header_matches(http, "Header", _HEADER_OPS)
-        methods = http_methods(http)
-        http.finish()
-        if headers:
-            rule["Header"] = headers
-        if methods:
-            rule["Methods"] = methods
-        if not rule:
-            raise InvalidRequest(f"{http.path} should not be empty")
-        perm.unsupported("JWT")
-        perm.finish()
-        out.append({"Action": action, "HTTP": rule})
-    return out
-
+__all__ = ["intention_rows", "intentions_entry", "intentions_entries"]
 
 def intention_rows(entry: ConfigEntry) -> list[Intention]:
     """One row per source of a parsed service-intentions entry: no ID (the HTTP layer
