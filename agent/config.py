@@ -23,7 +23,7 @@ from mesh.dns.answer import DEFAULT_UDP_MAX_PAYLOAD
 from mesh.dns.names import name_problem
 from mesh.dns.recursor import parse_recursor
 
-__all__ = ["ConfigError", "AgentConfig", "parse_args", "reload_config", "load_file", "FLAGS", "KEY_HINT"]
+__all__ = ["ConfigError", "AgentConfig", "parse_args", "reload_config", "load_file", "parse_text", "FLAGS", "KEY_HINT"]
 
 KEY_HINT = "generate a key with 'mesh keygen'"
 # deeper than any real config; far below the parsers' recursion limits, so a hostile
@@ -283,18 +283,29 @@ def load_file(path: str) -> dict[str, Any]:
             raw = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.endswith(".json"):
+        return parse_text(raw, path, "json")
+    if path.endswith(".hcl"):
+        return parse_text(raw, path, "hcl")
+    raise ConfigError(f"{path}: config files must end in .json or .hcl")
+
+
+def parse_text(raw: bytes, path: str, syntax: str) -> dict[str, Any]:
+    """A config file's bytes (`syntax` "json" or "hcl") as a dict, HCL blocks unwrapped;
+    ConfigError naming `path` for anything malformed or nested too deep. Also used by
+    `mesh config write`, whose file may come from stdin."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
-    if path.endswith(".json"):
+    if syntax == "json":
         try:
             data = json.loads(text)
         except RecursionError:
             raise ConfigError(f"{path}: invalid JSON: nested more than {MAX_NESTING} levels") from None
         except ValueError as exc:
             raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    elif path.endswith(".hcl"):
+    else:
         import hcl2  # imported lazily: only config loading needs it
 
         if _brackets_deeper_than(text, 4 * MAX_NESTING):
@@ -314,8 +325,6 @@ def load_file(path: str) -> dict[str, Any]:
         for block in ("ports",):
             if isinstance(data.get(block), list) and len(data[block]) == 1:
                 data[block] = data[block][0]
-    else:
-        raise ConfigError(f"{path}: config files must end in .json or .hcl")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be an object")
     if not _nesting_ok(data, MAX_NESTING):

@@ -213,11 +213,11 @@ def path_match(http: Obj) -> dict[str, Any]:
 
 
 def header_matches(http: Obj, field: str, ops: tuple[str, ...]) -> list[dict[str, Any]]:
+    """`Header[]` (ops Present, Exact, Prefix, Suffix, Regex; and Invert) or `QueryParam[]`
+    (Present, Exact, Regex): a Name and exactly one op each."""
     out = []
     for item in http.objs(field):
         name = item.str("Name")
-        if not name:
-            raise InvalidRequest(f"{item.name('Name')} is required")
         rule: dict[str, Any] = {"Name": name}
         if item.bool("Present"):
             rule["Present"] = True
@@ -225,11 +225,14 @@ def header_matches(http: Obj, field: str, ops: tuple[str, ...]) -> list[dict[str
             value = item.str(op)
             if value:
                 rule[op] = regex(value, item.name(op)) if op == "Regex" else value
+        invert = field == "Header" and item.bool("Invert")
+        item.finish()
+        if not name:
+            raise InvalidRequest(f"{item.name('Name')} is required")
         if len(rule) != 2:
             raise InvalidRequest(f"{item.path} should only contain one of {', '.join(ops[:-1])}, or {ops[-1]}")
-        if field == "Header" and item.bool("Invert"):
+        if invert:
             rule["Invert"] = True
-        item.finish()
         out.append(rule)
     return out
 

@@ -42,6 +42,7 @@ Commands:
   reload                     reload the agent's config files (service and check definitions)
   maint -enable|-disable     node (or -service=ID) maintenance mode
   intention create|get|delete|list|check|match   service-to-service access rules
+  config write|read|list|delete                  central config entries (/v1/config)
   connect ca get-config|set-config|status        the Connect CA
   connect proxy -sidecar-for ID                  run a sidecar proxy (mTLS, intentions)
   connect proxies                                this agent's sidecar proxy processes
@@ -341,6 +342,12 @@ async def _intention(argv: list[str]) -> int:
         return 0
 
 
+async def _config(argv: list[str]) -> int:
+    from .config_cmd import run_config
+
+    return await run_config(argv)
+
+
 async def _connect(argv: list[str]) -> int:
     """`mesh connect ca get-config | set-config -config-file F | status`, `mesh connect proxies`."""
     if argv[:1] == ["proxies"]:
@@ -538,6 +545,7 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "reload": _reload,
     "maint": _maint,
     "intention": _intention,
+    "config": _config,
     "connect": _connect,
 }
 _SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}
