@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -23,7 +24,7 @@ from mesh.dns.answer import DEFAULT_UDP_MAX_PAYLOAD
 from mesh.dns.names import name_problem
 from mesh.dns.recursor import parse_recursor
 
-__all__ = ["ConfigError", "AgentConfig", "parse_args", "reload_config", "load_file", "parse_text", "FLAGS", "KEY_HINT"]
+__all__ = ["ConfigError", "AgentConfig", "parse_args", "reload_config", "load_file", "FLAGS", "KEY_HINT"]
 
 KEY_HINT = "generate a key with 'mesh keygen'"
 # deeper than any real config; far below the parsers' recursion limits, so a hostile
@@ -276,24 +277,30 @@ def _brackets_deeper_than(text: str, limit: int) -> bool:
     return False
 
 
-def load_file(path: str) -> dict[str, Any]:
-    """One config file as a dict (JSON or HCL by extension)."""
+def load_file(path: str, *, any_name: bool = False) -> dict[str, Any]:
+    """One config file as a dict (JSON or HCL by extension). With `any_name` (files
+    given to `mesh config write`, as Consul's command takes them), `-` is stdin and a
+    name with neither extension is JSON when it starts with `{`, HCL otherwise."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        if any_name and path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     if path.endswith(".json"):
         return parse_text(raw, path, "json")
     if path.endswith(".hcl"):
         return parse_text(raw, path, "hcl")
+    if any_name:
+        return parse_text(raw, "stdin" if path == "-" else path, "json" if raw.lstrip().startswith(b"{") else "hcl")
     raise ConfigError(f"{path}: config files must end in .json or .hcl")
 
 
 def parse_text(raw: bytes, path: str, syntax: str) -> dict[str, Any]:
     """A config file's bytes (`syntax` "json" or "hcl") as a dict, HCL blocks unwrapped;
-    ConfigError naming `path` for anything malformed or nested too deep. Also used by
-    `mesh config write`, whose file may come from stdin."""
+    ConfigError naming `path` for anything malformed or nested too deep."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

@@ -20,26 +20,12 @@ _USAGE = ("usage: mesh config write [-cas -modify-index N] FILE | read -kind K -
 
 def load_entry(path: str) -> dict[str, Any]:
     """The config entry in a file (or stdin for `-`), HCL blocks made objects again."""
-    from mesh.agent.config import ConfigError, parse_text
+    from mesh.agent.config import ConfigError, load_file
 
     from .main import UsageError
 
     try:
-        if path == "-":
-            raw = sys.stdin.buffer.read()
-        else:
-            with open(path, "rb") as f:
-                raw = f.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
-    if path.endswith(".json"):
-        syntax = "json"
-    elif path.endswith(".hcl"):
-        syntax = "hcl"
-    else:
-        syntax = "json" if raw.lstrip().startswith(b"{") else "hcl"
-    try:
-        return parse_text(raw, "stdin" if path == "-" else path, syntax)
+        return load_file(path, any_name=True)
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
 
