@@ -12,6 +12,8 @@ import json
 import sys
 from typing import Any
 
+from .flags import UsageError, client_for, parse_flags
+
 __all__ = ["run_config", "load_entry"]
 
 _USAGE = ("usage: mesh config write [-cas -modify-index N] FILE | read -kind K -name N | list -kind K | "
@@ -21,8 +23,6 @@ _USAGE = ("usage: mesh config write [-cas -modify-index N] FILE | read -kind K -
 def load_entry(path: str) -> dict[str, Any]:
     """The config entry in a file (or stdin for `-`), HCL blocks made objects again."""
     from mesh.agent.config import ConfigError, load_file
-
-    from .main import UsageError
 
     try:
         return load_file(path, any_name=True)
@@ -37,8 +37,6 @@ def _kind_name(entry: dict[str, Any]) -> tuple[str, str]:
 
 
 def _cas(flags: dict[str, Any]) -> dict[str, str]:
-    from .main import UsageError
-
     if not flags.get("cas"):
         return {}
     index = flags.get("modify-index", "")
@@ -49,14 +47,12 @@ def _cas(flags: dict[str, Any]) -> dict[str, str]:
 
 async def run_config(argv: list[str]) -> int:
     """One `mesh config` subcommand; raises UsageError or APIError (main prints them)."""
-    from .main import UsageError, _client, _parse
-
     if not argv or argv[0] not in ("write", "read", "list", "delete"):
         raise UsageError(_USAGE)
     sub = argv[0]
-    flags, args = _parse(argv[1:], {"cas": "bool", "modify-index": "str", "kind": "str", "name": "str",
+    flags, args = parse_flags(argv[1:], {"cas": "bool", "modify-index": "str", "kind": "str", "name": "str",
                                     "filename": "str"})
-    async with _client(flags) as c:
+    async with client_for(flags) as c:
         if sub == "write":
             if len(args) != 1:
                 raise UsageError("usage: mesh config write [-cas -modify-index N] FILE (HCL or JSON; - for stdin)")

@@ -22,7 +22,10 @@ from typing import Any
 
 from mesh import __version__
 from mesh.api.client import APIError, Client
-from mesh.api.config import ConfigError, resolve
+
+from .flags import UsageError
+from .flags import client_for as _client
+from .flags import parse_flags as _parse
 
 __all__ = ["main"]
 
@@ -49,46 +52,6 @@ Commands:
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
-
-
-class UsageError(Exception):
-    pass
-
-
-def _parse(argv: list[str], spec: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """Consul-style flags for subcommands: spec maps name -> 'str' | 'bool'."""
-    spec = {"http-addr": "str", "token": "str", "token-file": "str", "datacenter": "str", **spec}
-    values: dict[str, Any] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("-") and len(arg) > 1 and not rest:
-            name, eq, inline = arg.lstrip("-").partition("=")
-            if name not in spec:
-                raise UsageError(f"flag provided but not defined: -{name}")
-            if spec[name] == "bool":
-                values[name] = inline.lower() not in ("false", "0") if eq else True
-            elif eq:
-                values[name] = inline
-            else:
-                if i + 1 >= len(argv):
-                    raise UsageError(f"flag needs an argument: -{name}")
-                i += 1
-                values[name] = argv[i]
-        else:
-            rest.append(arg)
-        i += 1
-    return values, rest
-
-
-def _client(flags: dict[str, Any]) -> Client:
-    try:
-        address, token = resolve(flags.get("http-addr"), flags.get("token"), os.environ,
-                                 flags_token_file=flags.get("token-file"))
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    return Client(address, token)
 
 
 async def _members(argv: list[str]) -> int:
