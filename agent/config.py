@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
@@ -276,25 +277,42 @@ def _brackets_deeper_than(text: str, limit: int) -> bool:
     return False
 
 
-def load_file(path: str) -> dict[str, Any]:
-    """One config file as a dict (JSON or HCL by extension)."""
+def load_file(path: str, *, any_name: bool = False) -> dict[str, Any]:
+    """One config file as a dict (JSON or HCL by extension). With `any_name` (files
+    given to `mesh config write`, as Consul's command takes them), `-` is stdin and a
+    name with neither extension is JSON when it starts with `{`, HCL otherwise."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        if any_name and path == "-":
+            raw = sys.stdin.buffer.read()
+        else:
+            with open(path, "rb") as f:
+                raw = f.read()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if path.endswith(".json"):
+        return parse_text(raw, path, "json")
+    if path.endswith(".hcl"):
+        return parse_text(raw, path, "hcl")
+    if any_name:
+        return parse_text(raw, "stdin" if path == "-" else path, "json" if raw.lstrip().startswith(b"{") else "hcl")
+    raise ConfigError(f"{path}: config files must end in .json or .hcl")
+
+
+def parse_text(raw: bytes, path: str, syntax: str) -> dict[str, Any]:
+    """A config file's bytes (`syntax` "json" or "hcl") as a dict, HCL blocks unwrapped;
+    ConfigError naming `path` for anything malformed or nested too deep."""
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not valid UTF-8 (byte {raw[exc.start]:#04x} at offset {exc.start})") from None
-    if path.endswith(".json"):
+    if syntax == "json":
         try:
             data = json.loads(text)
         except RecursionError:
             raise ConfigError(f"{path}: invalid JSON: nested more than {MAX_NESTING} levels") from None
         except ValueError as exc:
             raise ConfigError(f"{path}: invalid JSON: {exc}") from None
-    elif path.endswith(".hcl"):
+    else:
         import hcl2  # imported lazily: only config loading needs it
 
         if _brackets_deeper_than(text, 4 * MAX_NESTING):
@@ -314,8 +332,6 @@ def load_file(path: str) -> dict[str, Any]:
         for block in ("ports",):
             if isinstance(data.get(block), list) and len(data[block]) == 1:
                 data[block] = data[block][0]
-    else:
-        raise ConfigError(f"{path}: config files must end in .json or .hcl")
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be an object")
     if not _nesting_ok(data, MAX_NESTING):

@@ -16,7 +16,16 @@ from typing import Any
 import msgpack
 
 from .errors import FatalStateError
-from .structs import Check, Intention, Node, ServerInfo, Service, row_from_wire, row_to_wire
+from .structs import (
+    Check,
+    ConfigEntry,
+    Intention,
+    Node,
+    ServerInfo,
+    Service,
+    row_from_wire,
+    row_to_wire,
+)
 
 __all__ = [
     "IGNORE_UNKNOWN",
@@ -25,6 +34,8 @@ __all__ = [
     "Command",
     "RegisterRequest",
     "DeregisterRequest",
+    "ConfigSetRequest",
+    "ConfigDeleteRequest",
     "encode",
     "decode",
     "encode_batch",
@@ -46,6 +57,8 @@ class MessageType(enum.IntEnum):
     INTENTION_DELETE = 7
     CA_SET = 8
     CA_SERIAL = 9
+    CONFIG_SET = 10
+    CONFIG_DELETE = 11
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +104,42 @@ class DeregisterRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigSetRequest:
+    """PUT /v1/config, validated (catalog.config_entries): the entry, the `?cas` index
+    (None: no check; 0: create only) and, for service-intentions, the destination's new
+    intention rows, IDs stamped."""
+
+    entry: ConfigEntry
+    cas: int | None = None
+    intentions: tuple[Intention, ...] = ()
+
+    def to_wire(self) -> list[Any]:
+        return [row_to_wire(self.entry), self.cas, [row_to_wire(i) for i in self.intentions]]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> ConfigSetRequest:
+        entry, cas, intentions = data
+        return cls(entry=row_from_wire(ConfigEntry, entry), cas=cas,
+                   intentions=tuple(row_from_wire(Intention, i) for i in intentions))
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigDeleteRequest:
+    """DELETE /v1/config/:kind/:name, with the `?cas` index or None."""
+
+    kind: str
+    name: str
+    cas: int | None = None
+
+    def to_wire(self) -> list[Any]:
+        return [self.kind, self.name, self.cas]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> ConfigDeleteRequest:
+        return cls(*data)
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     type: int
     body: Any = None
@@ -101,7 +150,7 @@ class Command:
 
 
 def _body_to_wire(msg_type: int, body: Any) -> Any:
-    if isinstance(body, RegisterRequest | DeregisterRequest):
+    if isinstance(body, RegisterRequest | DeregisterRequest | ConfigSetRequest | ConfigDeleteRequest):
         return body.to_wire()
     if msg_type == MessageType.INTENTION_UPSERT:
         intention, mode = body
@@ -120,6 +169,10 @@ def _body_from_wire(msg_type: int, body: Any) -> Any:
         return row_from_wire(ServerInfo, body)
     if msg_type == MessageType.INTENTION_UPSERT:
         return row_from_wire(Intention, body[0]), str(body[1])
+    if msg_type == MessageType.CONFIG_SET:
+        return ConfigSetRequest.from_wire(body)
+    if msg_type == MessageType.CONFIG_DELETE:
+        return ConfigDeleteRequest.from_wire(body)
     return body
 
 

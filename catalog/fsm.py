@@ -23,17 +23,26 @@ import msgpack
 from .commands import (
     IGNORE_UNKNOWN,
     Command,
+    ConfigDeleteRequest,
+    ConfigSetRequest,
     DeregisterRequest,
     MessageType,
     RegisterRequest,
     decode,
     decode_batch,
 )
+from .config_entries import (
+    PROXY_DEFAULTS,
+    SERVICE_INTENTIONS,
+    SERVICE_ROUTER,
+    graph_violations,
+)
 from .errors import CatalogError, FatalStateError, InvalidRequest
 from .store import Store
 from .structs import (
     HEALTH_STATES,
     Check,
+    ConfigEntry,
     Intention,
     Node,
     ServerInfo,
@@ -44,7 +53,9 @@ from .structs import (
 
 __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
 
-SNAPSHOT_VERSION = 2
+SNAPSHOT_VERSION = 3
+# versions this one reads: 2 is 3 without config entries
+_READABLE_VERSIONS = (2, 3)
 DEDUPE_LIMIT = 16384
 # A Raft entry carries a batch of commands (at most 4096, see agent/server/raft/protocol.py), so a CA
 # serial is the entry's index times this plus the command's place in the batch.
@@ -68,6 +79,8 @@ class FSM:
             MessageType.INTENTION_DELETE: self._intention_delete,
             MessageType.CA_SET: self._ca_set,
             MessageType.CA_SERIAL: lambda index, cmd: index * SERIALS_PER_ENTRY + self._position,
+            MessageType.CONFIG_SET: self._config_set,
+            MessageType.CONFIG_DELETE: self._config_delete,
         }
         self._position = 0  # the command's place in the entry being applied
 
@@ -171,12 +184,85 @@ class FSM:
 
     def _intention_upsert(self, index: int, cmd: Command) -> Any:
         intention, mode = cmd.body
+        if intention.permissions:
+            problems = graph_violations(self.store, (), [intention.destination_name])
+            if problems:
+                raise InvalidRequest(problems[0])
         row = self.store.upsert_intention(index, intention, mode)
         return {"ID": row.id}
 
     def _intention_delete(self, index: int, cmd: Command) -> Any:
         if not self.store.delete_intention(index, str(cmd.body)):
             return {"Error": f"Intention {cmd.body!r} not found", "NotFound": True}
+        return True
+
+    # ---- config entries --------------------------------------------------------
+    def _config_modify_index(self, kind: str, name: str) -> int | None:
+        """The entry's ModifyIndex for CAS, or None when it does not exist. Intentions
+        from a snapshot older than config entries have rows but no record."""
+        if kind == SERVICE_INTENTIONS:
+            rows = self.store.intentions_to(name)
+            if not rows:
+                return None
+            record = self.store.config_entry(kind, name)
+            return record.modify_index if record else max(r.modify_index for r in rows)
+        entry = self.store.config_entry(kind, name)
+        return entry.modify_index if entry else None
+
+    def _check_graph(self, kind: str, name: str, proposed: ConfigEntry | None,
+                     intentions: tuple[Intention, ...] = ()) -> None:
+        """Refuse a write that breaks a rule between entries (catalog.config_entries.
+        graph_violations) which held before it: the protocol under a router or under L7
+        intentions. Violations already there (say, from an old snapshot) are not this
+        write's fault and do not block it."""
+        if kind == SERVICE_INTENTIONS and not any(i.permissions for i in intentions):
+            return
+        if kind == SERVICE_ROUTER and proposed is None:
+            return
+        store = self.store
+        l7 = {i.destination_name for i in store.intentions.values() if i.permissions}
+        before = graph_violations(store, store.config_entries_of(SERVICE_ROUTER), l7)
+        lookup = _Overlay(store, kind, name, proposed)
+        routers = [r for r in store.config_entries_of(SERVICE_ROUTER)
+                   if not (kind == SERVICE_ROUTER and r.name.lower() == name.lower())]
+        if kind == SERVICE_ROUTER and proposed is not None:
+            routers.append(proposed)
+        if kind == SERVICE_INTENTIONS:
+            l7 = {d for d in l7 if d.lower() != name.lower()} | {i.destination_name for i in intentions if i.permissions}
+        for problem in graph_violations(lookup, routers, l7):
+            if problem not in before:
+                raise InvalidRequest(problem)
+
+    def _config_set(self, index: int, cmd: Command) -> Any:
+        req: ConfigSetRequest = cmd.body
+        entry = req.entry
+        if entry.kind == PROXY_DEFAULTS and entry.name != "global":
+            raise InvalidRequest(f'invalid name ("{entry.name}"), only "global" is supported')
+        current = self._config_modify_index(entry.kind, entry.name)
+        if req.cas is not None and (current is not None if req.cas == 0 else current != req.cas):
+            return False  # cas=0 creates only; cas=N needs the entry at ModifyIndex N
+        if entry.kind == SERVICE_INTENTIONS:
+            if not req.intentions:
+                raise InvalidRequest("At least one source is required")
+            self._check_graph(entry.kind, entry.name, entry, req.intentions)
+            self.store.replace_intentions(index, entry.name, list(req.intentions), entry.body.get("Meta") or {})
+            return True
+        self._check_graph(entry.kind, entry.name, entry)
+        self.store.set_config_entry(index, entry)
+        return True
+
+    def _config_delete(self, index: int, cmd: Command) -> Any:
+        req: ConfigDeleteRequest = cmd.body
+        current = self._config_modify_index(req.kind, req.name)
+        if req.cas is not None and current != req.cas:
+            return False
+        if current is None:
+            return True
+        self._check_graph(req.kind, req.name, None)
+        if req.kind == SERVICE_INTENTIONS:
+            self.store.replace_intentions(index, req.name, [], {})
+        else:
+            self.store.delete_config_entry(index, req.kind, req.name)
         return True
 
     def _ca_set(self, index: int, cmd: Command) -> Any:
@@ -234,6 +320,8 @@ class FSM:
             out.write(packer.pack(("i", row_to_wire(intention))))
         if store.ca:
             out.write(packer.pack(("ca", store.ca)))
+        for entry in store.config.values():
+            out.write(packer.pack(("ce", row_to_wire(entry))))
         for key, (index, result) in dedupe.items():
             out.write(packer.pack(("d", (key, index, result))))
         out.write(packer.pack(("end", None)))
@@ -254,7 +342,7 @@ class FSM:
         store = fsm.store
         try:
             header = next(objects)
-            if not isinstance(header, dict) or header.get("v") != SNAPSHOT_VERSION:
+            if not isinstance(header, dict) or header.get("v") not in _READABLE_VERSIONS:
                 raise CatalogError("not a mesh snapshot (unknown format version)")
             store.indexes = dict(header["indexes"])
             fsm.last_index = int(header["index"])
@@ -279,6 +367,9 @@ class FSM:
                     store.intentions[intention.id] = intention
                 elif kind == "ca":
                     store.ca = dict(values)
+                elif kind == "ce":
+                    entry = row_from_wire(ConfigEntry, values)
+                    store.config[(entry.kind, entry.name.lower())] = entry
                 elif kind == "d":
                     key_, index, result = values
                     fsm.dedupe[bytes(key_)] = (index, result)
@@ -315,3 +406,16 @@ class FSM:
         return self.store == other.store and self.dedupe == other.dedupe and self.last_index == other.last_index
 
     __hash__ = None  # type: ignore[assignment]
+
+
+class _Overlay:
+    """The store as it would read with one entry replaced (or removed, when `entry` is
+    None): what the graph rules are checked against before a write."""
+
+    def __init__(self, store: Store, kind: str, name: str, entry: ConfigEntry | None) -> None:
+        self._store, self._key, self._entry = store, (kind, name.lower()), entry
+
+    def config_entry(self, kind: str, name: str) -> ConfigEntry | None:
+        if (kind, name.lower()) == self._key:
+            return self._entry
+        return self._store.config_entry(kind, name)

@@ -23,6 +23,7 @@ __all__ = [
     "Decision",
     "precedence",
     "parse_intention",
+    "service_name",
     "intention_from_api",
     "sort_intentions",
     "decide",
@@ -32,7 +33,9 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
-def _name(value: str, what: str) -> str:
+def service_name(value: str, what: str) -> str:
+    """An intention's source or destination: a service name or `*` alone; shared with
+    the service-intentions config entry (catalog.config_entries)."""
     if not value:
         raise InvalidRequest(f"{what} must be set")
     if value == WILDCARD:
@@ -89,8 +92,8 @@ def _permissions(raw: Any) -> tuple[dict[str, Any], ...]:
 def parse_intention(data: Any, *, source: str | None = None, destination: str | None = None) -> Intention:
     """A request body (legacy or exact form) as an Intention without ID or times."""
     f = Fields(data, "body")
-    src = _name(source if source is not None else f.str("SourceName"), "SourceName")
-    dst = _name(destination if destination is not None else f.str("DestinationName"), "DestinationName")
+    src = service_name(source if source is not None else f.str("SourceName"), "SourceName")
+    dst = service_name(destination if destination is not None else f.str("DestinationName"), "DestinationName")
     source_type = f.str("SourceType", default="consul") or "consul"
     if source_type != "consul":
         raise InvalidRequest(f"SourceType must be consul, got {source_type!r}")

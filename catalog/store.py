@@ -12,6 +12,11 @@ mutation takes the Raft index it is applied at and records which watch keys it t
   so a sidecar watching its upstream's endpoints sleeps through every other change. A
   proxy that changes its destination touches both the old and the new name.
 
+- ``config.<kind>`` and ``config.<kind>.<name>`` (catalog.config_entries.watch_key): a
+  kind's config entries and one entry, so a proxy watching its router sleeps through
+  every other entry. A change to the intention rows of destination D touches the
+  service-intentions keys of D: those rows are that entry (catalog.config_intentions).
+
 Names match case-insensitively, as in Consul (memdb lower-cases its indexes); rows keep
 the case they were registered with.
 """
@@ -21,11 +26,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from .config_entries import SERVICE_INTENTIONS, watch_key
 from .connect import connect_names
 from .errors import InvalidRequest
 from .structs import (
     HEALTH_STATES,
     Check,
+    ConfigEntry,
     Node,
     ServerInfo,
     Service,
@@ -51,6 +58,7 @@ class Store:
         # Connect CA: {"cluster_id", "trust_domain", "active_root_id", "roots": [...], "config": {...}};
         # plain msgpack-able data, written whole by the leader (catalog/ never builds certificates)
         self.ca: dict[str, Any] = {}
+        self.config: dict[tuple[str, str], ConfigEntry] = {}  # (kind, lower-cased name) -> row
         self.indexes: dict[str, int] = {}
         self.touched: set[str] = set()
 
@@ -300,6 +308,9 @@ class Store:
         self.intentions[row.id] = row
         self._pairs[pair] = row.id
         self._touch(index, "intentions")
+        self._intention_set_changed(index, row.destination_name)
+        if existing is not None and existing.destination_name.lower() != row.destination_name.lower():
+            self._intention_set_changed(index, existing.destination_name)
         return row
 
     def intention_by_pair(self, source: str, destination: str) -> Any:
@@ -317,6 +328,76 @@ class Store:
             return False
         self._pairs.pop((removed.source_name.lower(), removed.destination_name.lower()), None)
         self._touch(index, "intentions")
+        self._intention_set_changed(index, removed.destination_name)
+        return True
+
+    def intentions_to(self, destination: str) -> list[Any]:
+        """The intention rows whose destination is `destination` (a service-intentions entry)."""
+        key = destination.lower()
+        return [i for i in self.intentions.values() if i.destination_name.lower() == key]
+
+    def _intention_set_changed(self, index: int, destination: str) -> None:
+        """Keep the service-intentions record of `destination` in step with its rows:
+        it exists while they do, and its ModifyIndex is their last change."""
+        key = (SERVICE_INTENTIONS, destination.lower())
+        record = self.config.get(key)
+        if self.intentions_to(destination):
+            if record is None:
+                record = ConfigEntry(SERVICE_INTENTIONS, destination, {}, index, index)
+            self.config[key] = with_index(record, record.create_index, index)
+        else:
+            self.config.pop(key, None)
+        self._touch(index, watch_key(SERVICE_INTENTIONS), watch_key(SERVICE_INTENTIONS, destination))
+
+    def replace_intentions(self, index: int, destination: str, rows: list[Any], meta: dict[str, str]) -> None:
+        """A service-intentions write: `destination`'s rows become `rows` (validated by
+        the caller, unique sources), keeping the ID and CreateIndex of a pair that
+        already had a row; `meta` is the entry's. No rows: the entry is deleted."""
+        wanted = {r.source_name.lower() for r in rows}
+        for old in self.intentions_to(destination):
+            if old.source_name.lower() not in wanted:
+                self.intentions.pop(old.id, None)
+                self._pairs.pop((old.source_name.lower(), old.destination_name.lower()), None)
+        for row in rows:
+            existing = self.intention_by_pair(row.source_name, row.destination_name)
+            if existing is not None:
+                if existing.id != row.id:
+                    row = evolve(row, id=existing.id)
+                row = with_index(row, existing.create_index, index)
+            else:
+                row = with_index(row, index, index)
+            self.intentions[row.id] = row
+            self._pairs[(row.source_name.lower(), row.destination_name.lower())] = row.id
+        self._touch(index, "intentions")
+        self._intention_set_changed(index, destination)
+        record = self.config.get((SERVICE_INTENTIONS, destination.lower()))
+        if record is not None:
+            body = {"Meta": dict(meta)} if meta else {}
+            self.config[(SERVICE_INTENTIONS, destination.lower())] = ConfigEntry(
+                SERVICE_INTENTIONS, destination, body, record.create_index, index)
+
+    # ---- config entries -------------------------------------------------------
+    def config_entry(self, kind: str, name: str) -> ConfigEntry | None:
+        return self.config.get((kind, name.lower()))
+
+    def config_entries_of(self, kind: str) -> list[ConfigEntry]:
+        """One kind's rows, by name."""
+        return [row for (k, _), row in sorted(self.config.items()) if k == kind]
+
+    def set_config_entry(self, index: int, entry: ConfigEntry) -> ConfigEntry:
+        """Create or replace an entry (its CreateIndex kept); the caller checked CAS and
+        the rules between entries."""
+        key = (entry.kind, entry.name.lower())
+        existing = self.config.get(key)
+        row = with_index(entry, existing.create_index if existing else index, index)
+        self.config[key] = row
+        self._touch(index, watch_key(entry.kind), watch_key(entry.kind, entry.name))
+        return row
+
+    def delete_config_entry(self, index: int, kind: str, name: str) -> bool:
+        if self.config.pop((kind, name.lower()), None) is None:
+            return False
+        self._touch(index, watch_key(kind), watch_key(kind, name))
         return True
 
     # ---- whole-state ---------------------------------------------------------
@@ -331,6 +412,7 @@ class Store:
         other.servers = dict(self.servers)
         other.intentions = dict(self.intentions)
         other.ca = self.ca
+        other.config = dict(self.config)
         other.indexes = dict(self.indexes)
         return other
 
@@ -344,6 +426,7 @@ class Store:
             and self.servers == other.servers
             and self.intentions == other.intentions
             and self.ca == other.ca
+            and self.config == other.config
             and self.indexes == other.indexes
         )
 

@@ -24,6 +24,7 @@ __all__ = [
     "Check",
     "ServerInfo",
     "Intention",
+    "ConfigEntry",
     "camel",
     "evolve",
     "row_from_wire",
@@ -300,3 +301,17 @@ class Intention:
     def label(self) -> str:
         kind = self.action if self.action else "L7"
         return f"{self.source_name} => {self.destination_name} ({kind})"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigEntry:
+    """One central config entry (`/v1/config`): its `kind`, `name` and `body`, the
+    entry's fields in Consul's JSON names, validated and with empty fields left out
+    (catalog.config_entries builds and renders it). For service-intentions the body
+    holds only the entry's Meta: its sources are rows of the intention table."""
+
+    kind: str
+    name: str
+    body: dict[str, Any] = field(default_factory=dict)
+    create_index: int = 0
+    modify_index: int = 0

@@ -22,7 +22,10 @@ from typing import Any
 
 from mesh import __version__
 from mesh.api.client import APIError, Client
-from mesh.api.config import ConfigError, resolve
+
+from .flags import UsageError
+from .flags import client_for as _client
+from .flags import parse_flags as _parse
 
 __all__ = ["main"]
 
@@ -42,52 +45,13 @@ Commands:
   reload                     reload the agent's config files (service and check definitions)
   maint -enable|-disable     node (or -service=ID) maintenance mode
   intention create|get|delete|list|check|match   service-to-service access rules
+  config write|read|list|delete                  central config entries (/v1/config)
   connect ca get-config|set-config|status        the Connect CA
   connect proxy -sidecar-for ID                  run a sidecar proxy (mTLS, intentions)
   connect proxies                                this agent's sidecar proxy processes
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
-
-
-class UsageError(Exception):
-    pass
-
-
-def _parse(argv: list[str], spec: dict[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """Consul-style flags for subcommands: spec maps name -> 'str' | 'bool'."""
-    spec = {"http-addr": "str", "token": "str", "token-file": "str", "datacenter": "str", **spec}
-    values: dict[str, Any] = {}
-    rest: list[str] = []
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        if arg.startswith("-") and len(arg) > 1 and not rest:
-            name, eq, inline = arg.lstrip("-").partition("=")
-            if name not in spec:
-                raise UsageError(f"flag provided but not defined: -{name}")
-            if spec[name] == "bool":
-                values[name] = inline.lower() not in ("false", "0") if eq else True
-            elif eq:
-                values[name] = inline
-            else:
-                if i + 1 >= len(argv):
-                    raise UsageError(f"flag needs an argument: -{name}")
-                i += 1
-                values[name] = argv[i]
-        else:
-            rest.append(arg)
-        i += 1
-    return values, rest
-
-
-def _client(flags: dict[str, Any]) -> Client:
-    try:
-        address, token = resolve(flags.get("http-addr"), flags.get("token"), os.environ,
-                                 flags_token_file=flags.get("token-file"))
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from None
-    return Client(address, token)
 
 
 async def _members(argv: list[str]) -> int:
@@ -341,6 +305,12 @@ async def _intention(argv: list[str]) -> int:
         return 0
 
 
+async def _config(argv: list[str]) -> int:
+    from .config_cmd import run_config
+
+    return await run_config(argv)
+
+
 async def _connect(argv: list[str]) -> int:
     """`mesh connect ca get-config | set-config -config-file F | status`, `mesh connect proxies`."""
     if argv[:1] == ["proxies"]:
@@ -538,6 +508,7 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "reload": _reload,
     "maint": _maint,
     "intention": _intention,
+    "config": _config,
     "connect": _connect,
 }
 _SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}

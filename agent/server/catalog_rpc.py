@@ -25,7 +25,8 @@ __all__ = ["CatalogEndpoints", "CLIENT_WRITABLE"]
 
 # the commands an agent may send through Catalog.Apply
 CLIENT_WRITABLE = {MessageType.REGISTER, MessageType.DEREGISTER, MessageType.BARRIER,
-                   MessageType.INTENTION_UPSERT, MessageType.INTENTION_DELETE}
+                   MessageType.INTENTION_UPSERT, MessageType.INTENTION_DELETE,
+                   MessageType.CONFIG_SET, MessageType.CONFIG_DELETE}
 
 
 class CatalogEndpoints:

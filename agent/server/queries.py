@@ -13,6 +13,8 @@ from typing import Any
 
 from mesh.ca.manager import config_api, roots_api
 from mesh.catalog import health, query
+from mesh.catalog.config_entries import SERVICE_INTENTIONS, check_kind, entry_to_api, watch_key
+from mesh.catalog.config_intentions import intentions_entries, intentions_entry
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import compile_filter
 from mesh.catalog.intentions import decide, sort_intentions
@@ -102,6 +104,31 @@ def _intention_check(store: Store, p: Params) -> tuple[int, Any]:
     }
 
 
+def _config_get(store: Store, p: Params) -> tuple[int, Any]:
+    """One config entry in Consul's JSON, or None; a service-intentions entry is made
+    from its intention rows."""
+    kind, name = p["kind"], p["name"]
+    check_kind(kind)
+    index = store.index(watch_key(kind, name))
+    if kind == SERVICE_INTENTIONS:
+        return index, intentions_entry(store.config_entry(kind, name), store.intentions_to(name))
+    row = store.config_entry(kind, name)
+    return index, entry_to_api(row) if row else None
+
+
+def _config_list(store: Store, p: Params) -> tuple[int, Any]:
+    """Every entry of one kind, by name, `?filter` applied."""
+    kind = p["kind"]
+    check_kind(kind)
+    if kind == SERVICE_INTENTIONS:
+        records = {name: row for (k, name), row in store.config.items() if k == kind}
+        entries = intentions_entries(records, store.intentions.values())
+    else:
+        entries = [entry_to_api(row) for row in store.config_entries_of(kind)]
+    pred = compile_filter(p.get("filter"))
+    return store.index(watch_key(kind)), [e for e in entries if pred is None or pred(e)]
+
+
 QUERIES: dict[str, ReadQuery] = {
     "ca.roots": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), roots_api(s.ca, s.index("ca")))),
     "ca.config": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), config_api(s.ca))),
@@ -111,6 +138,10 @@ QUERIES: dict[str, ReadQuery] = {
     "intentions.exact": ReadQuery(lambda p: ["intentions"], _intention_exact),
     "intentions.match": ReadQuery(lambda p: ["intentions"], _intention_match),
     "intentions.check": ReadQuery(lambda p: ["intentions"], _intention_check),
+    # config entries: the agent-side merge and the proxies read these (mesh.catalog.
+    # config_entries.resolve_protocol takes their results)
+    "config.get": ReadQuery(lambda p: [watch_key(p["kind"], p["name"])], _config_get),
+    "config.list": ReadQuery(lambda p: [watch_key(p["kind"])], _config_list),
     "catalog.nodes": ReadQuery(
         lambda p: ["nodes"], lambda s, p: query.catalog_nodes(s, _meta(p), compile_filter(p.get("filter")))
     ),
