@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test unit integration cluster chaos lint bench bench-proxy clean deps dig
+.PHONY: run test soak unit integration cluster chaos lint bench bench-proxy clean deps dig
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -27,7 +27,11 @@ dig:
 
 test: $(STAMP) dig
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q -m "not soak" tests
+
+# long runs kept out of `make test` (the 100,000-entry Raft state with snapshots)
+soak: $(STAMP)
+	$(BIN)/python -m pytest -q -m soak tests
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q tests/unit

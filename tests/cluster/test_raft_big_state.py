@@ -1,4 +1,7 @@
-"""100,000 catalog entries with frequent snapshots: leadership stays put, state agrees."""
+"""100,000 catalog entries with frequent snapshots: leadership stays put, state agrees.
+
+A soak run (2-3 minutes on 2 cores): `make soak` runs it; `make test` keeps the
+20,000-registration burst in tests/cluster/test_raft_cluster.py instead."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import pytest
 
 from tests.harness.cluster import Cluster, retry
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.soak]
 
 ENTRIES = 100_000
 
