@@ -30,6 +30,7 @@ from mesh.dns.recursor import parse_recursor
 from mesh.dns.server import DNSServer
 
 from .backend import Backend, LocalBackend, RemoteBackend, ServerOperations, ServerPool
+from .central_config import CentralConfigWatch
 from .config import AgentConfig, ConfigError, reload_config
 from .data_dir import make_private_dir, tighten, write_private
 from .dns_view import CatalogDNSView
@@ -159,6 +160,7 @@ class Agent:
         self.checks = CheckManager(self)
         self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
         self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
+        self.central = CentralConfigWatch(self.backend, self.local.set_central)
         self.local_changed = asyncio.Event()
         self._http: HTTPServer | None = None
         self.dns: DNSServer | None = None
@@ -227,6 +229,7 @@ class Agent:
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
         self._tasks.append(loop.create_task(self.intentions.run(), name="intentions-cache"))
+        self._tasks.append(loop.create_task(self.central.run(), name="central-config"))
         self._tasks.append(loop.create_task(self.leaves.run(), name="ca-roots-watch"))
         if self.pool is not None:
             self._tasks.append(loop.create_task(self._refresh_servers_loop(), name="server-refresh"))

@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "INTENTIONS", "CA", "render_prometheus", "render_json"]
+__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "INTENTIONS", "CENTRAL", "CA", "render_prometheus", "render_json"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -122,6 +122,15 @@ class _Intentions:
         self.cached = Gauge("mesh_intentions_cached", "Intentions in the agent's cache", registry=REGISTRY)
 
 
+class _Central:
+    def __init__(self) -> None:
+        self.age = Gauge("mesh_central_config_age_seconds",
+                         "Seconds since a server last confirmed the config entries merged into proxy registrations",
+                         registry=REGISTRY)
+        self.refreshes = Counter("mesh_central_config_refreshes_total", "Answers of the config entry watches",
+                                 ["kind"], registry=REGISTRY)
+
+
 class _CA:
     def __init__(self) -> None:
         self.root_expiry = Gauge("mesh_ca_root_expiry_seconds", "Seconds until each trusted root expires", ["root"],
@@ -149,6 +158,7 @@ class _CA:
 AGENT = _Agent()
 CA = _CA()
 INTENTIONS = _Intentions()
+CENTRAL = _Central()
 DNS = _DNS()
 AE = _AntiEntropy()
 LEADER = _Leader()
