@@ -35,10 +35,10 @@ class Endpoint:
     datacenter: str = ""
     node: str = ""
     service_id: str = ""
+    key: str = field(default="", compare=False)  # "address:port", set once (read on every request)
 
-    @property
-    def key(self) -> str:
-        return f"{self.address}:{self.port}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.address}:{self.port}")
 
 
 @dataclass

@@ -13,6 +13,7 @@ loop, ../shared/reference/perf-baselines.md). SIGTERM and SIGINT drain and stop 
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import signal
 import sys
@@ -108,6 +109,15 @@ def parse_proxy_flags(argv: list[str], env: dict[str, str]) -> tuple[ProxyOption
     return options, flags
 
 
+def _tune_gc() -> None:
+    """The objects made at start (modules, config) are frozen out of collection, and the
+    young generation is collected every 50,000 allocations instead of 700: an http
+    sidecar allocates a few dozen short-lived objects per request, and the default
+    threshold spent about 5% of its CPU in collections that found nothing (py-spy)."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+
+
 def _install_loop() -> None:
     try:
         import uvloop
@@ -152,6 +162,7 @@ def run_proxy(argv: list[str]) -> int:
     log.info("proxy_starting", mode="agent" if (options.sidecar_for or options.proxy_id) else "flags",
              sidecar_for=options.sidecar_for, proxy_id=options.proxy_id, service=options.service, agent=address)
     _install_loop()
+    _tune_gc()
     try:
         return asyncio.run(_serve(options, address, token, log))
     except APIError as exc:

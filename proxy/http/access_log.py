@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -78,9 +79,16 @@ Value = str | int | None
 _Part = Callable[[AccessRecord], Value]
 
 
+_second_cache: list[Any] = [-1, ""]  # the last whole second formatted, with its text
+
+
 def _rfc3339(seconds: float) -> str:
-    stamp = datetime.fromtimestamp(seconds, UTC)
-    return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    """UTC with milliseconds; the seconds part is formatted once per second (a line per
+    request made this a visible share of the sidecar's time)."""
+    whole = int(seconds)
+    if whole != _second_cache[0]:
+        _second_cache[0], _second_cache[1] = whole, time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+    return f"{_second_cache[1]}{int((seconds - whole) * 1000):03d}Z"
 
 
 def _header(source: str, spec: str) -> _Part:

@@ -68,10 +68,13 @@ class _Exchange:
 async def _settled_body(request: Request) -> bool:
     """Whether the body can be sent again: complete and small enough to keep. A caller that
     waits for `100 Continue` sends nothing before it, so such a body is streamed."""
+    body = request.body
+    if body.done:
+        return body.replayable and not body.failed
     if request.expect_continue:
         return False
-    await request.body.settle()
-    return request.body.replayable and not request.body.failed
+    await body.settle()
+    return body.replayable and not body.failed
 
 
 def _answer(down: HttpServerConn, request: Request, ex: _Exchange, status: int, text: str,
@@ -89,20 +92,13 @@ async def _run_attempt(down: HttpServerConn, request: Request, conn: HttpClientC
     attempt = Attempt(down, request, conn)
     conn.send(head, request.method, attempt)
     send_body(request, conn, replay)
-    try:
-        if deadline is None:
-            await attempt.wait_head()
-        else:
-            async with asyncio.timeout_at(_loop_time(deadline)):
-                await attempt.wait_head()
-    except TimeoutError:
-        attempt.failure = "timeout"
-        conn.abort()
+    if deadline is not None:
+        attempt.deadline_at(_loop_time(down.loop, deadline))
+    await attempt.wait_head()
     return attempt
 
 
-def _loop_time(monotonic_deadline: float) -> float:
-    loop = asyncio.get_running_loop()
+def _loop_time(loop: Any, monotonic_deadline: float) -> float:
     return loop.time() + (monotonic_deadline - time.monotonic())
 
 
@@ -114,21 +110,18 @@ async def _stream_response(down: HttpServerConn, request: Request, attempt: Atte
     assert head is not None
     attempt.commit(None, edit)
     if head.status == 101 and request.upgrade:
+        attempt.finish()  # no deadline for the tunnel's life
         _tunnel(down, attempt.conn)
         return True
     try:
         if not attempt.done:
-            if deadline is None and idle is None:
-                await attempt.wait_done()
-            elif idle is None:
-                async with asyncio.timeout_at(_loop_time(deadline)):  # type: ignore[arg-type]
-                    await attempt.wait_done()
+            if idle is None:
+                await attempt.wait_done()  # the deadline timer set by _run_attempt still runs
             else:
                 await _wait_with_idle(attempt, deadline, idle)
     except TimeoutError:
+        attempt.failure = "timeout"
         attempt.conn.abort()
-        down.abort()
-        return False
     finally:
         attempt.finish()
     if attempt.failure:
@@ -138,18 +131,15 @@ async def _stream_response(down: HttpServerConn, request: Request, attempt: Atte
 
 
 async def _wait_with_idle(attempt: Attempt, deadline: float | None, idle: float) -> None:
-    """Until the response ends; TimeoutError past the deadline or after `idle` seconds
-    without a byte of it."""
+    """Until the response ends; TimeoutError after `idle` seconds without a byte of it
+    (the deadline is the attempt's own timer)."""
     while not attempt.done:
         seen = attempt.bytes_out
-        limit = idle if deadline is None else min(idle, deadline - time.monotonic())
-        if limit <= 0:
-            raise TimeoutError()
         try:
-            async with asyncio.timeout(limit):
-                await asyncio.shield(attempt.done_future)
+            async with asyncio.timeout(idle):
+                await asyncio.shield(attempt.wait_done())
         except TimeoutError:
-            if attempt.bytes_out == seen or (deadline is not None and time.monotonic() >= deadline):
+            if attempt.bytes_out == seen and not attempt.done:
                 raise
 
 
@@ -436,6 +426,7 @@ class OutboundHttp:
                 return
             status = attempt.head.status
             if status >= 400 and replay and policy.may_retry(route, ex.retries, status, request.method, True, budget):
+                attempt.finish()
                 conn.abort()  # its body is not wanted; a new request needs a clean connection
                 if status >= 500 and balancer.failed(endpoint.key, time.monotonic()):
                     self._metrics.ejections.labels(name).inc()

@@ -82,7 +82,7 @@ class Attempt:
 
     __slots__ = ("downstream", "conn", "request", "head", "_held", "_committed", "_chunked", "_head_future",
                  "_done_future", "failure", "bytes_out", "request_source", "_close_after", "_loop",
-                 "expect_continue_sent")
+                 "expect_continue_sent", "_done", "_timer")
 
     def __init__(self, downstream: HttpServerConn, request: Request, conn: HttpClientConn) -> None:
         self.downstream = downstream
@@ -92,9 +92,11 @@ class Attempt:
         self._held: list[bytes] = []
         self._committed = False
         self._chunked = False
-        self._loop = asyncio.get_running_loop()
+        self._loop = downstream.loop
         self._head_future: asyncio.Future[None] = self._loop.create_future()
-        self._done_future: asyncio.Future[None] = self._loop.create_future()
+        self._done_future: asyncio.Future[None] | None = None  # made only when someone waits for the end
+        self._done = False
+        self._timer: Any = None
         self.failure = ""
         self.bytes_out = 0
         self.request_source: Any = downstream.transport  # paused when the app is not reading
@@ -122,31 +124,53 @@ class Attempt:
     def response_done(self) -> None:
         if self._committed and self._chunked:
             self.downstream.write(LAST_CHUNK)
-        if not self._done_future.done():
-            self._done_future.set_result(None)
-        if not self._head_future.done():
-            self._head_future.set_result(None)
+        self._finish_waits()
 
     def response_failed(self, reason: str) -> None:
         self.failure = reason
+        self._finish_waits()
+
+    def _finish_waits(self) -> None:
+        self._done = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         for future in (self._head_future, self._done_future):
-            if not future.done():
+            if future is not None and not future.done():
                 future.set_result(None)
 
+    def _timed_out(self) -> None:
+        """The deadline passed: the attempt ends as a timeout, its connection is dropped."""
+        self._timer = None
+        if self._done:
+            return
+        self.failure = "timeout"
+        self.conn.abort()
+        self._finish_waits()
+
     # ---- for the exchange -----------------------------------------------------------------------
+    def deadline_at(self, loop_time: float | None) -> None:
+        """End the attempt as a timeout at `loop_time` (one timer handle: cheaper than a
+        timeout context per await)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if loop_time is not None and not self._done:
+            self._timer = self._loop.call_at(loop_time, self._timed_out)
+
     async def wait_head(self) -> None:
-        await self._head_future
+        if self.head is None and not self._done:
+            await self._head_future
 
     async def wait_done(self) -> None:
-        await self._done_future
+        if not self._done:
+            if self._done_future is None:
+                self._done_future = self._loop.create_future()
+            await self._done_future
 
     @property
     def done(self) -> bool:
-        return self._done_future.done()
-
-    @property
-    def done_future(self) -> asyncio.Future[None]:
-        return self._done_future
+        return self._done
 
     def commit(self, extra: list[tuple[bytes, bytes]] | None = None,
                edit: Any = None) -> None:
@@ -182,12 +206,15 @@ class Attempt:
             self._held.clear()
             self.bytes_out += len(held)
             data += chunk(held) if self._chunked else held
-        if self._done_future.done() and self._chunked and not self.failure:
+        if self._done and self._chunked and not self.failure:
             data += LAST_CHUNK
         downstream.write(data)
 
     def finish(self) -> None:
         self.downstream.source = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
