@@ -3,11 +3,14 @@
 The line is made by the pure `access_log` module; this one owns the output: it applies a
 new AccessLogs block when the registration changes (parsed once, not per request),
 reopens the file when the path changes, and never lets a full disk or a closed pipe
-stop a request (a failed write is counted and dropped).
+stop a request (a failed write is counted and dropped). Lines are buffered and flushed
+within `FLUSH_SECONDS` (or when 64 KiB wait): a write system call per line was a tenth
+of an http sidecar's time.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import time
@@ -22,7 +25,10 @@ from .access_log import (
     parse_access_logs,
 )
 
-__all__ = ["AccessLog"]
+__all__ = ["AccessLog", "FLUSH_SECONDS"]
+
+FLUSH_SECONDS = 0.5
+_BUFFER = 64 * 1024
 
 
 _DEFAULT_NAMES = {b"host": "host", b"user-agent": "user-agent", b"x-request-id": "x-request-id",
@@ -57,6 +63,9 @@ class AccessLog:
         self._owned = False
         self.failures = 0
         self.lines = 0
+        self._pending: list[str] = []
+        self._pending_size = 0
+        self._flush_handle: Any = None
 
     def configure(self, raw: Mapping[str, Any] | None) -> bool:
         """Apply the registration's AccessLogs block (free when unchanged); True when on."""
@@ -76,7 +85,7 @@ class AccessLog:
         if self.config.type == "file":
             try:
                 fd = os.open(self.config.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
-                self._out = os.fdopen(fd, "a", buffering=1)
+                self._out = os.fdopen(fd, "a", buffering=_BUFFER)
                 self._owned = True
             except OSError as exc:
                 self._log.error("access_log_open_failed", path=self.config.path, error=exc.strerror or str(exc))
@@ -99,13 +108,34 @@ class AccessLog:
             authz_reason=ex.authz_reason, route=ex.route, response_flags=ex.flags, downstream_remote_address=peer,
             request_headers=request.header_map if self.config.render is not None else _DefaultHeaders(request.headers),
         )
+        line = format_line(record, self.config)
+        self._pending.append(line)
+        self._pending_size += len(line)
+        self.lines += 1
+        if self._pending_size >= _BUFFER:
+            self.flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(FLUSH_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        self._flush_handle = None
+        out, lines = self._out, self._pending
+        if not lines:
+            return
+        self._pending, self._pending_size = [], 0
+        if out is None:
+            return
         try:
-            out.write(format_line(record, self.config) + "\n")
-            self.lines += 1
+            out.write("\n".join(lines) + "\n")
+            out.flush()
         except (OSError, ValueError):
-            self.failures += 1
+            self.failures += len(lines)
 
     def _close_file(self) -> None:
+        self.flush()
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
         if self._out is not None and self._owned:
             try:
                 self._out.close()

@@ -241,7 +241,7 @@ def parse_access_logs(raw: Mapping[str, Any] | None) -> AccessLogConfig:
         if not isinstance(shape, dict):
             raise AccessLogConfigError("AccessLogs.JSONFormat must be a JSON object")
         build = _compile_json(shape, "AccessLogs.JSONFormat")
-        render = lambda record: json.dumps(build(record), separators=(",", ":"))  # noqa: E731
+        render = lambda record: _encode(build(record))  # noqa: E731
     return AccessLogConfig(bool(raw.get("Enabled")), bool(raw.get("DisableListenerLogs")), kind, str(path), render)
 
 
@@ -275,8 +275,41 @@ def default_fields(record: AccessRecord) -> dict[str, Any]:
     }
 
 
+_encode = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dumps with options makes one per call
+_esc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: one JSON string
+
+
+def _opt(value: str | None) -> str:
+    return _esc(value) if value else "null"
+
+
+def _present(value: str | None) -> str:
+    return "null" if value is None else _esc(value)
+
+
+def default_line(record: AccessRecord) -> str:
+    """`default_fields` as one JSON line, written out field by field: the same text
+    `json` makes of the dict (tests hold them equal), at a third of the cost, which
+    matters on a line per request."""
+    headers = record.request_headers()
+    get = headers.get
+    return (
+        f'{{"start_time":"{_rfc3339(record.start_time)}","route_name":{_opt(record.route)},'
+        f'"method":{_esc(record.method)},"path":{_esc(record.path)},"protocol":{_esc(record.protocol)},'
+        f'"response_code":{int(record.response_code)},"response_flags":{_opt(record.response_flags)},'
+        f'"bytes_received":{int(record.bytes_received)},"bytes_sent":{int(record.bytes_sent)},'
+        f'"duration":{int(record.duration * 1000)},"upstream_host":{_opt(record.upstream_host)},'
+        f'"upstream_cluster":{_esc(record.destination)},'
+        f'"downstream_remote_address":{_opt(record.downstream_remote_address)},'
+        f'"authority":{_present(get("host"))},"user_agent":{_present(get("user-agent"))},'
+        f'"request_id":{_present(get("x-request-id"))},"x_forwarded_for":{_present(get("x-forwarded-for"))},'
+        f'"source":{_esc(record.source)},"destination":{_esc(record.destination)},"retries":{int(record.retries)},'
+        f'"trace_id":{_opt(record.trace_id)},"authz":{_esc(record.authz)},"authz_reason":{_opt(record.authz_reason)}}}'
+    )
+
+
 def format_line(record: AccessRecord, config: AccessLogConfig) -> str:
     """One access log line (without the newline)."""
     if config.render is not None:
         return config.render(record)
-    return json.dumps(default_fields(record), separators=(",", ":"))
+    return default_line(record)

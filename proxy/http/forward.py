@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -150,13 +151,13 @@ class Attempt:
 
     # ---- for the exchange -----------------------------------------------------------------------
     def deadline_at(self, loop_time: float | None) -> None:
-        """End the attempt as a timeout at `loop_time` (one timer handle: cheaper than a
-        timeout context per await)."""
+        """End the attempt as a timeout at `loop_time` (give or take a tick of the
+        loop's deadline wheel: cheaper than a timer or a timeout context per attempt)."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if loop_time is not None and not self._done:
-            self._timer = self._loop.call_at(loop_time, self._timed_out)
+            self._timer = _wheel(self._loop).add(loop_time, self._timed_out)
 
     async def wait_head(self) -> None:
         if self.head is None and not self._done:
@@ -215,6 +216,57 @@ class Attempt:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+
+
+class _Entry:
+    __slots__ = ("callback", "bucket", "wheel")
+
+    def __init__(self, callback: Any, bucket: int, wheel: DeadlineWheel) -> None:
+        self.callback, self.bucket, self.wheel = callback, bucket, wheel
+
+    def cancel(self) -> None:
+        entries = self.wheel.buckets.get(self.bucket)
+        if entries is not None:
+            entries.discard(self)
+
+
+class DeadlineWheel:
+    """Deadlines in buckets of `TICK` seconds, one timer for the whole loop: adding and
+    cancelling are a set operation, a tick costs only the deadlines it expires."""
+
+    TICK = 0.025
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.buckets: dict[int, set[_Entry]] = {}
+        self._handle: Any = None
+
+    def add(self, loop_time: float, callback: Any) -> _Entry:
+        bucket = int(loop_time / self.TICK) + 1  # never early
+        entry = _Entry(callback, bucket, self)
+        self.buckets.setdefault(bucket, set()).add(entry)
+        if self._handle is None:
+            self._handle = self.loop.call_later(self.TICK, self._tick)
+        return entry
+
+    def _tick(self) -> None:
+        now = int(self.loop.time() / self.TICK)
+        for bucket in [b for b in self.buckets if b <= now]:
+            for entry in self.buckets.pop(bucket):
+                entry.callback()
+        for bucket in [b for b, entries in self.buckets.items() if not entries]:
+            del self.buckets[bucket]
+        self._handle = self.loop.call_later(self.TICK, self._tick) if self.buckets else None
+
+
+_wheels: weakref.WeakKeyDictionary[Any, DeadlineWheel] = weakref.WeakKeyDictionary()
+
+
+def _wheel(loop: Any) -> DeadlineWheel:
+    wheel = _wheels.get(loop)
+    if wheel is None:
+        wheel = _wheels[loop] = DeadlineWheel(loop)
+    return wheel
 
 
 def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:

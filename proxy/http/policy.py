@@ -102,6 +102,7 @@ class Trace:
     ctx: tracing.TraceContext
     style: str
     exporting: bool
+    carried: bool  # the request came with trace headers of some kind
 
     @property
     def trace_id(self) -> str:
@@ -120,7 +121,7 @@ def trace(config: Any, request: Request) -> Trace:
     carried = any(name.lower() in _TRACE_NAMES for name, _ in request.headers)
     ctx, style = tracing.start_or_continue(request.header if carried else _no_header, _rng, settings.exporting,
                                            settings.sampling)
-    return Trace(ctx, style, settings.exporting)
+    return Trace(ctx, style, settings.exporting, carried)
 
 
 def with_trace_headers(headers: list[tuple[bytes, bytes]], trace: Trace) -> list[tuple[bytes, bytes]]:
@@ -128,7 +129,7 @@ def with_trace_headers(headers: list[tuple[bytes, bytes]], trace: Trace) -> list
     gets `traceparent`). Unchanged when the incoming context passes through as it was."""
     if trace.style and not trace.exporting:
         return headers  # same IDs, same style: the caller's headers are already right
-    out = [(n, v) for n, v in headers if n.decode("latin-1").lower() not in tracing.TRACE_HEADERS]
+    out = [(n, v) for n, v in headers if n.lower() not in _TRACE_NAMES] if trace.carried else list(headers)
     out.extend((n.encode("latin-1"), v.encode("latin-1")) for n, v in tracing.outgoing_headers(trace.ctx, trace.style))
     return out
 

@@ -53,7 +53,7 @@ _MAX_TRACESTATE = 512
 _TRACESTATE_OK = re.compile(r"[\x20-\x7e]*")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class TraceContext:
     """One hop's trace context."""
 

@@ -353,6 +353,10 @@ async def test_access_log_lines_are_json_with_the_request(tmp_path):
         mesh.intentions(ADMIN_DENIED)
         await asyncio.sleep(0.3)
         await mesh.get("/admin")
+        deadline = time.monotonic() + 3
+        while len(path.read_text().splitlines()) < 2:  # lines are flushed within half a second
+            assert time.monotonic() < deadline, "access log lines never appeared"
+            await asyncio.sleep(0.05)
         lines = [json.loads(line) for line in path.read_text().splitlines()]
         first, denied = lines[-2], lines[-1]
         assert first["method"] == "GET" and first["path"] == "/logged?a=1" and first["response_code"] == 200

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mesh.proxy.http.access_log import (
     AccessLogConfig,
@@ -114,3 +116,20 @@ def test_setting_errors(raw, message):
     with pytest.raises(AccessLogConfigError) as info:
         parse_access_logs(raw)
     assert message in str(info.value)
+
+
+_text = st.one_of(st.none(), st.text(max_size=20))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=30), st.text(min_size=1, max_size=10), st.text(max_size=40), _text, _text,
+       st.integers(0, 599), st.integers(0, 10**12), st.floats(0, 1e4), st.dictionaries(
+           st.sampled_from(["host", "user-agent", "x-request-id", "x-forwarded-for"]), st.text(max_size=20)))
+def test_the_default_line_is_the_json_of_the_default_fields(source, method, path, route, trace_id, status, size,
+                                                             duration, headers):
+    from mesh.proxy.http.access_log import default_fields, default_line
+
+    record = AccessRecord(start_time=1_700_000_000.5, source=source, destination="api", method=method, path=path,
+                          response_code=status, duration=duration, bytes_sent=size, route=route or "",
+                          trace_id=trace_id or "", authz_reason=route or "", request_headers=lambda: headers)
+    assert default_line(record) == json.dumps(default_fields(record), separators=(",", ":"))
