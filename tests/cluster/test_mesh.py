@@ -17,7 +17,6 @@ import contextlib
 import http.client
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -33,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from tests.harness.cluster import Agent, Cluster, _cmdline, free_port, retry
+from tests.harness.cluster import Agent, Cluster, _cmdline, free_port, retry, sidecar_range
 from tests.harness.cluster import proxy_pids as harness_proxy_pids
 from tests.harness.testca import TestCA
 
@@ -76,29 +75,6 @@ def _connects(port: int) -> bool:
     with socket.socket() as s:
         s.settimeout(1)
         return s.connect_ex(("127.0.0.1", port)) == 0
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _sidecar_range(n: int, taken: int = 0) -> int:
-    """The first of `n` consecutive free ports below the kernel's ephemeral range (where
-    free_port takes its ports), away from Consul's default 21000-21255 and from the range
-    starting at `taken`, so each client agent (and other test runs) gets its own."""
-    rng = random.Random()
-    for _ in range(500):
-        base = rng.randrange(22000, 32000 - n)
-        if taken and abs(base - taken) < n:
-            continue
-        if all(_bindable(p) for p in range(base, base + n)):
-            return base
-    raise AssertionError("no free range of sidecar ports")
 
 
 def proxy_pids(agent: Agent, parent_id: str) -> list[int]:
@@ -223,7 +199,7 @@ def mesh(tmp_path_factory) -> Iterator[Mesh]:
         cluster.start()
         base = 0
         for name in ("c1", "c2"):
-            base = _sidecar_range(8, base)
+            base = sidecar_range(8, base)
             agent = cluster.start_client(name, [*policy, "-sidecar-min-port", str(base),
                                                 "-sidecar-max-port", str(base + 7)])
             setattr(m, name, agent)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -336,3 +337,26 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
         except OSError:
             return True
     return False
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def sidecar_range(n: int, taken: int = 0) -> int:
+    """The first of `n` consecutive free ports below the kernel's ephemeral range (where
+    free_port takes its ports), away from Consul's default 21000-21255 and from the range
+    starting at `taken`, so each client agent (and other test runs) gets its own."""
+    rng = random.Random()
+    for _ in range(500):
+        base = rng.randrange(22000, 32000 - n)
+        if taken and abs(base - taken) < n:
+            continue
+        if all(_bindable(p) for p in range(base, base + n)):
+            return base
+    raise AssertionError("no free range of sidecar ports")
