@@ -50,7 +50,7 @@ class HttpClientConn(asyncio.Protocol):
     __slots__ = ("transport", "_parser", "_sink", "_method", "_status_reason", "_headers", "_head_bytes",
                  "closed", "on_idle", "on_lost", "idle_since", "key", "_sent", "_interim", "used",
                  "_upgraded", "tunnel_peer", "generation", "_replace_parser", "_pending_tunnel",
-                 "_until_close")
+                 "_until_close", "dead")
 
     def __init__(self, key: str = "", generation: int = 0) -> None:
         self.transport: Any = None
@@ -74,6 +74,7 @@ class HttpClientConn(asyncio.Protocol):
         self._replace_parser = False
         self._pending_tunnel = b""
         self._until_close = False  # the response in progress ends when the connection does
+        self.dead = False  # aborted by us: never back to a pool, whatever the parser still says
 
     # ---- asyncio callbacks --------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -219,7 +220,7 @@ class HttpClientConn(asyncio.Protocol):
         sink, self._sink = self._sink, None
         if sink is not None:
             sink.response_done()
-        if keep_alive and not self.closed:
+        if keep_alive and not self.closed and not self.dead:
             self.idle_since = time.monotonic()
             if self.on_idle is not None:
                 self.on_idle(self)
@@ -228,6 +229,7 @@ class HttpClientConn(asyncio.Protocol):
 
     def _fail(self, reason: str) -> None:
         sink, self._sink = self._sink, None
+        self.dead = True
         if not self.closed:
             self.transport.abort()
         if sink is not None:
@@ -244,6 +246,7 @@ class HttpClientConn(asyncio.Protocol):
 
     def abort(self) -> None:
         self._sink = None
+        self.dead = True
         if not self.closed and self.transport is not None:
             self.transport.abort()
 

@@ -10,10 +10,9 @@ close` is added when the caller's connection ends with this response.
 
 from __future__ import annotations
 
-import asyncio
 import time
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from .client_conn import HttpClientConn, ResponseHead
@@ -79,13 +78,18 @@ def send_body(request: Request, conn: HttpClientConn, replay: bool) -> None:
 
 
 class Attempt:
-    """Receives one response from `conn` for `downstream`'s current request."""
+    """Receives one response from `conn` for `downstream`'s current request and tells the
+    exchange by callbacks, from the connection's own data callbacks (no task, no future):
+    `on_head` once, when the final response head arrived or the attempt failed before it
+    (`head` None, `failure` says why); after a commit, `on_end` once, when the response
+    is out or broke off (`failure` set)."""
 
-    __slots__ = ("downstream", "conn", "request", "head", "_held", "_committed", "_chunked", "_head_future",
-                 "_done_future", "failure", "bytes_out", "request_source", "_close_after", "_loop",
-                 "expect_continue_sent", "_done", "_timer")
+    __slots__ = ("downstream", "conn", "request", "head", "_held", "_committed", "_chunked", "failure",
+                 "bytes_out", "request_source", "_close_after", "_loop", "expect_continue_sent", "_done", "_timer",
+                 "on_head", "on_end", "_idle", "_idle_seen")
 
-    def __init__(self, downstream: HttpServerConn, request: Request, conn: HttpClientConn) -> None:
+    def __init__(self, downstream: HttpServerConn, request: Request, conn: HttpClientConn,
+                 on_head: Callable[[Attempt], None]) -> None:
         self.downstream = downstream
         self.conn = conn
         self.request = request
@@ -94,8 +98,6 @@ class Attempt:
         self._committed = False
         self._chunked = False
         self._loop = downstream.loop
-        self._head_future: asyncio.Future[None] = self._loop.create_future()
-        self._done_future: asyncio.Future[None] | None = None  # made only when someone waits for the end
         self._done = False
         self._timer: Any = None
         self.failure = ""
@@ -103,6 +105,10 @@ class Attempt:
         self.request_source: Any = downstream.transport  # paused when the app is not reading
         self._close_after = False
         self.expect_continue_sent = False
+        self.on_head: Callable[[Attempt], None] | None = on_head
+        self.on_end: Callable[[Attempt], None] | None = None
+        self._idle = 0.0
+        self._idle_seen = -1
 
     # ---- ResponseSink ----------------------------------------------------------------------------
     def response_head(self, head: ResponseHead) -> None:
@@ -112,8 +118,9 @@ class Attempt:
                 self.downstream.write(response_head(head.status, [], head.reason))
             return
         self.head = head
-        if not self._head_future.done():
-            self._head_future.set_result(None)
+        callback, self.on_head = self.on_head, None
+        if callback is not None:
+            callback(self)
 
     def response_body(self, data: bytes) -> None:
         if not self._committed:
@@ -125,53 +132,85 @@ class Attempt:
     def response_done(self) -> None:
         if self._committed and self._chunked:
             self.downstream.write(LAST_CHUNK)
-        self._finish_waits()
+        self._ended()
 
     def response_failed(self, reason: str) -> None:
         self.failure = reason
-        self._finish_waits()
+        self._ended()
 
-    def _finish_waits(self) -> None:
+    def _ended(self) -> None:
+        if self._done:
+            return
         self._done = True
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        for future in (self._head_future, self._done_future):
-            if future is not None and not future.done():
-                future.set_result(None)
+        self._cancel_timer()
+        if self.head is None or not self._committed:
+            callback, self.on_head = self.on_head, None
+            if callback is not None:
+                callback(self)
+            return
+        self.downstream.source = None
+        callback, self.on_end = self.on_end, None
+        if callback is not None:
+            callback(self)
 
     def _timed_out(self) -> None:
-        """The deadline passed: the attempt ends as a timeout, its connection is dropped."""
+        """The deadline passed (or the response stalled past its idle timeout): the attempt
+        ends as a timeout, its connection is dropped."""
         self._timer = None
         if self._done:
             return
         self.failure = "timeout"
         self.conn.abort()
-        self._finish_waits()
+        self._ended()
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # ---- for the exchange -----------------------------------------------------------------------
     def deadline_at(self, loop_time: float | None) -> None:
         """End the attempt as a timeout at `loop_time` (give or take a tick of the
         loop's deadline wheel: cheaper than a timer or a timeout context per attempt)."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
         if loop_time is not None and not self._done:
             self._timer = _wheel(self._loop).add(loop_time, self._timed_out)
 
-    async def wait_head(self) -> None:
-        if self.head is None and not self._done:
-            await self._head_future
+    def idle_timeout(self, seconds: float, deadline: float | None) -> None:
+        """End the attempt when its response goes `seconds` without a byte (the route's
+        IdleTimeout), or at `deadline` (loop time) whichever comes first."""
+        self._idle = seconds
+        self._arm_idle(deadline)
 
-    async def wait_done(self) -> None:
-        if not self._done:
-            if self._done_future is None:
-                self._done_future = self._loop.create_future()
-            await self._done_future
+    def _arm_idle(self, deadline: float | None) -> None:
+        self._cancel_timer()
+        at = self._loop.time() + self._idle
+        if deadline is not None and deadline <= at:
+            self._timer = _wheel(self._loop).add(deadline, self._timed_out)
+            return
+        self._idle_seen = self.bytes_out
+        self._timer = _wheel(self._loop).add(at, lambda: self._idle_check(deadline))
+
+    def _idle_check(self, deadline: float | None) -> None:
+        self._timer = None
+        if self._done:
+            return
+        if self.bytes_out == self._idle_seen:
+            self._timed_out()
+        else:
+            self._arm_idle(deadline)
 
     @property
     def done(self) -> bool:
         return self._done
+
+    def drop(self) -> None:
+        """The exchange does not want this response (a retry follows): no more callbacks,
+        and the connection goes (its response is half read)."""
+        self.on_head = self.on_end = None
+        self._done = True
+        self._cancel_timer()
+        self.conn.abort()
 
     def commit(self, extra: list[tuple[bytes, bytes]] | None = None,
                edit: Any = None) -> None:
@@ -201,6 +240,8 @@ class Attempt:
             self.request.keep_alive = False
         downstream.source = self.conn.transport
         self._committed = True
+        if self._done:
+            downstream.source = None
         data = response_head(head.status, headers, head.reason)
         if self._held:
             held = b"".join(self._held)
@@ -213,9 +254,7 @@ class Attempt:
 
     def finish(self) -> None:
         self.downstream.source = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._cancel_timer()
 
 
 class _Entry:
@@ -294,7 +333,7 @@ class ConnPool:
         idle = self._idle.get(key)
         while idle:
             conn = idle.pop()
-            if conn.closed:
+            if conn.closed or conn.dead:
                 continue
             if conn.generation != generation:
                 conn.close()

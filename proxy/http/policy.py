@@ -9,34 +9,31 @@ conversion at all.
 
 from __future__ import annotations
 
-import asyncio
 import random
 from dataclasses import dataclass
 from typing import Any
 
 from mesh.catalog.authz import IntentionIndex
 
-from . import hop, tracing
+from . import tracing
 from .message import Request
 from .normalize import BadRequestTarget, split_target
 from .permissions import L7Decision
 from .permissions import authorize as authorize_request
 from .request_view import RequestView
 from .retry import CONNECT_FAILURE, REFUSED_STREAM, RESET, RetryBudget, RetryPolicy, decide_retry
-from .retry import backoff as backoff_seconds
 from .routes import Route, Router, compile_router, rewrite_target
 
 __all__ = [
     "BadRequest", "Parsed", "parse_request", "authorize", "trace", "with_trace_headers", "route",
     "request_timeout", "rewritten_target", "request_headers", "response_editor", "endpoints_key", "may_retry",
-    "backoff", "new_budget", "compile_router_entry", "DEFAULT_REQUEST_TIMEOUT", "CONNECT_FAILURE", "RESET",
+    "rng", "new_budget", "compile_router_entry", "DEFAULT_REQUEST_TIMEOUT", "CONNECT_FAILURE", "RESET",
     "REFUSED_STREAM",
 ]
 
 DEFAULT_REQUEST_TIMEOUT = 15.0  # Envoy's route timeout, which Consul leaves in place when RequestTimeout is unset
 
-_rng = random.Random()
-_FRAMING_NAMES = (b"content-length", b"transfer-encoding")
+rng = random.Random()  # trace IDs, sampling, retry backoff jitter
 
 
 class BadRequest(ValueError):
@@ -50,24 +47,12 @@ class Parsed:
 
 
 def parse_request(request: Request) -> Parsed:
+    """The request's normalized target (its framing was checked as it was parsed:
+    server_conn.py refuses what hop.check_framing refuses)."""
     try:
         path, query = split_target(request.target, request.method)
     except BadRequestTarget as exc:
         raise BadRequest(exc.reason) from None
-    framing = False
-    for name, value in request.headers:
-        size = len(name)
-        if size == 6 and name.lower() == b"expect":
-            if value.strip().lower() == b"100-continue":
-                request.expect_continue = True
-        elif (size == 14 or size == 17) and name.lower() in _FRAMING_NAMES:
-            framing = True
-    if framing:  # llhttp already refuses most of these; the rules are stated once, in hop.py
-        try:
-            hop.check_framing([(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers],
-                              request.version)
-        except hop.BadRequest as exc:
-            raise BadRequest(exc.reason) from None
     target = (f"{path}?{query}" if query else path).encode("latin-1")
     return Parsed(RequestView(request.method, path, query, request.header_map), target)
 
@@ -119,7 +104,7 @@ def _no_header(_: str) -> None:
 def trace(config: Any, request: Request) -> Trace:
     settings = tracing_config(config)
     carried = any(name.lower() in _TRACE_NAMES for name, _ in request.headers)
-    ctx, style = tracing.start_or_continue(request.header if carried else _no_header, _rng, settings.exporting,
+    ctx, style = tracing.start_or_continue(request.header if carried else _no_header, rng, settings.exporting,
                                            settings.sampling)
     return Trace(ctx, style, settings.exporting, carried)
 
@@ -206,10 +191,6 @@ def may_retry(route: Route, retries_so_far: int, outcome: Any, method: str, reac
     """Whether to send the request again after `outcome` (a status, CONNECT_FAILURE,
     RESET or REFUSED_STREAM)."""
     return decide_retry(_policy(route), retries_so_far + 1, outcome, method, reached, budget).retry
-
-
-async def backoff(retry: int) -> None:
-    await asyncio.sleep(backoff_seconds(retry, _rng))
 
 
 def new_budget() -> RetryBudget:

@@ -2,8 +2,10 @@
 the Protocol level, handled one at a time in order, answers written back.
 
 Used for both listeners of an http sidecar: an app's connection to an upstream listener,
-and a peer sidecar's stream (or TLS connection) on the public listener. Requests arriving
-pipelined are queued and answered in order; a request's body is held until its turn
+and a peer sidecar's stream (or TLS connection) on the public listener. Requests are
+handed to the handler's `begin` one at a time, from the parser's callbacks, without a
+task or a future in between (the handler calls `finished` when the answer is out);
+requests arriving pipelined are queued and answered in order; a request's body is held until its turn
 (reading pauses past a bound). Limits: the request line and headers together
 `MAX_HEAD_BYTES`, at most `MAX_HEADERS` fields; a head that breaks them, or bytes the
 parser refuses, get a 400/431 from the sidecar and the connection closes: they never
@@ -19,42 +21,68 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 import httptools
 
 from ..splice import set_nodelay
+from .hop import BadRequest, check_framing
 from .message import Body, Request, simple_response
 
-__all__ = ["HttpServerConn", "Handler", "MAX_HEAD_BYTES", "MAX_HEADERS"]
+__all__ = ["HttpServerConn", "Begin", "MAX_HEAD_BYTES", "MAX_HEADERS"]
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 MAX_QUEUED = 64  # pipelined requests waiting for their turn before reading pauses
 
-Handler = Callable[["HttpServerConn", Request], Awaitable[None]]
+Begin = Callable[["HttpServerConn", Request], None]  # must lead to conn.finished(request), once
 
 
 class _HeadTooLarge(Exception):
     pass
 
 
+class _BadFraming(Exception):
+    pass
+
+
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
+def _check_framing(request: Request) -> None:
+    """Framing llhttp lets through but a peer could read another way (hop.py): refused
+    here, before the request is queued, so no handler waits for a body that never ends."""
+    if any((len(n) == 14 or len(n) == 17) and n.lower() in _FRAMING for n, _ in request.headers):
+        try:
+            check_framing([(n.decode("latin-1"), v.decode("latin-1")) for n, v in request.headers], request.version)
+        except BadRequest as exc:
+            raise _BadFraming(exc.reason) from None
+
+
+def _expects_continue(request: Request) -> bool:
+    for name, value in request.headers:
+        if len(name) == 6 and name.lower() == b"expect" and value.strip().lower() == b"100-continue":
+            request.expect_continue = True
+            return True
+    return False
+
+
 class HttpServerConn(asyncio.Protocol):
-    __slots__ = ("transport", "_handler", "_parser", "_current", "_head_bytes", "_queue", "_serving",
+    __slots__ = ("transport", "_begin", "_parser", "_current", "_head_bytes", "_queue", "_busy",
                  "closed", "_on_close", "_broken", "source", "_upgrade_tail", "_tunnel", "peer", "last_active",
                  "_paused_for_queue", "tag", "_read_paused", "_writing_paused", "_drained", "handled",
-                 "draining", "loop", "_next")
+                 "draining", "loop")
 
-    def __init__(self, handler: Handler, on_close: Callable[[HttpServerConn], None] | None = None,
+    def __init__(self, begin: Begin, on_close: Callable[[HttpServerConn], None] | None = None,
                  peer: str = "") -> None:
         self.transport: Any = None
-        self._handler = handler
+        self._begin = begin
         self._parser: Any = None
         self._current: Request | None = None
         self._head_bytes = 0
         self._queue: deque[Request] = deque()
-        self._serving = False
+        self._busy = False  # the handler has begun queue[0] and not finished it
         self.closed = False
         self._on_close = on_close
         self._broken: tuple[int, str] | None = None
@@ -71,7 +99,6 @@ class HttpServerConn(asyncio.Protocol):
         self.handled = 0
         self.draining = False  # the proxy is stopping: close after the answer in progress
         self.loop: Any = None
-        self._next: asyncio.Future[None] | None = None  # the serving task waits here for a request
 
     # ---- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -97,11 +124,14 @@ class HttpServerConn(asyncio.Protocol):
             offset = exc.args[0] if exc.args else len(data)
             self._upgrade_tail = data[offset:]
             self._pause_reading()
+            self._dispatch()
         except _HeadTooLarge:
             self._refuse(431, "request header fields too large")
         except httptools.HttpParserCallbackError as exc:
             if isinstance(exc.__context__, _HeadTooLarge):
                 self._refuse(431, "request header fields too large")
+            elif isinstance(exc.__context__, _BadFraming):
+                self._refuse(400, f"bad request: {exc.__context__}")
             else:
                 self._refuse(400, "malformed request")
         except httptools.HttpParserError:
@@ -117,7 +147,7 @@ class HttpServerConn(asyncio.Protocol):
         current = self._current
         if current is not None:  # the caller stopped in the middle of a request
             current.body.fail()
-        if not self._queue and (self._next is not None or not self._serving):
+        if not self._queue:
             self.transport.close()
             return False
         return True  # finish answering what is queued, then close
@@ -132,7 +162,6 @@ class HttpServerConn(asyncio.Protocol):
             request.body.fail()
         if self._drained is not None and not self._drained.done():
             self._drained.set_result(None)
-        self._wake_server()
         tunnel = self._tunnel
         if tunnel is not None and not tunnel.is_closing():
             tunnel.abort() if exc is not None else tunnel.close()
@@ -183,68 +212,75 @@ class HttpServerConn(asyncio.Protocol):
         request.version = parser.get_http_version()
         request.keep_alive = parser.should_keep_alive()
         request.upgrade = parser.should_upgrade()
+        _check_framing(request)
         self._queue.append(request)
         if len(self._queue) > MAX_QUEUED:
             self._paused_for_queue = True
             self._pause_reading()
-        waiter = self._next
-        if waiter is not None:
-            self._next = None
-            if not waiter.done():
-                waiter.set_result(None)
-        elif not self._serving:
-            self._serving = True
-            self.loop.create_task(self._serve())
+        if not request.upgrade and _expects_continue(request):
+            self._dispatch()  # it begins before its body: the caller waits for our 100 Continue
 
     def on_body(self, body: bytes) -> None:
         current = self._current
         assert current is not None
         current.body.feed(body)
+        if current.body.kept is None and not self._busy:  # too long to keep: stream it now
+            self._dispatch()
 
     def on_message_complete(self) -> None:
         current = self._current
         if current is not None:
             current.body.finish()
             self._current = None
+            if not current.upgrade:  # an upgrade begins once the parser has stopped (data_received)
+                self._dispatch()
 
     # ---- serving -------------------------------------------------------------------------------
-    async def _serve(self) -> None:
-        """One task per connection for its whole life: between requests it waits on a
-        future (a task per request cost a measurable share of an http sidecar's time)."""
-        queue = self._queue
+    def _dispatch(self) -> None:
+        """Begin the first queued request when nothing is in progress and it can start: its
+        body is complete, or too long to keep, or the caller waits for `100 Continue`, or
+        it asks for an upgrade."""
+        if self._busy or self.closed or not self._queue:
+            if not self._queue and self._broken is not None and not self._busy and not self.closed:
+                self._answer_broken()
+            return
+        request = self._queue[0]
+        body = request.body
+        if request.upgrade and self._upgrade_tail is None:
+            return  # not until the parser has stopped at it
+        if not (body.done or body.kept is None or request.upgrade or _expects_continue(request)):
+            return
+        self._busy = True
         try:
-            while not self.closed:
-                if not queue:
-                    if self._broken is not None or self.draining:
-                        break
-                    self._next = self.loop.create_future()
-                    await self._next
-                    continue
-                request = queue[0]
-                try:
-                    await self._handler(self, request)
-                except Exception:  # a handler bug must not leave the caller hanging
-                    if not self.closed:
-                        self.transport.abort()
-                    raise
-                queue.popleft()
-                self.handled += 1
-                self.last_active = time.monotonic()
-                if self._paused_for_queue and len(queue) <= MAX_QUEUED // 2:
-                    self._paused_for_queue = False
-                    self._resume_reading()
-                if self.closed or self._tunnel is not None:
-                    return
-                if not request.keep_alive or self._upgrade_tail is not None or self.draining:
-                    self.transport.close()
-                    return
-        finally:
-            self._serving = False
-            self._next = None
-        if self._broken is not None and not self.closed:
-            status, reason = self._broken
-            self.transport.write(simple_response(status, reason, close=True))
+            self._begin(self, request)
+        except Exception:  # a handler bug must not leave the caller hanging
+            if not self.closed:
+                self.transport.abort()
+            raise
+
+    def finished(self, request: Request) -> None:
+        """The handler's answer to `request` is out (or the connection is gone)."""
+        if not self._busy or not self._queue or self._queue[0] is not request:
+            return
+        self._busy = False
+        self._queue.popleft()
+        self.handled += 1
+        self.last_active = time.monotonic()
+        if self._paused_for_queue and len(self._queue) <= MAX_QUEUED // 2:
+            self._paused_for_queue = False
+            self._resume_reading()
+        if self.closed or self._tunnel is not None:
+            return
+        if not request.keep_alive or self._upgrade_tail is not None or self.draining:
             self.transport.close()
+            return
+        self._dispatch()
+
+    def _answer_broken(self) -> None:
+        assert self._broken is not None
+        status, reason = self._broken
+        self.transport.write(simple_response(status, reason, close=True))
+        self.transport.close()
 
     def _refuse(self, status: int, reason: str) -> None:
         """Bytes the parser cannot take: answer once the requests before them are, then close."""
@@ -252,11 +288,9 @@ class HttpServerConn(asyncio.Protocol):
         if self._current is not None:
             self._current.body.fail()
             self._current = None
-        if self._next is not None:
-            self._wake_server()  # the serving task answers it (requests before it come first)
-        elif not self._serving and not self.closed:
-            self.transport.write(simple_response(status, reason, close=True))
-            self.transport.close()
+        if not self._busy and not self._queue and not self.closed:
+            self._answer_broken()
+        # else: answered after the requests before it (finished -> _dispatch)
 
     # ---- for handlers ---------------------------------------------------------------------------
     def write(self, data: bytes) -> None:
@@ -292,16 +326,11 @@ class HttpServerConn(asyncio.Protocol):
             self._read_paused = False
             self.transport.resume_reading()
 
-    def _wake_server(self) -> None:
-        waiter, self._next = self._next, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
     def close_when_idle(self) -> None:
         """Stopping: an idle connection closes now, a busy one after its current answer
         (which says `Connection: close`)."""
         self.draining = True
-        if self.idle and not self.closed and (self._next is not None or not self._serving):
+        if self.idle and not self._busy and not self.closed:
             self.transport.close()
 
     @property
