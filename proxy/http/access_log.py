@@ -279,32 +279,30 @@ _encode = json.JSONEncoder(separators=(",", ":")).encode  # made once: json.dump
 _esc = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # C: one JSON string
 
 
-def _opt(value: str | None) -> str:
-    return _esc(value) if value else "null"
-
-
-def _present(value: str | None) -> str:
-    return "null" if value is None else _esc(value)
-
-
 def default_line(record: AccessRecord) -> str:
     """`default_fields` as one JSON line, written out field by field: the same text
     `json` makes of the dict (tests hold them equal), at a third of the cost, which
     matters on a line per request."""
-    headers = record.request_headers()
-    get = headers.get
+    get = record.request_headers().get
+    route, flags, upstream, remote = record.route, record.response_flags, record.upstream_host, \
+        record.downstream_remote_address
+    trace_id, reason = record.trace_id, record.authz_reason
+    host, agent, request_id, forwarded = get("host"), get("user-agent"), get("x-request-id"), get("x-forwarded-for")
     return (
-        f'{{"start_time":"{_rfc3339(record.start_time)}","route_name":{_opt(record.route)},'
+        f'{{"start_time":"{_rfc3339(record.start_time)}","route_name":{_esc(route) if route else "null"},'
         f'"method":{_esc(record.method)},"path":{_esc(record.path)},"protocol":{_esc(record.protocol)},'
-        f'"response_code":{int(record.response_code)},"response_flags":{_opt(record.response_flags)},'
+        f'"response_code":{int(record.response_code)},"response_flags":{_esc(flags) if flags else "null"},'
         f'"bytes_received":{int(record.bytes_received)},"bytes_sent":{int(record.bytes_sent)},'
-        f'"duration":{int(record.duration * 1000)},"upstream_host":{_opt(record.upstream_host)},'
+        f'"duration":{int(record.duration * 1000)},"upstream_host":{_esc(upstream) if upstream else "null"},'
         f'"upstream_cluster":{_esc(record.destination)},'
-        f'"downstream_remote_address":{_opt(record.downstream_remote_address)},'
-        f'"authority":{_present(get("host"))},"user_agent":{_present(get("user-agent"))},'
-        f'"request_id":{_present(get("x-request-id"))},"x_forwarded_for":{_present(get("x-forwarded-for"))},'
+        f'"downstream_remote_address":{_esc(remote) if remote else "null"},'
+        f'"authority":{"null" if host is None else _esc(host)},'
+        f'"user_agent":{"null" if agent is None else _esc(agent)},'
+        f'"request_id":{"null" if request_id is None else _esc(request_id)},'
+        f'"x_forwarded_for":{"null" if forwarded is None else _esc(forwarded)},'
         f'"source":{_esc(record.source)},"destination":{_esc(record.destination)},"retries":{int(record.retries)},'
-        f'"trace_id":{_opt(record.trace_id)},"authz":{_esc(record.authz)},"authz_reason":{_opt(record.authz_reason)}}}'
+        f'"trace_id":{_esc(trace_id) if trace_id else "null"},"authz":{_esc(record.authz)},'
+        f'"authz_reason":{_esc(reason) if reason else "null"}}}'
     )
 
 

@@ -46,11 +46,14 @@ class _StopParsing(Exception):
     pass
 
 
+_FRAMING = (b"content-length", b"transfer-encoding")
+
+
 class HttpClientConn(asyncio.Protocol):
     __slots__ = ("transport", "_parser", "_sink", "_method", "_status_reason", "_headers", "_head_bytes",
                  "closed", "on_idle", "on_lost", "idle_since", "key", "_sent", "_interim", "used",
                  "_upgraded", "tunnel_peer", "generation", "_replace_parser", "_pending_tunnel",
-                 "_until_close", "dead")
+                 "_until_close", "dead", "_framed")
 
     def __init__(self, key: str = "", generation: int = 0) -> None:
         self.transport: Any = None
@@ -75,6 +78,7 @@ class HttpClientConn(asyncio.Protocol):
         self._pending_tunnel = b""
         self._until_close = False  # the response in progress ends when the connection does
         self.dead = False  # aborted by us: never back to a pool, whatever the parser still says
+        self._framed = False  # the response in progress has Content-Length or Transfer-Encoding
 
     # ---- asyncio callbacks --------------------------------------------------------------------
     def connection_made(self, transport: Any) -> None:
@@ -150,6 +154,7 @@ class HttpClientConn(asyncio.Protocol):
         self._headers = []
         self._head_bytes = 0
         self._status_reason = b""
+        self._framed = False
 
     def on_status(self, status: bytes) -> None:
         self._status_reason += status
@@ -159,6 +164,8 @@ class HttpClientConn(asyncio.Protocol):
         if self._head_bytes > MAX_RESPONSE_HEAD_BYTES:
             raise ValueError("response head too large")
         self._headers.append((name, value))
+        if (len(name) == 14 or len(name) == 17) and name.lower() in _FRAMING:
+            self._framed = True
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -169,8 +176,8 @@ class HttpClientConn(asyncio.Protocol):
         head = ResponseHead(status, self._status_reason, self._headers, parser.should_keep_alive(),
                             status == 101)
         self._interim = 100 <= status < 200 and status != 101
-        self._until_close = not self._interim and status not in (101, 204, 304) and self._method != "HEAD" and \
-            not any(n.lower() in (b"content-length", b"transfer-encoding") for n, _ in self._headers)
+        self._until_close = not self._framed and not self._interim and status not in (101, 204, 304) and \
+            self._method != "HEAD"
         sink.response_head(head)
         if self._method == "HEAD" and not self._interim:
             # no body follows, whatever the headers say: finish here, new parser next time

@@ -39,17 +39,27 @@ def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
     return frozenset(listed)
 
 
+_DROPPED = HOP_BY_HOP | _FRAMING
+
+
 def end_to_end(headers: list[tuple[bytes, bytes]], keep_upgrade: bool = False) -> list[tuple[bytes, bytes]]:
-    """The headers a proxy passes on, without the framing ones (re-stated by the sender)."""
-    listed = _connection_listed(headers) if any(n.lower() == b"connection" for n, _ in headers) else frozenset()
+    """The headers a proxy passes on, without the framing ones (re-stated by the sender).
+    One pass in the common case; a second only when a Connection header lists names."""
     out = []
-    for name, value in headers:
-        lower = name.lower()
-        if lower in HOP_BY_HOP or lower in _FRAMING or lower in listed:
-            if keep_upgrade and lower == b"upgrade":
-                out.append((name, value))
+    connection = False
+    for pair in headers:
+        lower = pair[0].lower()
+        if lower in _DROPPED:
+            if lower == b"connection":
+                connection = True
+            elif keep_upgrade and lower == b"upgrade":
+                out.append(pair)
             continue
-        out.append((name, value))
+        out.append(pair)
+    if connection:
+        listed = _connection_listed(headers)
+        if listed:
+            out = [pair for pair in out if pair[0].lower() not in listed]
     return out
 
 

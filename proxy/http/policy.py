@@ -97,16 +97,13 @@ class Trace:
 _TRACE_NAMES = frozenset(name.encode("latin-1") for name in tracing.TRACE_HEADERS)
 
 
-def _no_header(_: str) -> None:
-    return None
-
-
 def trace(config: Any, request: Request) -> Trace:
     settings = tracing_config(config)
-    carried = any(name.lower() in _TRACE_NAMES for name, _ in request.headers)
-    ctx, style = tracing.start_or_continue(request.header if carried else _no_header, rng, settings.exporting,
-                                           settings.sampling)
-    return Trace(ctx, style, settings.exporting, carried)
+    for name, _ in request.headers:
+        if name.lower() in _TRACE_NAMES:
+            ctx, style = tracing.start_or_continue(request.header, rng, settings.exporting, settings.sampling)
+            return Trace(ctx, style, settings.exporting, True)
+    return Trace(tracing.start(rng, settings.sampling), tracing.STARTED, settings.exporting, False)
 
 
 def with_trace_headers(headers: list[tuple[bytes, bytes]], trace: Trace) -> list[tuple[bytes, bytes]]:

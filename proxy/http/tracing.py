@@ -37,7 +37,7 @@ from typing import Any
 __all__ = [
     "W3C", "B3", "B3_MULTI", "STARTED", "TRACE_HEADERS", "TraceContext", "TracingConfig", "TracingConfigError",
     "FinishedSpan", "start_or_continue", "outgoing_headers", "parse_traceparent", "parse_b3", "parse_b3_multi",
-    "otlp_span_json", "parse_tracing_config",
+    "otlp_span_json", "parse_tracing_config", "start",
 ]
 
 W3C, B3, B3_MULTI, STARTED = "w3c", "b3", "b3multi", ""
@@ -168,6 +168,14 @@ def _new_id(rng: random.Random, bits: int) -> str:
     return f"{value:0{bits // 4}x}"
 
 
+def start(rng: random.Random, sampling: float = 100.0, sampled: bool | None = None, debug: bool = False) -> TraceContext:
+    """A new trace (new IDs); sampled with probability `sampling` percent unless the
+    caller already decided."""
+    if sampled is None:
+        sampled = rng.random() * 100.0 < sampling
+    return TraceContext(_new_id(rng, 128), _new_id(rng, 64), None, sampled, None, False, debug)
+
+
 def start_or_continue(
     get: Callable[[str], str | None], rng: random.Random, exporting: bool, sampling: float = 100.0
 ) -> tuple[TraceContext, str]:
@@ -184,10 +192,8 @@ def start_or_continue(
             return replace(found, span_id=_new_id(rng, 64), parent_span_id=found.span_id), style
         return found, style
     if isinstance(found, tuple):  # only a sampling decision: a new trace that honours it
-        sampled, debug = found
-    else:
-        sampled, debug = rng.random() * 100.0 < sampling, False
-    return TraceContext(_new_id(rng, 128), _new_id(rng, 64), None, sampled, None, False, debug), STARTED
+        return start(rng, sampling, found[0], found[1]), STARTED
+    return start(rng, sampling), STARTED
 
 
 def outgoing_headers(ctx: TraceContext, incoming_style: str) -> list[tuple[str, str]]:
