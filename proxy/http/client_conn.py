@@ -36,6 +36,7 @@ class ResponseHead:
 
 
 class ResponseSink(Protocol):
+    def flush(self) -> None: ...  # after each read: write out what it brought
     def response_head(self, head: ResponseHead) -> None: ...
     def response_body(self, data: bytes) -> None: ...
     def response_done(self) -> None: ...
@@ -90,11 +91,13 @@ class HttpClientConn(asyncio.Protocol):
         if self.tunnel_peer is not None:
             self.tunnel_peer.write(data)
             return
-        if self._sink is None:  # bytes nobody asked for: the connection is unusable
+        sink = self._sink
+        if sink is None:  # bytes nobody asked for: the connection is unusable
             self.transport.abort()
             return
         try:
             self._parser.feed_data(data)
+            sink.flush()
         except httptools.HttpParserUpgrade as exc:
             offset = exc.args[0] if exc.args else len(data)
             self._upgraded = True

@@ -30,7 +30,7 @@ from ..balancer import Balancer
 from ..outbound import MAX_ATTEMPTS, Dialer, DialError
 from . import policy
 from .client_conn import HttpClientConn
-from .forward import Attempt, ConnPool, end_to_end, forward_request_head, send_body
+from .forward import Attempt, ConnPool, end_to_end, forward_request_head, send_request
 from .message import Request, simple_response
 from .permissions import DENIED_BODY, DENIED_STATUS
 from .retry import IDEMPOTENT_METHODS, backoff
@@ -170,6 +170,7 @@ class _Exchange:
         self.rec.status = head.status
         attempt.commit(None, edit)
         if head.status == 101 and self.request.upgrade:
+            attempt.flush()  # the 101 goes before any byte of the tunnel
             attempt.finish()  # no deadline for the tunnel's life
             _tunnel(self.down, attempt.conn)
             self.end()
@@ -194,8 +195,7 @@ class _Exchange:
 
     def send(self, conn: HttpClientConn, head: bytes, on_head: Callable[[Attempt], None]) -> Attempt:
         attempt = Attempt(self.down, self.request, conn, on_head)
-        conn.send(head, self.request.method, attempt)
-        send_body(self.request, conn, self.replay)
+        send_request(self.request, conn, head, self.replay, attempt)
         if self.deadline is not None:
             attempt.deadline_at(self.deadline)
         return attempt

@@ -76,14 +76,14 @@ def forward_request_head(request: Request, target: bytes, headers: list[tuple[by
     return request_head(request.method, target, out)
 
 
-def send_body(request: Request, conn: HttpClientConn, replay: bool) -> None:
-    """The body after the head: all at once when it is kept, else streamed as chunks."""
+def send_request(request: Request, conn: HttpClientConn, head: bytes, replay: bool, sink: Any) -> None:
+    """The head and the body: in one write when the body is kept, else the body streamed
+    as chunks after the head."""
     body = request.body
     if replay:
-        data = body.replay()
-        if data:
-            conn.write(data)
+        conn.send(head + body.replay() if body.size else head, request.method, sink)
         return
+    conn.send(head, request.method, sink)
     body.pipe(lambda data: conn.write(chunk(data)), lambda: conn.write(LAST_CHUNK))
 
 
@@ -96,7 +96,7 @@ class Attempt:
 
     __slots__ = ("downstream", "conn", "request", "head", "_held", "_committed", "_chunked", "failure",
                  "bytes_out", "request_source", "_close_after", "_loop", "expect_continue_sent", "_done", "_timer",
-                 "on_head", "on_end", "_idle", "_idle_seen")
+                 "on_head", "on_end", "_idle", "_idle_seen", "_out")
 
     def __init__(self, downstream: HttpServerConn, request: Request, conn: HttpClientConn,
                  on_head: Callable[[Attempt], None]) -> None:
@@ -119,6 +119,7 @@ class Attempt:
         self.on_end: Callable[[Attempt], None] | None = None
         self._idle = 0.0
         self._idle_seen = -1
+        self._out: list[bytes] = []  # for the caller, written once per read from the upstream (flush)
 
     # ---- ResponseSink ----------------------------------------------------------------------------
     def response_head(self, head: ResponseHead) -> None:
@@ -137,15 +138,25 @@ class Attempt:
             self._held.append(data)
             return
         self.bytes_out += len(data)
-        self.downstream.write(chunk(data) if self._chunked else data)
+        self._out.append(chunk(data) if self._chunked else data)
 
     def response_done(self) -> None:
         if self._committed and self._chunked:
-            self.downstream.write(LAST_CHUNK)
+            self._out.append(LAST_CHUNK)
+        self.flush()
         self._ended()
+
+    def flush(self) -> None:
+        """What this read of the upstream brought, to the caller in one write: a head and
+        a small body parsed from one read are one system call (and one frame), not two."""
+        out = self._out
+        if out:
+            self.downstream.write(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
 
     def response_failed(self, reason: str) -> None:
         self.failure = reason
+        self.flush()
         self._ended()
 
     def _ended(self) -> None:
@@ -260,7 +271,7 @@ class Attempt:
             data += chunk(held) if self._chunked else held
         if self._done and self._chunked and not self.failure:
             data += LAST_CHUNK
-        downstream.write(data)
+        self._out.append(data)
 
     def finish(self) -> None:
         self.downstream.source = None

@@ -210,6 +210,9 @@ class Sink:
     def response_failed(self, reason: str) -> None:
         self.failed.append(reason)
 
+    def flush(self) -> None:
+        pass
+
 
 def _client() -> tuple[HttpClientConn, FakeTransport, list[HttpClientConn]]:
     conn = HttpClientConn("k")
