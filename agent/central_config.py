@@ -41,7 +41,7 @@ class CentralConfigWatch:
 
     def current(self) -> CentralConfig:
         proxy_defaults = next((e for e in self._entries[PROXY_DEFAULTS] if e.get("Name") == "global"), None)
-        service_defaults = {str(e.get("Name")): e for e in self._entries[SERVICE_DEFAULTS]}
+        service_defaults = {str(e.get("Name")).lower(): e for e in self._entries[SERVICE_DEFAULTS]}
         return CentralConfig(proxy_defaults=proxy_defaults, service_defaults=service_defaults)
 
     def age(self) -> float:

@@ -166,8 +166,9 @@ class InboundListener:
     async def _serve(self, conn: socket.socket) -> None:
         config = self._current()
         try:
-            peer = conn.getpeername()
-        except OSError:
+            host, port = conn.getpeername()[:2]
+            peer = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        except (OSError, ValueError):
             peer = "?"
         holding = Holding()
         started = time.perf_counter()
@@ -277,6 +278,10 @@ class InboundListener:
                 return
             self._http_streams += 1
             stream.accept(self.http.connection(caller, peer, self._http_stream_closed))  # authorized per request
+            return
+        if self._over_limit():  # streams of pooled connections count as the connections they stand for
+            self._metrics.refused.labels("inbound", "max_inbound_connections").inc()
+            stream.refuse()
             return
         decision = config.authorize(caller)
         self._metrics.authz.labels("allow" if decision.allowed else "deny").inc()

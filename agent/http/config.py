@@ -28,6 +28,8 @@ from mesh.catalog.config_entries import (
 )
 from mesh.catalog.config_intentions import intention_rows
 from mesh.catalog.errors import InvalidRequest
+from mesh.proxy.http.access_log import AccessLogConfigError, parse_access_logs
+from mesh.proxy.http.tracing import TracingConfigError, parse_tracing_config
 
 from .query import json_response, read, read_json, read_response
 
@@ -47,12 +49,25 @@ def _cas(request: web.Request) -> int | None:
     return int(raw)
 
 
+def _check_proxy_settings(body: dict[str, Any]) -> None:
+    """What the sidecars will make of proxy-defaults, checked by their own parsers now, so
+    a typo in an access log format or the tracing block is this write's 400 rather than
+    a sidecar quietly logging nothing."""
+    try:
+        parse_tracing_config((body.get("Config") or {}).get("tracing"))
+        parse_access_logs(body.get("AccessLogs") or None)
+    except (TracingConfigError, AccessLogConfigError) as exc:
+        raise InvalidRequest(f"proxy-defaults: {exc}") from None
+
+
 @routes.put("/v1/config")
 async def apply(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     agent.check_datacenter(request.query.get("dc", ""))
     cas = _cas(request)
     entry = parse_config_entry(await read_json(request))
+    if entry.kind == PROXY_DEFAULTS:
+        _check_proxy_settings(entry.body)
     rows: tuple[Any, ...] = ()
     if entry.kind == SERVICE_INTENTIONS:
         rows = tuple(replace(row, id=str(uuid.uuid4())) for row in intention_rows(entry))

@@ -38,10 +38,15 @@ class CentralConfig:
     """The entries a merge needs: proxy-defaults `global` and service-defaults by name."""
 
     proxy_defaults: Mapping[str, Any] | None = None
-    service_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    service_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by lower-cased name
+
+    def defaults_of(self, service: str) -> Mapping[str, Any]:
+        """The service-defaults of `service` (names compare case-insensitively, as the
+        servers' protocol rules do)."""
+        return self.service_defaults.get(service.lower()) or {}
 
     def protocol(self, service: str) -> str:
-        entry = self.service_defaults.get(service)
+        entry = self.defaults_of(service)
         if entry and entry.get("Protocol"):
             return str(entry["Protocol"])
         config = (self.proxy_defaults or {}).get("Config") or {}
@@ -70,7 +75,7 @@ def merge_central(service: Service, central: CentralConfig) -> Service:
     protocol = central.protocol(destination)
     if protocol:
         defaults["protocol"] = protocol
-    entry = central.service_defaults.get(destination) or {}
+    entry = central.defaults_of(destination)
     for entry_key, config_key in _SERVICE_DEFAULTS_KEYS:
         if entry.get(entry_key):
             defaults[config_key] = entry[entry_key]

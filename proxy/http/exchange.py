@@ -149,7 +149,9 @@ class _Exchange:
             request.keep_alive = False
         if status == 504:
             self.stats.timeouts += 1
-        self.down.write(simple_response(status, text, close=not request.keep_alive))
+        data = simple_response(status, text, close=not request.keep_alive)
+        self.rec.bytes_out = len(data)
+        self.down.write(data)
         self.end()
 
     def end(self) -> None:
@@ -274,6 +276,7 @@ class _Inbound(_Exchange):
         if request.body.failed:
             self.end()
             return
+        rec.trace = policy.trace(config, request)  # first: a refused request's line has its trace ID too
         try:
             parsed = policy.parse_request(request)
         except policy.BadRequest as exc:
@@ -285,7 +288,6 @@ class _Inbound(_Exchange):
             self.stats.denied += 1
             self.answer(DENIED_STATUS, DENIED_BODY, "RBAC")
             return
-        rec.trace = policy.trace(config, request)
         if reg.local_request_timeout:
             self.deadline = _loop_time(self.down.loop, request.started + reg.local_request_timeout)
         self.replay = _settled(request)
@@ -410,6 +412,7 @@ class _Outbound(_Exchange):
         if request.body.failed:
             self.end()
             return
+        rec.trace = policy.trace(config, request)
         try:
             parsed = policy.parse_request(request)
         except policy.BadRequest as exc:
@@ -418,7 +421,6 @@ class _Outbound(_Exchange):
         route = self.route = policy.route(config, spec, parsed)
         rec.route = route.name
         self.stats = self.observer.stats.route("outbound", spec.destination_name, route.name)
-        rec.trace = policy.trace(config, request)
         self.deadline = _loop_time(self.down.loop, request.started + policy.request_timeout(route))
         self.budget = self.handler.budget_for(spec.key)
         self.budget.record_request()
@@ -537,4 +539,6 @@ class _Outbound(_Exchange):
             return
         if status < 500:
             balancer.succeeded(endpoint.key)
+        elif balancer.failed(endpoint.key, time.monotonic()):  # consecutive 5xx set an instance aside
+            metrics.ejections.labels(name).inc()
         self.deliver(attempt, edit=policy.response_editor(self.route), idle=self.route.idle_timeout)

@@ -70,7 +70,7 @@ def _expects_continue(request: Request) -> bool:
 
 class HttpServerConn(asyncio.Protocol):
     __slots__ = ("transport", "_begin", "_parser", "_current", "_head_bytes", "_queue", "_busy",
-                 "closed", "_on_close", "_broken", "source", "_upgrade_tail", "_tunnel", "peer", "last_active",
+                 "closed", "_on_close", "_broken", "source", "_upgrade_tail", "_tunnel", "_peer", "last_active",
                  "_paused_for_queue", "tag", "_read_paused", "_writing_paused", "_drained", "handled",
                  "draining", "loop")
 
@@ -89,7 +89,7 @@ class HttpServerConn(asyncio.Protocol):
         self.source: Any = None  # the transport a response body comes from (paused when we cannot write)
         self._upgrade_tail: bytes | None = None
         self._tunnel: Any = None  # after a 101: the transport bytes go to
-        self.peer = peer
+        self._peer = peer
         self.last_active = time.monotonic()
         self._paused_for_queue = False
         self._read_paused = False
@@ -325,6 +325,18 @@ class HttpServerConn(asyncio.Protocol):
         if self._read_paused and not self.closed and not self._paused_for_queue:
             self._read_paused = False
             self.transport.resume_reading()
+
+    @property
+    def peer(self) -> str:
+        """The caller's address as host:port (asked of the transport once, when first read)."""
+        if not self._peer and self.transport is not None:
+            name = self.transport.get_extra_info("peername")
+            if isinstance(name, tuple) and len(name) >= 2:
+                host, port = name[0], name[1]
+                self._peer = f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+            else:
+                self._peer = "-"
+        return "" if self._peer == "-" else self._peer
 
     def close_when_idle(self) -> None:
         """Stopping: an idle connection closes now, a busy one after its current answer

@@ -84,3 +84,20 @@ def test_what_the_registration_says_wins(agent):
                    .get("max_inbound_connections") and c, 5, 0.05, "the entry merged")
     assert config == {"protocol": "tcp", "local_request_timeout_ms": 100, "max_inbound_connections": 7}
     agent.request("DELETE", "/v1/config/service-defaults/cc-pinned")
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"Config": {"tracing": {"sampling": 500}}}, "sampling"),
+    ({"Config": {"tracing": {"otlp_endpoint": "ftp://x"}}}, "otlp_endpoint"),
+    ({"Config": {"tracing": {"colour": "blue"}}}, "colour"),
+    ({"AccessLogs": {"Enabled": True, "TextFormat": "%START_TIME% %BOGUS%"}}, "BOGUS"),
+    ({"AccessLogs": {"Enabled": True, "JSONFormat": "{not json"}}, "JSONFormat"),
+])
+def test_proxy_defaults_the_sidecars_could_not_use_are_refused_on_write(agent, body, words):
+    from tests.harness.cluster import HTTPError
+
+    with pytest.raises(HTTPError) as err:
+        agent.put("/v1/config", {"Kind": "proxy-defaults", "Name": "global", **body})
+    assert err.value.status == 400 and words in err.value.body
+    with pytest.raises(HTTPError):
+        agent.get("/v1/config/proxy-defaults/global")  # nothing was written

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import socket
 import time
 from collections.abc import AsyncIterator
@@ -365,6 +366,8 @@ async def test_access_log_lines_are_json_with_the_request(tmp_path):
         assert first["authz"] == "allow" and first["bytes_sent"] > 0 and first["duration"] >= 0
         assert first["upstream_host"] == f"127.0.0.1:{mesh.app_port}"
         assert denied["response_code"] == 403 and denied["authz"] == "deny" and "L7 intention" in denied["authz_reason"]
+        assert len(denied["trace_id"]) == 32 and denied["bytes_sent"] > 0  # refused lines carry both too
+        assert re.fullmatch(r"127\.0\.0\.1:\d+", first["downstream_remote_address"])
 
 
 async def _second_instance(mesh: HttpMesh, parent: str, service: str, app_name: str) -> tuple[int, int]:

@@ -41,6 +41,14 @@ def test_service_defaults_outrank_proxy_defaults_and_the_registration_outranks_b
     assert pinned.proxy["Config"]["protocol"] == "tcp"
 
 
+def test_service_names_compare_without_case():
+    central = CentralConfig(service_defaults={"web": {"Protocol": "http"}})
+    row = _sidecar()
+    row = Service(id=row.id, service=row.service, kind=row.kind, port=row.port,
+                  proxy={**row.proxy, "DestinationServiceName": "Web"})
+    assert merge_central(row, central).proxy["Config"]["protocol"] == "http"
+
+
 def test_upstreams_get_their_destinations_protocol():
     central = CentralConfig(proxy_defaults={"Config": {"protocol": "http"}},
                             service_defaults={"db": {"Protocol": "tcp"}})
