@@ -435,3 +435,44 @@ async def test_a_protocol_change_applies_to_new_connections():
             async with fresh.get(mesh.url + "/x") as response:
                 assert response.status == 200
         assert mesh.proxies["web"].http_stats.route("outbound", "api", "default").count == 1
+
+
+async def test_spans_go_to_an_otlp_collector_and_metrics_render(tmp_path):
+    from aiohttp import web
+
+    received: list[dict[str, Any]] = []
+
+    async def collect(request: web.Request) -> web.Response:
+        received.append(await request.json())
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/v1/traces", collect)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+    tracing = {"tracing": {"sampling": 100, "otlp_endpoint": f"http://127.0.0.1:{port}/v1/traces"}}
+    try:
+        async with http_mesh(api_config=tracing) as mesh:
+            parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+            _, body = await mesh.get("/spanned", headers={"traceparent": parent})
+            # api's sidecar exports: it made a span of its own, the caller's is its parent
+            forwarded = body["headers"]["traceparent"].split("-")
+            assert forwarded[1] == "4bf92f3577b34da6a3ce929d0e0e4736" and forwarded[2] != "00f067aa0ba902b7"
+            deadline = time.monotonic() + 5
+            while not received:
+                assert time.monotonic() < deadline, "no span reached the collector"
+                await asyncio.sleep(0.05)
+            spans = [s for batch in received for rs in batch["resourceSpans"] for ss in rs["scopeSpans"]
+                     for s in ss["spans"]]
+            span = next(s for s in spans if s["traceId"] == "4bf92f3577b34da6a3ce929d0e0e4736")
+            assert span["parentSpanId"] == "00f067aa0ba902b7" and span["spanId"] == forwarded[2]
+            assert span["kind"] == 2 and any(a["key"] == "url.path" and a["value"]["stringValue"] == "/spanned"
+                                             for a in span["attributes"])
+            text = mesh.proxies["web"].metrics.render().decode()
+            assert 'mesh_proxy_http_requests_total{class="2xx",direction="outbound",route="default",upstream="api"} 1.0' in text
+            assert "mesh_proxy_http_request_seconds_bucket" in text
+    finally:
+        await runner.cleanup()
