@@ -358,6 +358,14 @@ defaults
     timeout client 60s
     timeout server 60s
 """
+    return _start_pair(procs, tmp, f"haproxy-{name}", head, certs, upstream, cpu, front, back), front
+
+
+def _start_pair(procs: Procs, tmp: str, label: str, head: str, certs: str, upstream: int, cpu: str,
+                front: int, back: int) -> list[subprocess.Popen[bytes]]:
+    """The two haproxy processes of a pair, sharing `head` (global and defaults): the
+    client side listens on `front` and dials the server side on `back` with web's
+    certificate; the server side verifies it and forwards to `upstream`."""
     client = head + f"""frontend web_out
     bind 127.0.0.1:{front}
     default_backend api_mtls
@@ -372,11 +380,11 @@ backend app
 """
     out = []
     for side, text in (("server", server), ("client", client)):
-        path = f"{tmp}/haproxy-{name}-{side}.cfg"
+        path = f"{tmp}/{label}-{side}.cfg"
         with open(path, "w") as f:
             f.write(text)
-        out.append(procs.start(["haproxy", "-db", "-f", path], log=f"{tmp}/haproxy-{name}-{side}.log", cpu=cpu))
-    return out, front
+        out.append(procs.start(["haproxy", "-db", "-f", path], log=f"{tmp}/{label}-{side}.log", cpu=cpu))
+    return out
 
 
 def haproxy_http_pair(procs: Procs, tmp: str, certs: str, upstream: int,
@@ -403,25 +411,7 @@ defaults
     timeout server 60s
     timeout http-keep-alive 60s
 """
-    client = head + f"""frontend web_out
-    bind 127.0.0.1:{front}
-    default_backend api_mtls
-backend api_mtls
-    server api 127.0.0.1:{back} ssl crt {certs}/web.full.pem ca-file {certs}/ca.pem verify required
-"""
-    server = head + f"""frontend api_in
-    bind 127.0.0.1:{back} ssl crt {certs}/api.full.pem ca-file {certs}/ca.pem verify required
-    default_backend app
-backend app
-    server app 127.0.0.1:{upstream}
-"""
-    out = []
-    for side, text in (("server", server), ("client", client)):
-        path = f"{tmp}/haproxy-http-{side}.cfg"
-        with open(path, "w") as f:
-            f.write(text)
-        out.append(procs.start(["haproxy", "-db", "-f", path], log=f"{tmp}/haproxy-http-{side}.log", cpu=cpu))
-    return out, front
+    return _start_pair(procs, tmp, "haproxy-http", head, certs, upstream, cpu, front, back), front
 
 
 class Mesh:

@@ -212,17 +212,40 @@ def _settled(request: Request) -> bool:
     return body.replayable and not body.failed
 
 
+class _Listener:
+    """What both listeners' handlers keep: their callers' connections and the few tasks
+    (dials) their requests started."""
+
+    def __init__(self) -> None:
+        self.conns: set[HttpServerConn] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def drain(self) -> None:
+        for conn in list(self.conns):
+            conn.close_when_idle()
+
+    def close_all(self) -> None:
+        for conn in list(self.conns):
+            conn.abort()
+        for task in list(self.tasks):
+            task.cancel()
+
+
 # ---- inbound ------------------------------------------------------------------------------------
-class InboundHttp:
+class InboundHttp(_Listener):
     """Requests arriving on the public listener, to the local app."""
 
     def __init__(self, current: Callable[[], Any], observer: Observer, refused: Callable[..., None]) -> None:
+        super().__init__()
         self._current = current
         self.observer = observer
         self.refused = refused
         self.pool = ConnPool()
-        self.conns: set[HttpServerConn] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
 
     def connection(self, caller: str, peer: str,
                    on_close: Callable[[HttpServerConn], None] | None = None) -> HttpServerConn:
@@ -240,20 +263,8 @@ class InboundHttp:
         config = self._current()
         _Inbound(self, down, request, config).start()
 
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def drain(self) -> None:
-        for conn in list(self.conns):
-            conn.close_when_idle()
-
     def close_all(self) -> None:
-        for conn in list(self.conns):
-            conn.abort()
-        for task in list(self.tasks):
-            task.cancel()
+        super().close_all()
         self.pool.close_all()
 
 
@@ -338,12 +349,13 @@ class _Inbound(_Exchange):
 
 
 # ---- outbound -----------------------------------------------------------------------------------
-class OutboundHttp:
+class OutboundHttp(_Listener):
     """Requests from the local app on one upstream listener."""
 
     def __init__(self, listener: Any, current: Callable[[], Any], dialer: Dialer, observer: Observer,
                  refused: Callable[..., None], balancer_for: Callable[[str], Balancer], pool: ConnPool,
                  budget_for: Callable[[str], Any], metrics: Any) -> None:
+        super().__init__()
         self._listener = listener
         self._current = current
         self.dialer = dialer
@@ -353,8 +365,6 @@ class OutboundHttp:
         self.pool = pool
         self.budget_for = budget_for
         self.metrics = metrics
-        self.conns: set[HttpServerConn] = set()
-        self.tasks: set[asyncio.Task[None]] = set()
 
     @property
     def spec(self) -> Any:
@@ -367,21 +377,6 @@ class OutboundHttp:
 
     def begin(self, down: HttpServerConn, request: Request) -> None:
         _Outbound(self, down, request, self._current(), self.spec).start()
-
-    def spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    def drain(self) -> None:
-        for conn in list(self.conns):
-            conn.close_when_idle()
-
-    def close_all(self) -> None:
-        for conn in list(self.conns):
-            conn.abort()
-        for task in list(self.tasks):
-            task.cancel()
 
 
 class _Outbound(_Exchange):

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import json
 import os
 import shutil
 import signal
@@ -32,7 +31,14 @@ from typing import Any
 
 import pytest
 
-from tests.harness.cluster import Agent, Cluster, _cmdline, free_port, retry, sidecar_range
+from tests.harness.cluster import (
+    Agent,
+    Cluster,
+    free_port,
+    kill_proxies,
+    retry,
+    sidecar_range,
+)
 from tests.harness.cluster import proxy_pids as harness_proxy_pids
 from tests.harness.testca import TestCA
 
@@ -159,16 +165,7 @@ class Mesh:
         """Agents first (so none restarts a proxy), then every proxy any of them ran (by
         the PIDs seen and the pidfiles left behind), then the apps."""
         self.cluster.stop()
-        pids = set(self.pids)
-        for agent in self.cluster.clients:
-            for pidfile in Path(agent.data_dir, "proxies").glob("*.pid"):
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    pids.add(int(json.loads(pidfile.read_text())["Pid"]))
-        for pid in pids:
-            cmd = _cmdline(pid)
-            if any(a == "connect" and b == "proxy" for a, b in zip(cmd, cmd[1:], strict=False)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_proxies(self.cluster.clients, self.pids)
         for app in (self.web, self.api1, self.api2):
             app.kill()
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
-import signal
 import socket
 import subprocess
 import sys
@@ -27,7 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.harness.cluster import Agent, Cluster, _cmdline, free_port, retry, sidecar_range
+from tests.harness.cluster import Agent, Cluster, free_port, kill_proxies, retry, sidecar_range
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -58,18 +56,7 @@ class HttpMesh:
 
     def cleanup(self) -> None:
         self.cluster.stop()
-        pids = set(self.pids)
-        for agent in (self.c1, self.c2):
-            if agent is None:
-                continue
-            for pidfile in Path(agent.data_dir, "proxies").glob("*.pid"):
-                with contextlib.suppress(OSError, ValueError, KeyError):
-                    pids.add(int(json.loads(pidfile.read_text())["Pid"]))
-        for pid in pids:
-            cmd = _cmdline(pid)
-            if any(a == "connect" and b == "proxy" for a, b in zip(cmd, cmd[1:], strict=False)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+        kill_proxies([self.c1, self.c2], self.pids)
         for app in self.apps:
             if app.poll() is None:
                 app.kill()

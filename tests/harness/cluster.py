@@ -8,6 +8,7 @@ tail is attached to failures. `retry` polls a condition instead of sleeping.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import random
@@ -20,6 +21,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -360,3 +362,21 @@ def sidecar_range(n: int, taken: int = 0) -> int:
         if all(_bindable(p) for p in range(base, base + n)):
             return base
     raise AssertionError("no free range of sidecar ports")
+
+
+def kill_proxies(agents: list[Agent], seen: set[int]) -> None:
+    """SIGKILL every sidecar proxy the agents ran: the PIDs `seen` and those in the
+    pidfiles left in their data-dirs, each only if its command line is a proxy's (a
+    recycled PID is left alone). Call after the agents are stopped, so none restarts one."""
+    pids = set(seen)
+    for agent in agents:
+        if agent is None:
+            continue
+        for pidfile in Path(agent.data_dir, "proxies").glob("*.pid"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                pids.add(int(json.loads(pidfile.read_text())["Pid"]))
+    for pid in pids:
+        cmd = _cmdline(pid)
+        if any(a == "connect" and b == "proxy" for a, b in zip(cmd, cmd[1:], strict=False)):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)

@@ -17,13 +17,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-import structlog
 
 from mesh.api.builders import connect_entry, sidecar_service
-from mesh.api.client import Client
 from mesh.api.testing import FakeAgent
-from mesh.proxy.app import Proxy, ProxyOptions
+from mesh.proxy.app import Proxy
 from tests.harness.httpapp import start_app
+from tests.harness.inprocess_proxy import start_proxy
 from tests.harness.testca import TestCA
 
 pytestmark = pytest.mark.timeout(60)
@@ -66,28 +65,6 @@ class HttpMesh:
                 return response.status, body
 
 
-async def _start_proxy(mesh: HttpMesh, parent: str) -> None:
-    client = Client(mesh.agent.address)
-    proxy = Proxy(client, ProxyOptions(sidecar_for=parent, supervised=True, drain_timeout=1),
-                  log=structlog.get_logger("test-proxy"))
-    stop = asyncio.Event()
-    mesh.proxies[parent], mesh.stops[parent] = proxy, stop
-
-    async def run() -> None:
-        try:
-            await proxy.run(stop)
-        finally:
-            await client.close()
-
-    mesh.tasks[parent] = asyncio.get_running_loop().create_task(run())
-    deadline = time.monotonic() + 10
-    while proxy.metrics.ready._value.get() != 1:  # noqa: SLF001 - the gauge is the readiness signal
-        if mesh.tasks[parent].done():
-            mesh.tasks[parent].result()
-        assert time.monotonic() < deadline, f"{parent} proxy not ready: {proxy.builder.problem}"
-        await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def http_mesh(api_config: dict[str, Any] | None = None) -> AsyncIterator[HttpMesh]:
     test_ca = TestCA()
@@ -104,8 +81,8 @@ async def http_mesh(api_config: dict[str, Any] | None = None) -> AsyncIterator[H
         mesh = HttpMesh(agent, test_ca, upstream_port, api_public, app_port, session)
         mesh.intentions({"SourceName": "web", "Action": "allow"})
         try:
-            await _start_proxy(mesh, "api")
-            await _start_proxy(mesh, "web")
+            await start_proxy(mesh, "api")
+            await start_proxy(mesh, "web")
             yield mesh
         finally:
             for stop in mesh.stops.values():
@@ -378,7 +355,7 @@ async def _second_instance(mesh: HttpMesh, parent: str, service: str, app_name: 
     public = _free_port()
     mesh.agent.set_leaf(service, mesh.ca.leaf(service))
     mesh.agent.set_service(sidecar_service(parent, public, parent_name=service, local_port=port, config=HTTP))
-    await _start_proxy(mesh, parent)
+    await start_proxy(mesh, parent)
     return public, port
 
 

@@ -16,12 +16,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-import structlog
 
 from mesh.api.builders import connect_entry, sidecar_service
-from mesh.api.client import Client
 from mesh.api.testing import FakeAgent
-from mesh.proxy.app import Proxy, ProxyOptions
+from mesh.proxy.app import Proxy
+from tests.harness.inprocess_proxy import start_proxy
 from tests.harness.testca import TestCA
 
 pytestmark = pytest.mark.timeout(120)
@@ -73,28 +72,6 @@ class Mesh:
             writer.close()
 
 
-async def _start_proxy(mesh: Mesh, parent: str) -> None:
-    client = Client(mesh.agent.address)
-    proxy = Proxy(client, ProxyOptions(sidecar_for=parent, supervised=True, drain_timeout=1),
-                  log=structlog.get_logger("test-proxy"))
-    stop = asyncio.Event()
-    mesh.proxies[parent], mesh.stops[parent] = proxy, stop
-
-    async def run() -> None:
-        try:
-            await proxy.run(stop)
-        finally:
-            await client.close()
-
-    mesh.tasks[parent] = asyncio.get_running_loop().create_task(run())
-    deadline = time.monotonic() + 10
-    while proxy.metrics.ready._value.get() != 1:  # noqa: SLF001 - the gauge is the readiness signal
-        if mesh.tasks[parent].done():
-            mesh.tasks[parent].result()
-        assert time.monotonic() < deadline, f"{parent} proxy not ready: {proxy.builder.problem}"
-        await asyncio.sleep(0.02)
-
-
 @contextlib.asynccontextmanager
 async def running_mesh() -> AsyncIterator[Mesh]:
     test_ca = TestCA()
@@ -110,8 +87,8 @@ async def running_mesh() -> AsyncIterator[Mesh]:
         mesh = Mesh(agent, test_ca, upstream_port, api_public, app_port)
         mesh.allow(True)
         try:
-            await _start_proxy(mesh, "api")
-            await _start_proxy(mesh, "web")
+            await start_proxy(mesh, "api")
+            await start_proxy(mesh, "web")
             yield mesh
         finally:
             for stop in mesh.stops.values():
@@ -334,7 +311,7 @@ async def test_an_app_that_is_down_on_one_instance_moves_the_call_to_another():
         second_public = _free_port()
         mesh.agent.set_leaf("api", mesh.ca.leaf("api"))
         mesh.agent.set_service(dict(sidecar_service("api2", second_public, parent_name="api", local_port=_free_port())))
-        await _start_proxy(mesh, "api2")
+        await start_proxy(mesh, "api2")
         mesh.agent.set_connect_endpoints("api", [
             connect_entry("api", "node-2", "127.0.0.1", second_public, service_id="api2-sidecar-proxy"),
             connect_entry("api", "node-1", "127.0.0.1", mesh.api_public),
