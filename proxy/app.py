@@ -27,6 +27,7 @@ from .http.access import AccessLog
 from .http.exchange import POOL_IDLE_SECONDS, InboundHttp, Observer, OutboundHttp
 from .http.forward import ConnPool
 from .http.policy import new_budget
+from .http.server_conn import KEEPALIVE_IDLE, sweep_stalled
 from .http.spans import SpanExporter
 from .http.stats import HttpStats
 from .inbound import InboundListener
@@ -36,6 +37,8 @@ from .splice import sweep_idle
 from .watches import AgentWatches
 
 __all__ = ["ProxyOptions", "Proxy", "StartError"]
+
+HTTP_SWEEP_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -198,6 +201,7 @@ class Proxy:
                 return
             await self._open(stop)
             sweeper = asyncio.get_running_loop().create_task(self._idle_sweeper(), name="idle-sweeper")
+            http_sweeper = asyncio.get_running_loop().create_task(self._http_sweeper(), name="http-sweeper")
             while not stop.is_set():
                 self.changed.clear()
                 await self._apply_listeners()
@@ -213,6 +217,7 @@ class Proxy:
                 if self.inbound is not None and self.inbound.http is not None:
                     self.inbound.http.pool.prune(POOL_IDLE_SECONDS)
             sweeper.cancel()
+            http_sweeper.cancel()
         finally:
             await self._drain()
             await self.watches.stop()
@@ -263,6 +268,21 @@ class Proxy:
             if self.inbound is not None:
                 listeners.append(self.inbound)
             closed = sum(sweep_idle(listener.spliced()) for listener in listeners)
+            if closed:
+                self.metrics.idle_closed.inc(closed)
+
+    async def _http_sweeper(self) -> None:
+        """http connections: a request that stopped arriving, or a keep-alive connection
+        idle past `idle_timeout_ms` (an hour when unset), is closed (server_conn.py)."""
+        while True:
+            await asyncio.sleep(HTTP_SWEEP_SECONDS)
+            idle = self.current.registration.idle_timeout if self.current else 0.0
+            now = time.monotonic()
+            closed = 0
+            for listener in [*self.upstreams.values(), self.inbound]:
+                http = getattr(listener, "http", None) if listener is not None else None
+                if http is not None:
+                    closed += sweep_stalled(http.conns, now, idle or KEEPALIVE_IDLE)
             if closed:
                 self.metrics.idle_closed.inc(closed)
 

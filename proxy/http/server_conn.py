@@ -30,11 +30,14 @@ from ..splice import set_nodelay
 from .hop import BadRequest, check_framing
 from .message import Body, Request, simple_response
 
-__all__ = ["HttpServerConn", "Begin", "MAX_HEAD_BYTES", "MAX_HEADERS"]
+__all__ = ["HttpServerConn", "Begin", "MAX_HEAD_BYTES", "MAX_HEADERS", "HEAD_TIMEOUT", "KEEPALIVE_IDLE",
+           "sweep_stalled"]
 
 MAX_HEAD_BYTES = 64 * 1024
 MAX_HEADERS = 128
 MAX_QUEUED = 64  # pipelined requests waiting for their turn before reading pauses
+HEAD_TIMEOUT = 60.0  # a request begun must be whole (head and kept body) within this long of its last byte
+KEEPALIVE_IDLE = 3600.0  # an idle keep-alive connection closes after this long (Envoy's default)
 
 Begin = Callable[["HttpServerConn", Request], None]  # must lead to conn.finished(request), once
 
@@ -349,3 +352,21 @@ class HttpServerConn(asyncio.Protocol):
     def idle(self) -> bool:
         """Between requests: nothing queued, nothing half-read."""
         return not self._queue and self._current is None and self._tunnel is None
+
+
+def sweep_stalled(conns: Any, now: float, keepalive_idle: float = KEEPALIVE_IDLE,
+                  head_timeout: float = HEAD_TIMEOUT) -> int:
+    """Close connections that hold a request which stopped arriving (a head or a body
+    with no byte for `head_timeout`) or that sat idle between requests for
+    `keepalive_idle` (`idle_timeout_ms` when set): every read has a timeout. Called
+    every few seconds with the listeners' connections; returns how many it closed."""
+    closed = 0
+    for conn in list(conns):
+        if conn.closed or conn._busy or conn._tunnel is not None:  # noqa: SLF001 - the module's own class
+            continue
+        quiet = now - conn.last_active
+        stalled = conn._current is not None and quiet > head_timeout  # noqa: SLF001
+        if stalled or (not conn._queue and quiet > keepalive_idle):  # noqa: SLF001
+            conn.transport.close()
+            closed += 1
+    return closed

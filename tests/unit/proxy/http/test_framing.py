@@ -291,3 +291,19 @@ def test_hop_by_hop_headers_are_not_forwarded_and_host_always_is():
                (b"Content-Length", b"3"), (b"Proxy-Connection", b"x"), (b"Upgrade", b"websocket"), (b"X-Ok", b"1")]
     assert end_to_end(headers) == [(b"Host", b"h"), (b"X-Ok", b"1")]
     assert (b"Upgrade", b"websocket") in end_to_end(headers, keep_upgrade=True)
+
+
+async def test_a_stalled_request_and_a_long_idle_connection_are_closed_by_the_sweep():
+    from mesh.proxy.http.server_conn import HEAD_TIMEOUT, sweep_stalled
+
+    stalled, stalled_transport, _ = _server()
+    stalled.data_received(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head that stops arriving
+    idle, idle_transport, seen = _server()
+    idle.data_received(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    await _settle()
+    assert seen and not idle_transport.closed
+    start = max(stalled.last_active, idle.last_active)
+    assert sweep_stalled([stalled, idle], start + 10, keepalive_idle=300) == 0
+    assert sweep_stalled([stalled, idle], start + HEAD_TIMEOUT + 1, keepalive_idle=300) == 1
+    assert stalled_transport.closed and not idle_transport.closed
+    assert sweep_stalled([idle], start + 301, keepalive_idle=300) == 1 and idle_transport.closed
