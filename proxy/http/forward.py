@@ -40,6 +40,7 @@ def _connection_listed(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[byte
 
 
 _DROPPED = HOP_BY_HOP | _FRAMING
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})  # list no other header
 
 
 def end_to_end(headers: list[tuple[bytes, bytes]], keep_upgrade: bool = False) -> list[tuple[bytes, bytes]]:
@@ -50,7 +51,7 @@ def end_to_end(headers: list[tuple[bytes, bytes]], keep_upgrade: bool = False) -
     for pair in headers:
         lower = pair[0].lower()
         if lower in _DROPPED:
-            if lower == b"connection":
+            if lower == b"connection" and pair[1].lower() not in _PLAIN_CONNECTION:
                 connection = True
             elif keep_upgrade and lower == b"upgrade":
                 out.append(pair)

@@ -169,11 +169,15 @@ def _new_id(rng: random.Random, bits: int) -> str:
 
 
 def start(rng: random.Random, sampling: float = 100.0, sampled: bool | None = None, debug: bool = False) -> TraceContext:
-    """A new trace (new IDs); sampled with probability `sampling` percent unless the
-    caller already decided."""
+    """A new trace (new IDs, from one draw of 192 bits); sampled with probability
+    `sampling` percent unless the caller already decided."""
     if sampled is None:
         sampled = rng.random() * 100.0 < sampling
-    return TraceContext(_new_id(rng, 128), _new_id(rng, 64), None, sampled, None, False, debug)
+    ids = f"{rng.getrandbits(192):048x}"
+    trace_id, span_id = ids[:32], ids[32:]
+    if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:  # all zeros is invalid: draw apart
+        trace_id, span_id = _new_id(rng, 128), _new_id(rng, 64)
+    return TraceContext(trace_id, span_id, None, sampled, None, False, debug)
 
 
 def start_or_continue(
