@@ -245,3 +245,15 @@ def test_access_logs_keep_alive_chunked_and_websocket(mesh):
         assert len(entry["trace_id"]) == 32 and entry["authz"] == "allow"
         assert set(entry) >= {"start_time", "duration", "bytes_received", "upstream_host", "retries"}
     assert len({e["trace_id"] for e in mine if e["path"] == "/logged/4"}) <= len(mine)
+
+
+def test_with_every_server_stopped_the_sidecars_go_on_with_what_they_have(mesh):
+    """Last: it stops the servers. The agents and sidecars keep the routes, L7 intentions
+    and retries they had; requests keep being answered and judged."""
+    for server in list(mesh.cluster.agents):
+        server.kill()
+    time.sleep(1.0)  # the watches fail and back off meanwhile
+    for _ in range(5):
+        assert asyncio.run(_get(mesh.url + "/still"))[0] == 200
+        assert asyncio.run(_get(mesh.url + "/admin"))[0] == 403
+    assert asyncio.run(_get(mesh.url + "/fail/offline?times=1"))[0] == 200  # the router's retry

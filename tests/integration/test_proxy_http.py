@@ -53,8 +53,19 @@ class HttpMesh:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.upstream_port}"
 
-    def intentions(self, *sources: dict[str, Any]) -> None:
+    def set_intentions(self, *sources: dict[str, Any]) -> None:
         self.agent.set_intentions("api", [{"DestinationName": "api", **s} for s in sources])
+
+    async def intentions(self, *sources: dict[str, Any]) -> None:
+        """Set api's intentions and wait (at most 5 s) until every running api sidecar
+        decides with them."""
+        before = {name: p.current.intentions for name, p in self.proxies.items() if p.current is not None}
+        self.set_intentions(*sources)
+        deadline = time.monotonic() + 5
+        while any(self.proxies[name].current.intentions is old for name, old in before.items()
+                  if self.proxies[name].current.registration.service == "api"):
+            assert time.monotonic() < deadline, "the api sidecars never took the new intentions"
+            await asyncio.sleep(0.02)
 
     async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
         async with self.session.get(self.url + path, **kw) as response:
@@ -79,7 +90,7 @@ async def http_mesh(api_config: dict[str, Any] | None = None) -> AsyncIterator[H
         agent.set_service(sidecar_service("api", api_public, local_port=app_port, config={**HTTP, **(api_config or {})}))
         agent.set_connect_endpoints("api", [connect_entry("api", "node-1", "127.0.0.1", api_public)])
         mesh = HttpMesh(agent, test_ca, upstream_port, api_public, app_port, session)
-        mesh.intentions({"SourceName": "web", "Action": "allow"})
+        mesh.set_intentions({"SourceName": "web", "Action": "allow"})
         try:
             await start_proxy(mesh, "api")
             await start_proxy(mesh, "web")
@@ -192,8 +203,7 @@ ADMIN_DENIED = {"SourceName": "web", "Permissions": [
 
 async def test_l7_intentions_deny_a_path_and_the_connection_goes_on():
     async with http_mesh() as mesh:
-        mesh.intentions(ADMIN_DENIED)
-        await asyncio.sleep(0.3)
+        await mesh.intentions(ADMIN_DENIED)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as one_conn:
             async def get(path: str) -> int:
                 async with one_conn.get(mesh.url + path) as response:
@@ -209,8 +219,7 @@ async def test_l7_intentions_deny_a_path_and_the_connection_goes_on():
 
 async def test_other_spellings_of_a_denied_path_are_denied_too():
     async with http_mesh() as mesh:
-        mesh.intentions(ADMIN_DENIED)
-        await asyncio.sleep(0.3)
+        await mesh.intentions(ADMIN_DENIED)
         for spelling in (b"/admin", b"/x/../admin", b"//admin", b"/%61dmin", b"/./admin", b"/admin/../admin/x",
                          b"/%2e%2e/admin", b"/x/%2E%2E/admin"):
             answer = await _raw(mesh.upstream_port, b"GET " + spelling + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
@@ -221,12 +230,11 @@ async def test_other_spellings_of_a_denied_path_are_denied_too():
 
 async def test_methods_and_headers_in_permissions():
     async with http_mesh() as mesh:
-        mesh.intentions({"SourceName": "web", "Permissions": [
+        await mesh.intentions({"SourceName": "web", "Permissions": [
             {"Action": "allow", "HTTP": {"PathPrefix": "/api", "Methods": ["GET"],
                                          "Header": [{"Name": "x-team", "Exact": "blue"}]}},
             {"Action": "deny", "HTTP": {"PathPrefix": "/"}},
         ]})
-        await asyncio.sleep(0.3)
         assert (await mesh.get("/api/x", headers={"X-Team": "blue"}))[0] == 200
         assert (await mesh.get("/api/x", headers={"X-Team": "red"}))[0] == 403
         async with mesh.session.delete(mesh.url + "/api/x", headers={"X-Team": "blue"}) as response:
@@ -235,11 +243,9 @@ async def test_methods_and_headers_in_permissions():
 
 async def test_an_l4_deny_answers_403_per_request_on_an_http_service():
     async with http_mesh() as mesh:
-        mesh.intentions({"SourceName": "web", "Action": "deny"})
-        await asyncio.sleep(0.3)
+        await mesh.intentions({"SourceName": "web", "Action": "deny"})
         assert (await mesh.get("/x"))[0] == 403
-        mesh.intentions({"SourceName": "web", "Action": "allow"})
-        await asyncio.sleep(0.3)
+        await mesh.intentions({"SourceName": "web", "Action": "allow"})
         assert (await mesh.get("/x"))[0] == 200
 
 
@@ -328,8 +334,7 @@ async def test_access_log_lines_are_json_with_the_request(tmp_path):
             await asyncio.sleep(0.02)
         parent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
         await mesh.get("/logged?a=1", headers={"traceparent": parent, "User-Agent": "probe"})
-        mesh.intentions(ADMIN_DENIED)
-        await asyncio.sleep(0.3)
+        await mesh.intentions(ADMIN_DENIED)
         await mesh.get("/admin")
         deadline = time.monotonic() + 3
         while len(path.read_text().splitlines()) < 2:  # lines are flushed within half a second
@@ -368,7 +373,10 @@ async def test_a_failed_attempt_moves_to_another_instance():
         ])
         await _routed(mesh, _router({"Match": {"HTTP": {"PathPrefix": "/fail"}},
                                      "Destination": {"NumRetries": 1, "RetryOn": ["5xx"]}}))
-        await asyncio.sleep(0.3)
+        deadline = time.monotonic() + 5
+        while len(mesh.proxies["web"].current.endpoints.get("api", ())) != 2:
+            assert time.monotonic() < deadline, "web's sidecar never saw both api instances"
+            await asyncio.sleep(0.02)
         # api2 has had its one failure for each key already (asked directly): whichever
         # instance is tried first, api2 answers, so a retry never goes back to api
         for i in range(6):
