@@ -9,7 +9,6 @@ consumes a held body, reading from its connection is paused past `HOLD_LIMIT`.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 
 __all__ = ["Body", "Request", "REPLAY_LIMIT", "HOLD_LIMIT", "request_head", "response_head", "chunk"]
@@ -27,7 +26,7 @@ _REASONS = {
 class Body:
     """One message's body, in order, exactly once to one consumer."""
 
-    __slots__ = ("_held", "_held_size", "size", "done", "_sink", "kept", "_waiter", "_pause", "_resume",
+    __slots__ = ("_held", "_held_size", "size", "done", "_sink", "kept", "_pause", "_resume",
                  "_paused", "failed", "_on_finish")
 
     def __init__(self, pause: Callable[[], None] | None = None, resume: Callable[[], None] | None = None,
@@ -39,7 +38,6 @@ class Body:
         self.failed = False  # the connection it came on was lost before the end
         self._sink: Callable[[bytes], None] | None = None
         self.kept: list[bytes] | None = [] if replayable else None
-        self._waiter: asyncio.Future[None] | None = None
         self._pause, self._resume = pause, resume
         self._paused = False
         self._on_finish: Callable[[], None] | None = None
@@ -62,11 +60,9 @@ class Body:
         if self._held_size > HOLD_LIMIT and not self._paused and self._pause is not None:
             self._paused = True
             self._pause()
-        self._wake()
 
     def finish(self) -> None:
         self.done = True
-        self._wake()
         if self._on_finish is not None:
             callback, self._on_finish = self._on_finish, None
             callback()
@@ -74,31 +70,12 @@ class Body:
     def fail(self) -> None:
         self.failed = True
         self.done = True
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     # ---- consumer side -----------------------------------------------------------------------
     @property
     def replayable(self) -> bool:
         """The whole body is kept (so far): it can be sent again."""
         return self.kept is not None
-
-    async def settle(self) -> None:
-        """Wait until the body is complete or too long to keep: then the caller knows
-        whether the request can be retried."""
-        while not self.done and self.kept is not None:
-            self._waiter = asyncio.get_running_loop().create_future()
-            if self._paused and self._resume is not None:  # reading must go on for the body to complete
-                self._paused = False
-                self._resume()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
 
     def replay(self) -> bytes:
         """Everything kept, for a retry; only while `replayable`."""
@@ -129,14 +106,6 @@ class Body:
         self._held_size = 0
         self.kept = None
         self.pipe(_drop)
-
-    async def wait_done(self) -> None:
-        while not self.done:
-            self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await self._waiter
-            finally:
-                self._waiter = None
 
 
 def _drop(_: bytes) -> None:

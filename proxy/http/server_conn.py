@@ -74,7 +74,7 @@ def _expects_continue(request: Request) -> bool:
 class HttpServerConn(asyncio.Protocol):
     __slots__ = ("transport", "_begin", "_parser", "_current", "_head_bytes", "_queue", "_busy",
                  "closed", "_on_close", "_broken", "source", "_upgrade_tail", "_tunnel", "_peer", "last_active",
-                 "_paused_for_queue", "tag", "_read_paused", "_writing_paused", "_drained", "handled",
+                 "_paused_for_queue", "tag", "_read_paused", "handled",
                  "draining", "loop")
 
     def __init__(self, begin: Begin, on_close: Callable[[HttpServerConn], None] | None = None,
@@ -96,8 +96,6 @@ class HttpServerConn(asyncio.Protocol):
         self.last_active = time.monotonic()
         self._paused_for_queue = False
         self._read_paused = False
-        self._writing_paused = False
-        self._drained: asyncio.Future[None] | None = None
         self.tag: Any = None
         self.handled = 0
         self.draining = False  # the proxy is stopping: close after the answer in progress
@@ -163,8 +161,6 @@ class HttpServerConn(asyncio.Protocol):
             self._current.body.fail()
         for request in self._queue:
             request.body.fail()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
         tunnel = self._tunnel
         if tunnel is not None and not tunnel.is_closing():
             tunnel.abort() if exc is not None else tunnel.close()
@@ -172,16 +168,12 @@ class HttpServerConn(asyncio.Protocol):
             self._on_close(self)
 
     def pause_writing(self) -> None:
-        self._writing_paused = True
         if self.source is not None:
             self.source.pause_reading()
 
     def resume_writing(self) -> None:
-        self._writing_paused = False
         if self.source is not None:
             self.source.resume_reading()
-        if self._drained is not None and not self._drained.done():
-            self._drained.set_result(None)
 
     # ---- parser callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -299,12 +291,6 @@ class HttpServerConn(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)
-
-    async def drain(self) -> None:
-        """Wait while the caller is not reading (used by handlers writing their own bodies)."""
-        while self._writing_paused and not self.closed:
-            self._drained = asyncio.get_running_loop().create_future()
-            await self._drained
 
     def abort(self) -> None:
         if not self.closed and self.transport is not None:
