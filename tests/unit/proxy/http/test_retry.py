@@ -146,9 +146,11 @@ def test_budget_never_exceeds_ratio_plus_floor(events):
             log.append((clock.now, "req"))
         elif budget.try_spend():
             log.append((clock.now, "retry"))
-        second = int(clock.now)
-        recent = [kind for t, kind in log if int(t) > second - 5]
-        assert recent.count("retry") <= 0.2 * recent.count("req") + 1 * 5
+            # at the moment a retry is granted it fits the window's share (requests that
+            # later leave the window do not take back retries already sent)
+            second = int(clock.now)
+            recent = [kind for t, kind in log if int(t) > second - 5]
+            assert recent.count("retry") <= 0.2 * recent.count("req") + 1 * 5
 
 
 @given(st.integers(1, 100), st.integers(0, 2**32))
