@@ -43,6 +43,7 @@ from .chain_types import (
     Target,
     target_id,
 )
+from .config_decode import Obj
 from .config_entries import (
     SERVICE_DEFAULTS,
     SERVICE_RESOLVER,
@@ -53,11 +54,12 @@ from .config_entries import (
     resolve_protocol,
 )
 from .config_traffic import HASH_BASED
-from .durations import format_duration, parse_duration
+from .durations import MAX_DURATION, format_duration, parse_duration
 from .errors import InvalidRequest
 from .structs import ConfigEntry, with_index
 
-__all__ = ["CHAIN_KINDS", "compile_chain", "chain_to_api", "chain_violations", "chain_failures", "EntriesLookup"]
+__all__ = ["CHAIN_KINDS", "compile_chain", "chain_to_api", "chain_violations", "chain_failures", "EntriesLookup",
+           "parse_overrides"]
 
 CHAIN_KINDS = (SERVICE_ROUTER, SERVICE_SPLITTER, SERVICE_RESOLVER)
 _SUFFIX = ".default.default"  # namespace and partition: mesh has only the default ones
@@ -113,6 +115,35 @@ class EntriesLookup:
 
     def config_entry(self, kind: str, name: str) -> ConfigEntry | None:
         return self._entries.get((kind, name.lower()))
+
+
+def parse_overrides(data: Any) -> tuple[str, float | None]:
+    """`POST /v1/discovery-chain`'s body, `{OverrideProtocol, OverrideConnectTimeout,
+    OverrideMeshGateway {Mode}}`, as (protocol, connect timeout in seconds or None).
+    The timeout is a Go duration string or, as Consul's Go client sends it, a number of
+    nanoseconds. Mesh has no mesh gateways: a Mode other than "" is refused."""
+    if data is None:
+        return "", None
+    body = Obj(data)
+    protocol = body.str("OverrideProtocol").lower()
+    raw = body.raw("OverrideConnectTimeout")
+    timeout: float | None = None
+    if isinstance(raw, str):
+        timeout = parse_duration(raw, what="OverrideConnectTimeout") if raw else None
+    elif isinstance(raw, int | float) and not isinstance(raw, bool):
+        if not 0 <= raw <= MAX_DURATION * 1e9:
+            raise InvalidRequest(f"OverrideConnectTimeout out of range: {raw!r}")
+        timeout = raw / 1e9
+    elif raw is not None:
+        raise InvalidRequest("OverrideConnectTimeout must be a duration such as \"10s\" or a number of nanoseconds")
+    gateway = body.obj("OverrideMeshGateway")
+    if gateway is not None:
+        mode = gateway.str("Mode")
+        gateway.finish()
+        if mode:
+            raise InvalidRequest("mesh gateways are not supported")
+    body.finish()
+    return protocol, timeout or None
 
 
 # ---- the compiler -----------------------------------------------------------------
