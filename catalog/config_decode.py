@@ -22,12 +22,16 @@ from .durations import parse_duration
 from .errors import InvalidRequest
 from .fields import as_int, validate_meta
 
-__all__ = ["Obj", "DECODE_FAILED", "is_empty", "unblock", "regex", "path_match", "header_matches", "http_methods"]
+__all__ = ["Obj", "DECODE_FAILED", "is_empty", "unblock", "regex", "path_match", "header_matches", "http_methods",
+           "header_modifiers", "service_ref", "check_protocol"]
 
 DECODE_FAILED = "Request decoding failed"
 # Consul CE refuses these keys; mesh takes them when they name the only namespace or
 # partition there is, so a file written for a default-namespace Consul still applies
 _ENTERPRISE = {"namespace": "namespaces", "partition": "partitions"}
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PROTOCOLS = ("tcp", "http")
+_LATER_PROTOCOLS = ("http2", "grpc")
 
 
 def _fold(key: str) -> str:
@@ -179,6 +183,46 @@ class Obj:
         if unknown:
             raise InvalidRequest(f"{DECODE_FAILED}: " + "; ".join(
                 f'invalid config key "{self.name(key)}"' for key in unknown))
+
+
+# ---- values several kinds share -----------------------------------------------------
+
+
+def service_ref(value: str, what: str) -> str:
+    """A service name an entry names (its own, or a destination): required, and spelled
+    as catalog service names are."""
+    if not value:
+        raise InvalidRequest(f"{what} is required")
+    if not _NAME.match(value):
+        raise InvalidRequest(f"{what}: invalid service name {value!r}")
+    return value
+
+
+def check_protocol(value: str, what: str) -> str:
+    """`tcp` or `http` (lower-cased, as Consul stores it); http2 and grpc come later."""
+    value = value.lower()
+    if value in _LATER_PROTOCOLS:
+        raise InvalidRequest(f"{what}: protocol {value!r} is not supported yet (mesh proxies speak tcp and http)")
+    if value not in _PROTOCOLS:
+        raise InvalidRequest(f"{what}: unknown protocol {value!r} (must be tcp or http)")
+    return value
+
+
+def header_modifiers(mods: Obj) -> dict[str, Any]:
+    """`RequestHeaders`/`ResponseHeaders` of a route destination or a split: `Add` and
+    `Set` maps, a `Remove` list."""
+    out: dict[str, Any] = {}
+    for field in ("Add", "Set"):
+        values = mods.str_map(field)
+        if any(not k for k in values):
+            raise InvalidRequest(f"{mods.name(field)}: header names must not be empty")
+        if values:
+            out[field] = values
+    remove = mods.str_list("Remove")
+    if remove:
+        out["Remove"] = remove
+    mods.finish()
+    return out
 
 
 # ---- HTTP matchers, as service-router routes and L7 intention permissions take them ----

@@ -6,30 +6,44 @@ Kinds mesh implements, with Consul's field names:
   like `Protocol`; mesh's own settings such as `Config.tracing` live there too),
   `AccessLogs`, `Meta`;
 - `service-defaults`: `Protocol` (`tcp` or `http`), `LocalConnectTimeoutMs`,
-  `LocalRequestTimeoutMs`, `MaxInboundConnections`, `Meta`;
+  `LocalRequestTimeoutMs`, `MaxInboundConnections`, `UpstreamConfig`, `RateLimits`,
+  `Meta`;
 - `service-router`: `Routes[]` of `Match.HTTP` and `Destination`, `Meta`;
+- `service-splitter` and `service-resolver`, and service-defaults' `UpstreamConfig`
+  and `RateLimits`: catalog.config_traffic;
 - `service-intentions`: `Sources[]`, `Meta`. Its sources are not stored here: they are
   rows of the intention table (catalog/store.py), one per source, so the intentions API
   and this entry read and write the same rows (catalog.config_intentions).
 
 The other fields of these kinds in Consul (Mode, TransparentProxy, MeshGateway, Expose,
-UpstreamConfig, ...) are taken when empty, as Consul writes them back (`"MeshGateway":
-{}`), so an entry read back can be written again, and refused by name otherwise. Other
-kinds Consul knows (service-resolver, ingress-gateway, ...) read as absent and are
-refused on write; a kind Consul does not know is `invalid config entry kind`.
+...) are taken when empty, as Consul writes them back (`"MeshGateway": {}`), so an
+entry read back can be written again, and refused by name otherwise. Other kinds Consul
+knows (ingress-gateway, mesh, ...) read as absent and are refused on write; a kind
+Consul does not know is `invalid config entry kind`.
 
 Cross-entry rules (a router needs an http service, L7 intentions need an http
-destination) are in `graph_violations`, which the state machine runs on the state a
-write would produce. Pure.
+destination) are in `graph_violations`, and the discovery chains' own (no loops, no
+subset a resolver lacks) in catalog.discovery_chain; the state machine runs both on
+the state a write would produce. Pure.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Protocol
 
-from .config_decode import DECODE_FAILED, Obj, header_matches, http_methods, path_match, unblock
+from .config_decode import (
+    DECODE_FAILED,
+    Obj,
+    check_protocol,
+    header_matches,
+    header_modifiers,
+    http_methods,
+    path_match,
+    service_ref,
+    unblock,
+)
+from .config_traffic import parse_rate_limits, parse_resolver, parse_splitter, parse_upstream_config
 from .durations import format_duration
 from .errors import InvalidRequest
 from .fields import as_int
@@ -43,6 +57,8 @@ __all__ = [
     "SERVICE_DEFAULTS",
     "SERVICE_ROUTER",
     "SERVICE_INTENTIONS",
+    "SERVICE_RESOLVER",
+    "SERVICE_SPLITTER",
     "KINDS",
     "CONSUL_KINDS",
     "GLOBAL",
@@ -59,18 +75,17 @@ PROXY_DEFAULTS = "proxy-defaults"
 SERVICE_DEFAULTS = "service-defaults"
 SERVICE_ROUTER = "service-router"
 SERVICE_INTENTIONS = "service-intentions"
-KINDS = (PROXY_DEFAULTS, SERVICE_DEFAULTS, SERVICE_ROUTER, SERVICE_INTENTIONS)
+SERVICE_RESOLVER = "service-resolver"
+SERVICE_SPLITTER = "service-splitter"
+KINDS = (PROXY_DEFAULTS, SERVICE_DEFAULTS, SERVICE_ROUTER, SERVICE_SPLITTER, SERVICE_RESOLVER, SERVICE_INTENTIONS)
 # every kind Consul knows: reads of the ones mesh lacks find nothing instead of a 400
 CONSUL_KINDS = KINDS + (
-    "service-splitter", "service-resolver", "ingress-gateway", "terminating-gateway", "mesh",
+    "ingress-gateway", "terminating-gateway", "mesh",
     "exported-services", "api-gateway", "bound-api-gateway", "http-route", "tcp-route",
     "inline-certificate", "file-system-certificate", "sameness-group", "jwt-provider",
 )
 GLOBAL = "global"
 DEFAULT_PROTOCOL = "tcp"
-_PROTOCOLS = ("tcp", "http")
-_LATER_PROTOCOLS = ("http2", "grpc")
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 RETRY_ON = ("5xx", "gateway-error", "reset", "connect-failure", "envoy-ratelimited", "retriable-4xx",
             "refused-stream", "cancelled", "deadline-exceeded", "internal", "resource-exhausted", "unavailable")
 _UINT32 = (1 << 32) - 1
@@ -121,24 +136,6 @@ def parse_config_entry(data: Any) -> ConfigEntry:
     if kind == PROXY_DEFAULTS:
         name = GLOBAL
     return ConfigEntry(kind=kind, name=name, body=body)
-
-
-def _service(value: str, what: str) -> str:
-    if not value:
-        raise InvalidRequest(f"{what} is required")
-    if not _NAME.match(value):
-        raise InvalidRequest(f"{what}: invalid service name {value!r}")
-    return value
-
-
-def check_protocol(value: str, what: str) -> str:
-    """`tcp` or `http` (lower-cased, as Consul stores it); http2 and grpc come later."""
-    value = value.lower()
-    if value in _LATER_PROTOCOLS:
-        raise InvalidRequest(f"{what}: protocol {value!r} is not supported yet (mesh proxies speak tcp and http)")
-    if value not in _PROTOCOLS:
-        raise InvalidRequest(f"{what}: unknown protocol {value!r} (must be tcp or http)")
-    return value
 
 
 def _proxy_defaults(top: Obj, name: str) -> dict[str, Any]:
@@ -192,7 +189,7 @@ def _access_logs(logs: Obj) -> dict[str, Any]:
 def _service_defaults(top: Obj, name: str) -> dict[str, Any]:
     if name == "*":
         raise InvalidRequest("service-defaults name must be the name of a service, and not a wildcard")
-    _service(name, "Name")
+    service_ref(name, "Name")
     body: dict[str, Any] = {}
     protocol = top.str("Protocol")
     if protocol:
@@ -201,8 +198,13 @@ def _service_defaults(top: Obj, name: str) -> dict[str, Any]:
         value = top.int(field)
         if value:
             body[field] = value
+    for field, parse in (("UpstreamConfig", parse_upstream_config), ("RateLimits", parse_rate_limits)):
+        block = top.obj(field)
+        parsed = parse(block) if block is not None else {}
+        if parsed:
+            body[field] = parsed
     top.unsupported("Mode", "TransparentProxy", "MutualTLSMode", "MeshGateway", "Expose", "ExternalSNI",
-                    "UpstreamConfig", "Destination", "BalanceInboundConnections", "RateLimits", "EnvoyExtensions")
+                    "Destination", "BalanceInboundConnections", "EnvoyExtensions")
     _meta(top, body)
     return body
 
@@ -214,7 +216,7 @@ def _meta(top: Obj, body: dict[str, Any]) -> None:
 
 
 def _service_router(top: Obj, name: str) -> dict[str, Any]:
-    _service(name, "Name")
+    service_ref(name, "Name")
     routes = [_route(route) for route in top.objs("Routes")]
     body: dict[str, Any] = {"Routes": routes} if routes else {}
     _meta(top, body)
@@ -265,11 +267,10 @@ def _destination(dest: Obj) -> dict[str, Any]:
     out: dict[str, Any] = {}
     service = dest.str("Service")
     if service:
-        out["Service"] = _service(service, dest.name("Service"))
+        out["Service"] = service_ref(service, dest.name("Service"))
     subset = dest.str("ServiceSubset")
     if subset:
-        raise InvalidRequest(f'{dest.name("ServiceSubset")}: service "{service or "(this one)"}" does not have '
-                             f'a subset named "{subset}" (mesh has no service-resolver entries yet)')
+        out["ServiceSubset"] = subset  # that the subset exists is the chain's rule (catalog.discovery_chain)
     dest.enterprise()
     rewrite = dest.str("PrefixRewrite")
     if rewrite:
@@ -299,25 +300,10 @@ def _destination(dest: Obj) -> dict[str, Any]:
     for field in ("RequestHeaders", "ResponseHeaders"):
         mods = dest.obj(field)
         if mods is not None:
-            parsed_mods = _header_modifiers(mods)
+            parsed_mods = header_modifiers(mods)
             if parsed_mods:
                 out[field] = parsed_mods
     dest.finish()
-    return out
-
-
-def _header_modifiers(mods: Obj) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for field in ("Add", "Set"):
-        values = mods.str_map(field)
-        if any(not k for k in values):
-            raise InvalidRequest(f"{mods.name(field)}: header names must not be empty")
-        if values:
-            out[field] = values
-    remove = mods.str_list("Remove")
-    if remove:
-        out["Remove"] = remove
-    mods.finish()
     return out
 
 
@@ -409,6 +395,8 @@ _PARSERS = {
     PROXY_DEFAULTS: _proxy_defaults,
     SERVICE_DEFAULTS: _service_defaults,
     SERVICE_ROUTER: _service_router,
+    SERVICE_SPLITTER: parse_splitter,
+    SERVICE_RESOLVER: parse_resolver,
     SERVICE_INTENTIONS: _service_intentions,
 }
 
@@ -421,6 +409,7 @@ _ALWAYS: dict[str, tuple[tuple[str, Any], ...]] = {
                      ("AccessLogs", {})),
     SERVICE_DEFAULTS: (("Protocol", ""), ("TransparentProxy", {}), ("MeshGateway", {}), ("Expose", {})),
     SERVICE_ROUTER: (("Routes", None),),
+    SERVICE_SPLITTER: (("Splits", None),),
     SERVICE_INTENTIONS: (("Sources", None),),
 }
 

@@ -33,10 +33,12 @@ from .commands import (
 )
 from .config_entries import (
     PROXY_DEFAULTS,
+    SERVICE_DEFAULTS,
     SERVICE_INTENTIONS,
     SERVICE_ROUTER,
     graph_violations,
 )
+from .discovery_chain import CHAIN_KINDS, chain_failures
 from .errors import CatalogError, FatalStateError, InvalidRequest
 from .store import Store
 from .structs import (
@@ -60,6 +62,11 @@ DEDUPE_LIMIT = 16384
 # A Raft entry carries a batch of commands (at most 4096, see agent/server/raft/protocol.py), so a CA
 # serial is the entry's index times this plus the command's place in the batch.
 SERIALS_PER_ENTRY = 1 << 16
+# The datacenter chains are compiled in to check a write: the state machine knows none,
+# and whether a chain compiles (loops, subsets, protocols) does not depend on it.
+_CHECK_DATACENTER = "dc1"
+# kinds whose writes can break a discovery chain (its entries, and the protocols under it)
+_CHAIN_INPUTS = (*CHAIN_KINDS, SERVICE_DEFAULTS, PROXY_DEFAULTS)
 
 
 class FSM:
@@ -233,6 +240,31 @@ class FSM:
             if problem not in before:
                 raise InvalidRequest(problem)
 
+    def _check_chains(self, kind: str, name: str, proposed: ConfigEntry | None) -> None:
+        """Refuse a write (or a delete) that makes a discovery chain fail to compile
+        that compiled before: a redirect or splitter loop, a route, split, redirect or
+        failover naming a subset its resolver does not define (a resolver deleted from
+        under its references too), services of different protocols in one chain.
+
+        Only a service with a router, splitter or resolver entry has a chain that can
+        fail (any other compiles to the default resolver), so the chains compiled, on
+        the store and on the store as the write would leave it, are those of every
+        service such an entry names, plus the written one. Chains broken before (say,
+        by an old snapshot) are not this write's fault and do not block it."""
+        if kind not in _CHAIN_INPUTS:
+            return
+        store = self.store
+        services = {e.name.lower() for k in CHAIN_KINDS for e in store.config_entries_of(k)}
+        if kind in CHAIN_KINDS:
+            services.add(name.lower())
+        if not services:
+            return
+        before = chain_failures(store, services, _CHECK_DATACENTER)
+        after = chain_failures(_Overlay(store, kind, name, proposed), services, _CHECK_DATACENTER)
+        for service, problem in after.items():
+            if service not in before:
+                raise InvalidRequest(problem)
+
     def _config_set(self, index: int, cmd: Command) -> Any:
         req: ConfigSetRequest = cmd.body
         entry = req.entry
@@ -248,6 +280,7 @@ class FSM:
             self.store.replace_intentions(index, entry.name, list(req.intentions), entry.body.get("Meta") or {})
             return True
         self._check_graph(entry.kind, entry.name, entry)
+        self._check_chains(entry.kind, entry.name, entry)
         self.store.set_config_entry(index, entry)
         return True
 
@@ -259,6 +292,7 @@ class FSM:
         if current is None:
             return True
         self._check_graph(req.kind, req.name, None)
+        self._check_chains(req.kind, req.name, None)
         if req.kind == SERVICE_INTENTIONS:
             self.store.replace_intentions(index, req.name, [], {})
         else:

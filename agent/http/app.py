@@ -20,7 +20,17 @@ from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
 from ..errors import NoLeader, RaftError
 from ..logging import RateLimiter, get_logger, log_limited
 from ..metrics import HTTP
-from . import agent_api, catalog, config, connect_ca, health, intentions, proxies, system
+from . import (
+    agent_api,
+    catalog,
+    config,
+    connect_ca,
+    discovery_chain,
+    health,
+    intentions,
+    proxies,
+    system,
+)
 
 __all__ = ["build_app"]
 
@@ -90,5 +100,6 @@ def build_app(agent: Any) -> web.Application:
     app.add_routes(intentions.routes)
     app.add_routes(connect_ca.routes)
     app.add_routes(config.routes)
+    app.add_routes(discovery_chain.routes)
     app.add_routes(proxies.routes)
     return app

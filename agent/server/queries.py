@@ -13,8 +13,16 @@ from typing import Any
 
 from mesh.ca.manager import config_api, roots_api
 from mesh.catalog import health, query
-from mesh.catalog.config_entries import SERVICE_INTENTIONS, check_kind, entry_to_api, watch_key
+from mesh.catalog.config_entries import (
+    PROXY_DEFAULTS,
+    SERVICE_DEFAULTS,
+    SERVICE_INTENTIONS,
+    check_kind,
+    entry_to_api,
+    watch_key,
+)
 from mesh.catalog.config_intentions import intentions_entries, intentions_entry
+from mesh.catalog.discovery_chain import CHAIN_KINDS, chain_to_api, compile_chain
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import compile_filter
 from mesh.catalog.intentions import decide, sort_intentions
@@ -129,6 +137,23 @@ def _config_list(store: Store, p: Params) -> tuple[int, Any]:
     return store.index(watch_key(kind)), [e for e in entries if pred is None or pred(e)]
 
 
+# what a compiled chain reads: its entries, the protocols under them, the CA's trust domain (SNI)
+_CHAIN_KEYS = [*(watch_key(kind) for kind in (*CHAIN_KINDS, SERVICE_DEFAULTS, PROXY_DEFAULTS)), "ca"]
+
+
+def _discovery_chain(store: Store, p: Params) -> tuple[int, Any]:
+    """The compiled chain of `name` as `compile_dc` sees it, in Consul's JSON; a chain
+    that does not compile is `{"Error": message}` (the endpoint's 500), an answer like
+    any other so a blocked reader wakes when the entries are fixed."""
+    index = store.index(*_CHAIN_KEYS)
+    try:
+        chain = compile_chain(p["name"], p["compile_dc"], store, override_protocol=p.get("override_protocol") or "",
+                              override_connect_timeout=p.get("override_connect_timeout"))
+    except InvalidRequest as exc:
+        return index, {"Error": str(exc)}
+    return index, chain_to_api(chain, str(store.ca.get("trust_domain") or ""))
+
+
 QUERIES: dict[str, ReadQuery] = {
     "ca.roots": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), roots_api(s.ca, s.index("ca")))),
     "ca.config": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), config_api(s.ca))),
@@ -142,6 +167,7 @@ QUERIES: dict[str, ReadQuery] = {
     # config_entries.resolve_protocol takes their results)
     "config.get": ReadQuery(lambda p: [watch_key(p["kind"], p["name"])], _config_get),
     "config.list": ReadQuery(lambda p: [watch_key(p["kind"])], _config_list),
+    "discovery_chain": ReadQuery(lambda p: list(_CHAIN_KEYS), _discovery_chain),
     "catalog.nodes": ReadQuery(
         lambda p: ["nodes"], lambda s, p: query.catalog_nodes(s, _meta(p), compile_filter(p.get("filter")))
     ),

@@ -65,6 +65,9 @@ _PARAMS: dict[str, Any] = {
     "tags": lambda v: v is None or _str_list(v), "names": _str_list,
     "node_meta": lambda v: v is None or _str_dict(v),
     "passing": lambda v: v is None or isinstance(v, bool), "default_allow": lambda v: v is None or isinstance(v, bool),
+    "compile_dc": lambda v: isinstance(v, str), "override_protocol": lambda v: v is None or isinstance(v, str),
+    "override_connect_timeout": lambda v: v is None or (isinstance(v, int | float) and not isinstance(v, bool)
+                                                        and 0 <= v < float("inf")),
 }
 
 

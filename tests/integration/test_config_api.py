@@ -59,7 +59,7 @@ def test_write_read_list_delete_with_cas(dev):
     [
         ("PUT", "/v1/config", {"Name": "x"}, 400, "Payload does not contain a kind/Kind key at the top level"),
         ("PUT", "/v1/config", {"Kind": "bogus", "Name": "x"}, 400, "invalid config entry kind: bogus"),
-        ("PUT", "/v1/config", {"Kind": "service-resolver", "Name": "x"}, 400, "not supported by mesh yet"),
+        ("PUT", "/v1/config", {"Kind": "ingress-gateway", "Name": "x"}, 400, "not supported by mesh yet"),
         ("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "x", "Protocol": "grpc"}, 400,
          "not supported yet"),
         ("PUT", "/v1/config", {"Kind": "service-defaults", "Name": "x", "Protocl": "http"}, 400,
@@ -73,7 +73,7 @@ def test_write_read_list_delete_with_cas(dev):
         ("GET", "/v1/config/bogus/x", None, 400, "invalid config entry kind: bogus"),
         ("DELETE", "/v1/config/bogus/x", None, 400, "invalid config entry kind: bogus"),
         ("DELETE", "/v1/config/proxy-defaults/other", None, 400, 'invalid name ("other")'),
-        ("GET", "/v1/config/service-resolver/x", None, 404, 'Config entry not found for "service-resolver" / "x"'),
+        ("GET", "/v1/config/ingress-gateway/x", None, 404, 'Config entry not found for "ingress-gateway" / "x"'),
     ],
 )
 def test_errors_as_consul_answers_them(dev, method, path, body, status, text):
