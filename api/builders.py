@@ -63,7 +63,7 @@ def _check(node: str, check_id: str, name: str, status: str, service_id: str = "
 
 def connect_entry(destination: str, node: str, address: str, port: int, *, status: str = PASSING,
                   datacenter: str = "dc1", service_id: str = "", node_address: str = "",
-                  native: bool = False) -> dict[str, Any]:
+                  native: bool = False, meta: dict[str, str] | None = None) -> dict[str, Any]:
     """One /v1/health/connect/<destination> entry: the node, a sidecar of
     `destination` at address:port (or the Connect-native service itself), and its
     checks (the node's serfHealth, passing, and the instance's with `status`).
@@ -79,7 +79,7 @@ def connect_entry(destination: str, node: str, address: str, port: int, *, statu
                    "Proxy": {"DestinationServiceName": destination, "DestinationServiceID": destination,
                              "LocalServiceAddress": "127.0.0.1", "LocalServicePort": 8080, "MeshGateway": {},
                              "Expose": {}}}
-    service.update({"Tags": [], "Address": address, "Meta": {}, "Port": port, "Weights": dict(_WEIGHTS),
+    service.update({"Tags": [], "Address": address, "Meta": dict(meta or {}), "Port": port, "Weights": dict(_WEIGHTS),
                     "EnableTagOverride": False, "CreateIndex": 1, "ModifyIndex": 1})
     checks = [_check(node, "serfHealth", "Serf Health Status", PASSING, output="Agent alive and reachable"),
               _check(node, f"service:{sid}", f"Service '{service['Service']}' check", status, sid, service["Service"])]

@@ -184,6 +184,10 @@ class FakeAgent:
         """The /v1/health/connect/<name> entries (see `connect_entry`)."""
         self._connect[name.lower()] = (self._bump(), [dict(e) for e in entries])
 
+    def connect_endpoints(self, name: str) -> list[dict[str, Any]]:
+        """A copy of what `set_connect_endpoints` last set for `name`."""
+        return [dict(e) for e in self._connect.get(name.lower(), (0, []))[1]]
+
     def set_intentions(self, destination: str, intentions: Iterable[Intention | dict[str, Any]],
                        default_allow: bool | None = None) -> None:
         """Replace the intentions grouped under `destination` (rows or API dicts); a

@@ -281,6 +281,7 @@ class ConnectEndpoint:
     service_name: str
     destination: str
     checks: tuple[tuple[str, str], ...] = ()
+    entry: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False, repr=False)  # as answered
 
     @property
     def passing(self) -> bool:
@@ -308,7 +309,8 @@ def _connect_endpoint(data: Any, what: str) -> ConnectEndpoint:
         checks.append((c.str("CheckID"), c.str("Status")))
     return ConnectEndpoint(
         node=node.str("Node"), datacenter=node.str("Datacenter"), address=svc.address or node.str("Address"),
-        port=svc.port, service_id=svc.id, service_name=svc.service, destination=destination, checks=tuple(checks))
+        port=svc.port, service_id=svc.id, service_name=svc.service, destination=destination, checks=tuple(checks),
+        entry=data)
 
 
 @_decoding

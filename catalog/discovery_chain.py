@@ -186,7 +186,13 @@ class _Compiler:
             service_meta=dict((defaults.body.get("Meta") or {}) if defaults else {}))
 
     def _record_protocol(self, service: str) -> None:
-        """Consul's rule: every service a chain reaches speaks the protocol of the first."""
+        """Consul's rule: every service a chain reaches speaks the protocol of the first.
+        With an override the chain's protocol is the override and nothing is checked: a
+        sidecar compiles with its upstream's protocol (merged by its agent) and has no
+        service-defaults to check with; the servers checked the rule on every write."""
+        if self.override_protocol:
+            self.protocol = self.override_protocol
+            return
         key = service.lower()
         if key not in self._protocols:
             self._protocols[key] = resolve_protocol(self.lookup, service)

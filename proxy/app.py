@@ -34,11 +34,14 @@ from .inbound import InboundListener
 from .metrics import ProxyMetrics, serve_metrics
 from .outbound import Dialer, UpstreamListener
 from .splice import sweep_idle
+from .traffic.limits import Breaker
+from .traffic_stats import TrafficStats
 from .watches import AgentWatches
 
 __all__ = ["ProxyOptions", "Proxy", "StartError"]
 
 HTTP_SWEEP_SECONDS = 5.0
+OUTLIER_SWEEP_SECONDS = 0.5  # the finest passive_health_check interval honoured
 
 
 @dataclass(frozen=True)
@@ -71,7 +74,10 @@ class Proxy:
         self.inbound: InboundListener | None = None
         self.public_address: tuple[str, int] | None = None
         self.upstreams: dict[tuple[str, str, int], UpstreamListener] = {}
-        self.balancers: dict[str, Balancer] = {}
+        self.balancers: dict[tuple[str, str], Balancer] = {}  # (upstream key, target ID)
+        self.breakers: dict[str, tuple[Any, Breaker]] = {}  # upstream key -> (its Limits, breaker)
+        self.traffic = TrafficStats(self._ejected)
+        self.metrics.registry.register(self.traffic)
         self.watches: AgentWatches | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._problem_logged = ""
@@ -94,19 +100,35 @@ class Proxy:
             budget = self.budgets[key] = new_budget()
         return budget
 
-    def _balancer_for(self, key: str) -> Balancer:
+    def balancer_for(self, spec: UpstreamSpec, resolver: Any, target: Any) -> Balancer:
+        """The state of one target of one upstream: kept while its load balancer and
+        passive health check settings stay the same."""
+        key = (spec.key, target.id)
         balancer = self.balancers.get(key)
-        if balancer is None:
-            balancer = self.balancers[key] = Balancer("round_robin")
+        if balancer is None or not balancer.fits(resolver.lb, spec.passive_health_check):
+            balancer = self.balancers[key] = Balancer(resolver.lb, spec.passive_health_check)
         return balancer
 
+    def breaker_for(self, spec: UpstreamSpec) -> Breaker | None:
+        """The upstream's circuit breaker; None when it sets no limits."""
+        if not spec.limits:
+            return None
+        held = self.breakers.get(spec.key)
+        if held is None or held[0] != spec.limits:
+            held = self.breakers[spec.key] = (spec.limits, Breaker(spec.limits))
+        return held[1]
+
+    def _ejected(self) -> list[tuple[str, str, int]]:
+        return [(upstream, target, b.ejected_count()) for (upstream, target), b in self.balancers.items()]
+
     def _inbound_listener(self) -> InboundListener:
-        http = InboundHttp(self.config, self.observer, self.refused)
+        http = InboundHttp(self.config, self.observer, self.refused, self.traffic)
         return InboundListener(self.config, self.metrics, self.refused, http)
 
     def _outbound_http(self, listener: UpstreamListener) -> OutboundHttp:
         return OutboundHttp(listener, self.config, self.dialer, self.observer, self.refused,
-                            self._balancer_for, self.peer_pool, self._budget_for, self.metrics)
+                            self.balancer_for, self.peer_pool, self._budget_for, self.metrics, self.traffic,
+                            self.breaker_for)
 
     def config(self) -> ProxyConfig:
         assert self.current is not None
@@ -115,6 +137,10 @@ class Proxy:
     # ---- configuration -------------------------------------------------------------------
     def rebuild(self) -> None:
         """Called by the watches after each change they saw."""
+        registration = self.builder.registration
+        if registration is not None and self.watches is not None:
+            self.builder.plan(registration)
+            self.watches.follow_instances(self.builder.watch_keys())
         try:
             config = self.builder.build()
         except ConfigError as exc:
@@ -160,14 +186,11 @@ class Proxy:
             await listener.stop_accepting()
             self.log.info("listener_stopped", listener="upstream", upstream=key[0], bind_addr=f"{key[1]}:{key[2]}")
         for key, spec in wanted.items():
-            balancer = self.balancers.get(spec.key)
-            if balancer is None or balancer.policy != spec.load_balancer:
-                balancer = self.balancers[spec.key] = Balancer(spec.load_balancer)
             listener = self.upstreams.get(key)
             if listener is not None:
-                listener.spec, listener.balancer = spec, balancer
+                listener.spec = spec
                 continue
-            listener = UpstreamListener(spec, self.config, self.dialer, self.metrics, self.refused, balancer,
+            listener = UpstreamListener(spec, self.config, self.dialer, self.metrics, self.refused, self,
                                         self._outbound_http)
             try:
                 await listener.start()
@@ -178,10 +201,11 @@ class Proxy:
             self.upstreams[key] = listener
             self.log.info("listener_started", listener="upstream", upstream=spec.destination_name,
                           bind_addr=f"{spec.bind_address}:{spec.bind_port}")
-        for name, endpoints in config.endpoints.items():
-            balancer = self.balancers.get(name)
-            if balancer is not None:
-                balancer.forget_except({e.key for e in endpoints})
+        live = {(plan.upstream, t.id) for plan in config.plans.values() for t in plan.targets}
+        for key in [k for k in self.balancers if k not in live]:
+            del self.balancers[key]  # a target no chain uses any more
+        for key in [k for k in self.breakers if k not in config.plans]:
+            del self.breakers[key]
 
     def listeners(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -202,6 +226,7 @@ class Proxy:
             await self._open(stop)
             sweeper = asyncio.get_running_loop().create_task(self._idle_sweeper(), name="idle-sweeper")
             http_sweeper = asyncio.get_running_loop().create_task(self._http_sweeper(), name="http-sweeper")
+            outlier_sweeper = asyncio.get_running_loop().create_task(self._outlier_sweeper(), name="outlier-sweeper")
             while not stop.is_set():
                 self.changed.clear()
                 await self._apply_listeners()
@@ -218,6 +243,7 @@ class Proxy:
                     self.inbound.http.pool.prune(POOL_IDLE_SECONDS)
             sweeper.cancel()
             http_sweeper.cancel()
+            outlier_sweeper.cancel()
         finally:
             await self._drain()
             await self.watches.stop()
@@ -285,6 +311,22 @@ class Proxy:
                     closed += sweep_stalled(http.conns, now, idle or KEEPALIVE_IDLE)
             if closed:
                 self.metrics.idle_closed.inc(closed)
+
+    async def _outlier_sweeper(self) -> None:
+        """Every passive_health_check `interval` (per target), ejected instances whose
+        time is up return (Envoy's sweep)."""
+        while True:
+            await asyncio.sleep(OUTLIER_SWEEP_SECONDS)
+            config = self.current
+            if config is None:
+                continue
+            now = time.monotonic()
+            for (upstream, target), balancer in list(self.balancers.items()):
+                if now - balancer.last_sweep >= balancer.passive.interval:
+                    keys = [e.key for e in config.endpoints.get(target, ())]
+                    for key in balancer.sweep(now, keys):
+                        self.log.info("instance_returned", upstream=upstream, target=target, instance=key)
+                        self.metrics.outlier_returned.inc()
 
     def ready_report(self) -> dict[str, Any]:
         config = self.current

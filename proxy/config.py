@@ -19,11 +19,17 @@ from typing import Any
 
 from mesh.ca import tls
 from mesh.catalog.authz import Decision, IntentionIndex
+from mesh.catalog.discovery_chain import EntriesLookup, compile_chain
+from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.structs import Intention
 
-from .balancer import POLICIES, Endpoint
-from .http.policy import compile_router_entry
+from .balancer import POLICIES
+from .endpoint import Endpoint
 from .mux import ALPN
+from .plan import Instance, UpstreamPlan, endpoints_for, plan_upstream
+from .traffic.limits import Limits
+from .traffic.outlier import PassiveHealthCheck
+from .traffic.ratelimit import RateLimits
 
 __all__ = [
     "ConfigError",
@@ -61,8 +67,10 @@ class UpstreamSpec:
     datacenter: str = ""
     destination_type: str = "service"
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
-    load_balancer: str = "round_robin"
+    load_balancer: str = "round_robin"  # a resolver's LoadBalancer, when there is one, wins
     protocol: str = "tcp"  # "http": requests are parsed, routed and retried (Config.protocol)
+    limits: Limits = field(default_factory=Limits)  # Config.limits (service-defaults UpstreamConfig)
+    passive_health_check: PassiveHealthCheck = field(default_factory=PassiveHealthCheck)
 
     @property
     def key(self) -> str:
@@ -90,6 +98,7 @@ class Registration:
     max_inbound_connections: int = 0  # 0: the listener's own cap only
     access_logs: Mapping[str, Any] = field(default_factory=dict)  # Consul's AccessLogs, as registered
     tracing: Mapping[str, Any] = field(default_factory=dict)  # Config.tracing (a mesh addition)
+    rate_limits: RateLimits = field(default_factory=RateLimits)  # Config.rate_limits (service-defaults RateLimits)
 
 
 def _milliseconds(config: Mapping[str, Any], key: str, default: float, what: str) -> float:
@@ -131,6 +140,15 @@ def _count(config: Mapping[str, Any], key: str, what: str) -> int:
     return raw
 
 
+def _parsed(parse: Callable[[Any], Any], config: Mapping[str, Any], key: str, what: str) -> Any:
+    """A structured key of Config (limits, passive_health_check, rate_limits) through
+    its parser; a bad value is a ConfigError naming it."""
+    try:
+        return parse(config.get(key))
+    except ValueError as exc:
+        raise ConfigError(f"{what}.{key}: {exc}") from None
+
+
 def _port(value: Any, what: str, allow_zero: bool = False) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not (0 if allow_zero else 1) <= value <= 65535:
         raise ConfigError(f"{what}: must be a port number, got {value!r}")
@@ -170,6 +188,9 @@ def registration_from_service(service: Any) -> Registration:
             connect_timeout=_milliseconds(up.config or {}, "connect_timeout_ms", DEFAULT_CONNECT_TIMEOUT, f"{uwhat}.Config"),
             load_balancer=_load_balancer(up.config or {}, f"{uwhat}.Config"),
             protocol=_protocol(up.config or {}, f"{uwhat}.Config"),
+            limits=_parsed(Limits.parse, up.config or {}, "limits", f"{uwhat}.Config"),
+            passive_health_check=_parsed(PassiveHealthCheck.parse, up.config or {}, "passive_health_check",
+                                         f"{uwhat}.Config"),
         )
         if (spec.bind_address, spec.bind_port) in seen:
             raise ConfigError(f"{uwhat}: {spec.bind_address}:{spec.bind_port} is used by another upstream")
@@ -192,6 +213,7 @@ def registration_from_service(service: Any) -> Registration:
         max_inbound_connections=_count(config, "max_inbound_connections", what),
         access_logs=dict(getattr(proxy, "access_logs", None) or {}),
         tracing=dict(config.get("tracing") or {}) if isinstance(config.get("tracing"), dict) else {},
+        rate_limits=_parsed(RateLimits.parse, config, "rate_limits", what),
     )
 
 
@@ -222,11 +244,11 @@ class ProxyConfig:
     leaf_serial: str
     leaf_expires: float
     root_ids: tuple[str, ...]
-    endpoints: Mapping[str, tuple[Endpoint, ...]]  # UpstreamSpec.key -> healthy instances
+    endpoints: Mapping[str, tuple[Endpoint, ...]]  # target ID -> its healthy instances
     intentions: IntentionIndex
     default_allow: bool
     generation: int = 0  # bumps with every new context pair
-    routers: Mapping[str, Any] = field(default_factory=dict)  # upstream name -> its service-router entry
+    plans: Mapping[str, UpstreamPlan] = field(default_factory=dict)  # UpstreamSpec.key -> its traffic plan
 
     def authorize(self, source_service: str) -> Decision:
         """The intention decision for a caller, by the same code the agent uses."""
@@ -244,21 +266,62 @@ class ConfigBuilder:
     registration: Registration | None = None
     leaf: Any = None  # mesh.api.types.Leaf
     roots: Any = None  # mesh.api.types.CARoots
-    endpoints: dict[str, tuple[Endpoint, ...]] = field(default_factory=dict)
+    instances: dict[str, tuple[Instance, ...]] = field(default_factory=dict)  # by plan.watch_key
+    chain_entries: dict[str, tuple[dict[str, Any], ...]] = field(default_factory=dict)  # by kind
     intentions: tuple[Intention, ...] = ()
     default_allow: bool = True
     build_contexts: Callable[..., tuple[ssl.SSLContext, tls.ClientContext]] = tls.build_contexts
     now: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(datetime.UTC)
     _contexts: tuple[Any, ...] | None = None  # (leaf serial, root ids, server, client, generation)
     _index: IntentionIndex | None = None
-    routers: dict[str, Any] = field(default_factory=dict)
     _generation: int = 0
     problem: str = "waiting for the proxy's registration"
+    plans: dict[str, UpstreamPlan] = field(default_factory=dict)
+    _plans_for: tuple[Any, ...] = ()
+    chain_problems: dict[str, str] = field(default_factory=dict)  # upstream -> why its last chain was refused
 
-    def set_routers(self, entries: Any) -> None:
-        """service-router entries, by the service they route (each is compiled once here,
-        not per request)."""
-        self.routers = {str(e.get("Name", "")): compile_router_entry(e) for e in entries if isinstance(e, dict)}
+    def set_chain_entries(self, kind: str, entries: Any) -> None:
+        """The service-resolver, service-splitter or service-router entries (all of one
+        kind, as /v1/config/<kind> lists them)."""
+        self.chain_entries[kind] = tuple(e for e in entries if isinstance(e, dict))
+
+    def plan(self, registration: Registration) -> dict[str, UpstreamPlan]:
+        """Every upstream's plan, compiled again only when the entries or the upstreams
+        changed. An upstream whose chain does not compile (entries seen mid-change)
+        keeps its previous plan; with none, the default one."""
+        key = (registration.upstreams, self.datacenter, tuple(self.chain_entries.items()))
+        if key == self._plans_for:
+            return self.plans
+        lookup = EntriesLookup(e for entries in self.chain_entries.values() for e in entries)
+        plans: dict[str, UpstreamPlan] = {}
+        for spec in registration.upstreams:
+            dc = spec.datacenter or self.datacenter
+            fallback = {"Policy": spec.load_balancer}
+            try:
+                chain = compile_chain(spec.destination_name, dc, lookup, override_protocol=spec.protocol)
+                plans[spec.key] = plan_upstream(spec.key, chain, self.datacenter, fallback)
+                self.chain_problems.pop(spec.key, None)
+            except (InvalidRequest, ValueError, KeyError) as exc:
+                self.chain_problems[spec.key] = str(exc)
+                previous = self.plans.get(spec.key)
+                if previous is None:
+                    chain = compile_chain(spec.destination_name, dc, EntriesLookup(()), override_protocol=spec.protocol)
+                    previous = plan_upstream(spec.key, chain, self.datacenter, fallback)
+                plans[spec.key] = previous
+        self.plans, self._plans_for = plans, key
+        return plans
+
+    def watch_keys(self) -> set[str]:
+        """The health watches the current plans need (one per service and datacenter)."""
+        return {t.watch for plan in self.plans.values() for t in plan.targets}
+
+    def _endpoints(self, plans: Mapping[str, UpstreamPlan]) -> dict[str, tuple[Endpoint, ...]]:
+        out: dict[str, tuple[Endpoint, ...]] = {}
+        for plan in plans.values():
+            for target in plan.targets:
+                if target.id not in out:
+                    out[target.id] = endpoints_for(target, self.instances.get(target.watch, ()))
+        return out
 
     def set_intentions(self, intentions: tuple[Intention, ...], default_allow: bool) -> None:
         self.intentions, self.default_allow, self._index = intentions, default_allow, None
@@ -290,6 +353,7 @@ class ConfigBuilder:
         if self._index is None:
             self._index = IntentionIndex(self.intentions)
         self.problem = ""
+        plans = self.plan(self.registration)
         _, _, server, client, generation = self._contexts
         return ProxyConfig(
             registration=self.registration,
@@ -300,9 +364,9 @@ class ConfigBuilder:
             leaf_serial=self.leaf.serial_number,
             leaf_expires=self.leaf.valid_before,
             root_ids=root_ids,
-            endpoints=dict(self.endpoints),
+            endpoints=self._endpoints(plans),
             intentions=self._index,
             default_allow=self.default_allow,
             generation=generation,
-            routers=self.routers,
+            plans=plans,
         )

@@ -89,6 +89,8 @@ class ProxyMetrics:
             buckets=(1, 2, 5, 10, 50, 100, 1000, 10000, 100000), registry=r)
         self.config_updates = Counter("mesh_proxy_config_updates", "New configuration values applied.",
                                       registry=r)
+        self.outlier_returned = Counter("mesh_proxy_outlier_returned", "Ejected instances returned to service "
+                                        "by the outlier detection sweep.", registry=r)
         self.idle_closed = Counter("mesh_proxy_idle_closed", "Connections closed by idle_timeout_ms.", registry=r)
         self.ready = Gauge("mesh_proxy_ready", "1 once the listeners are open.", registry=r)
         self.registry.register(_TrafficCollector(self))

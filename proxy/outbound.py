@@ -17,6 +17,7 @@ safe. The balancer sets aside an instance that keeps failing.
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 import time
 from collections.abc import Callable
@@ -24,14 +25,15 @@ from typing import Any
 
 from mesh.ca import tls
 
-from .balancer import Balancer, Endpoint
 from .config import ProxyConfig, UpstreamSpec
+from .endpoint import Endpoint
 from .http.client_conn import HttpClientConn
 from .inbound import handshake_failure_reason
 from .metrics import ProxyMetrics
 from .mux import ALPN
 from .mux_stream import MuxClosedError, StreamRefusedError, StreamResetError
 from .mux_transport import MuxConnection
+from .plan import SplitterPlan
 from .splice import Holding, SpliceSide, Traffic, join
 
 PlainHandOver = Callable[[Holding, Any], None]  # gives a peer without mux its TLS connection
@@ -229,7 +231,7 @@ class UpstreamListener:
     """The local listener of one upstream."""
 
     def __init__(self, spec: UpstreamSpec, current: Callable[[], ProxyConfig], dialer: Dialer,
-                 metrics: ProxyMetrics, refused: Callable[..., None], balancer: Balancer,
+                 metrics: ProxyMetrics, refused: Callable[..., None], owner: Any,
                  http: Callable[[UpstreamListener], Any] | None = None) -> None:
         self.spec = spec
         self.http = http(self) if http is not None else None  # requests when spec.protocol is http
@@ -237,7 +239,7 @@ class UpstreamListener:
         self._dialer = dialer
         self._metrics = metrics
         self._refused = refused
-        self.balancer = balancer
+        self.owner = owner  # the Proxy: balancer_for, breaker_for, traffic
         self.traffic: Traffic = metrics.traffic_for("outbound", spec.destination_name)
         self._server: asyncio.Server | None = None
         self._sides: set[SpliceSide] = set()
@@ -278,6 +280,13 @@ class UpstreamListener:
             self._metrics.refused.labels("outbound", "too_many_connections").inc()
             side.abort()
             return
+        breaker = self.owner.breaker_for(self.spec)
+        if breaker is not None and not breaker.open_connection():
+            self.owner.traffic.overloaded(self.spec.destination_name, "connections")
+            self._metrics.refused.labels("outbound", "overloaded").inc()
+            side.abort()
+            return
+        side.breaker = breaker
         self._sides.add(side)
         self.traffic.opened += 1
         self.traffic.active += 1
@@ -290,37 +299,69 @@ class UpstreamListener:
             self._sides.discard(side)
             self.traffic.active -= 1
             self.traffic.closed += 1
+            if side.breaker is not None:
+                side.breaker.close_connection()
             if side.tag is not None:
-                self.balancer.finished(side.tag)
+                balancer, key = side.tag
+                balancer.finished(key)
+
+    def _resolver(self, config: ProxyConfig) -> tuple[Any, str]:
+        """The resolver this connection goes to: the chain's start, or the split a
+        weighted draw picks (tcp splits per connection)."""
+        plan = config.plans.get(self.spec.key)
+        step = plan.start if plan is not None else None
+        if isinstance(step, SplitterPlan):
+            step = step.choose(random.random()).resolver
+        return step, ""
 
     async def _connect(self, side: SpliceSide) -> None:
         config = self._current()
-        endpoints = config.endpoints.get(self.spec.key, ())
-        tried: set[str] = set()
         name = self.spec.destination_name
+        resolver, _ = self._resolver(config)
+        if resolver is None:
+            self._refused("upstream_unavailable", upstream=name, reason="no_plan")
+            side.abort()
+            return
+        target, endpoints = resolver.targets[0], ()
+        for candidate in resolver.targets:
+            endpoints = config.endpoints.get(candidate.id, ())
+            if endpoints:
+                target = candidate
+                break
+        balancer = self.owner.balancer_for(self.spec, resolver, target)
+        breaker = side.breaker
+        tried: set[str] = set()
         for _ in range(MAX_ATTEMPTS):
             if side.closed:
                 return
             now = time.monotonic()
-            endpoint = self.balancer.pick(endpoints, now, tried)
+            endpoint = balancer.pick(endpoints, now, tried)
             if endpoint is None:
                 break
             tried.add(endpoint.key)
+            if breaker is not None and not breaker.start_pending():
+                self.owner.traffic.overloaded(name, "pending")
+                side.abort()
+                return
             try:
-                await self._dialer.open(endpoint, config, self.spec.connect_timeout, side)
+                await self._dialer.open(endpoint, config, self.spec.connect_timeout or target.connect_timeout, side)
             except (DialError, TimeoutError) as exc:
                 reason = exc.reason if isinstance(exc, DialError) else "timeout"
                 self._metrics.dial_failures.labels(name, reason).inc()
-                if self.balancer.failed(endpoint.key, time.monotonic()):
+                if balancer.failed(endpoint.key, time.monotonic()):
                     self._metrics.ejections.labels(name).inc()
                 self._refused("upstream_dial_failed", upstream=name, instance=endpoint.key, reason=reason,
                               error=str(exc))
                 continue
-            self.balancer.succeeded(endpoint.key)
+            finally:
+                if breaker is not None:
+                    breaker.end_pending()
+            balancer.succeeded(endpoint.key, time.monotonic())
+            self.owner.traffic.request(name, target.id, target is not resolver.targets[0])
             if side.closed:
                 return
-            self.balancer.started(endpoint.key)
-            side.tag = endpoint.key
+            balancer.started(endpoint.key)
+            side.tag = (balancer, endpoint.key)
             return
         reason = "no_healthy_instances" if not endpoints else "all_attempts_failed"
         self._metrics.refused.labels("outbound", reason).inc()

@@ -62,7 +62,7 @@ class SpliceSide(asyncio.Protocol):
     """One end of a splice. `inbound` counts its received bytes as rx (the side facing the
     connection's initiator), the other end counts them as tx."""
 
-    __slots__ = ("transport", "peer", "traffic", "tag", "_is_downstream", "_pending", "_pending_size",
+    __slots__ = ("transport", "peer", "traffic", "tag", "breaker", "_is_downstream", "_pending", "_pending_size",
                  "_eof", "_closed", "_on_close", "_paused_for_peer", "_on_data", "_tls", "seen", "idle_sweeps")
 
     def __init__(self, traffic: Traffic, downstream: bool, on_close: Callable[[SpliceSide], None] | None = None) -> None:
@@ -78,6 +78,7 @@ class SpliceSide(asyncio.Protocol):
         self._paused_for_peer = False
         self._on_data: Callable[[], None] | None = None
         self.tag: Any = None  # the owner's note (the outbound side keeps its instance here)
+        self.breaker: Any = None  # the upstream's circuit breaker this connection is counted in
         self._tls = False  # a TLS transport closes after an EOF whatever we answer
         self.seen = False  # data arrived since the last idle sweep (one attribute store per chunk)
         self.idle_sweeps = 0

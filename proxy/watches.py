@@ -29,15 +29,17 @@ from mesh.api.agent import AgentAPI
 from mesh.api.errors import APIError
 from mesh.api.watch import Watch
 
-from .balancer import Endpoint
 from .config import ConfigError, Registration, registration_from_service
+from .endpoint import Endpoint
 from .errors import StartError
+from .plan import Instance
 
 if TYPE_CHECKING:
     from .app import Proxy, ProxyOptions
 
 __all__ = ["AgentWatches", "find_sidecar"]
 
+CHAIN_KINDS = ("service-router", "service-splitter", "service-resolver")  # what an upstream's chain reads
 REGISTER_TTL = 30.0
 AGENT_RETRY = 1.0  # seconds between ready reports while the agent cannot be reached
 
@@ -57,9 +59,12 @@ async def find_sidecar(api: AgentAPI, target: str) -> str:
     return found[0]
 
 
-def endpoints_of(entries: Any) -> tuple[Endpoint, ...]:
-    return tuple(Endpoint(address=e.address, port=e.port, service=e.destination, datacenter=e.datacenter,
-                          node=e.node, service_id=e.service_id) for e in entries)
+def instances_of(entries: Any) -> tuple[Instance, ...]:
+    """Every instance a health watch returned (critical ones too: whether one serves a
+    target depends on the target's subset, plan.endpoints_for)."""
+    return tuple(Instance(endpoint=Endpoint(address=e.address, port=e.port, service=e.destination,
+                                            datacenter=e.datacenter, node=e.node, service_id=e.service_id),
+                          entry=e.entry, statuses=tuple(status for _, status in e.checks)) for e in entries)
 
 
 class AgentWatches:
@@ -70,7 +75,7 @@ class AgentWatches:
         self.fatal: str | None = None
         self.proxy_id = ""
         self._tasks: dict[str, asyncio.Task[None]] = {}
-        self._following: tuple[str, frozenset[str]] | None = None
+        self._following: tuple[str, bool] | None = None
         self._agent_lost = asyncio.Event()  # a request found no agent listening
         self._agent_back = asyncio.Event()  # set (and replaced) when a report reaches it again
 
@@ -191,68 +196,47 @@ class AgentWatches:
             self.proxy.set_registration(registration)
 
     def follow(self, registration: Registration) -> None:
-        """Keep the leaf, intention and upstream watches in line with the registration."""
-        wanted = (registration.service, frozenset(u.key for u in registration.upstreams))
-        self._follow_routers(registration)
-        if self._following == wanted:
+        """Keep the leaf, intention, chain entry and instance watches in line with the
+        registration."""
+        wanted = (registration.service, bool(registration.upstreams))
+        if self._following != wanted:
+            old_service, had_upstreams = self._following or ("", False)
+            self._following = wanted
+            service = registration.service
+            if service != old_service:
+                self._spawn("leaf", self._watch("leaf", lambda **kw: self.api.leaf(service, **kw), self._on_leaf))
+                self._spawn("intentions", self._watch(
+                    "intentions", lambda **kw: self.api.intentions_match_destination(service, **kw),
+                    self._on_intentions))
+            if wanted[1] and not had_upstreams:
+                for kind in CHAIN_KINDS:
+                    self._spawn(f"config:{kind}", self._watch(
+                        f"config:{kind}", lambda k=kind, **kw: self.api.config_entries(k, **kw),
+                        lambda result, k=kind: self.proxy.builder.set_chain_entries(k, result.value)))
+            elif had_upstreams and not wanted[1]:
+                for kind in CHAIN_KINDS:
+                    self._cancel(f"config:{kind}")
+                    self.proxy.builder.set_chain_entries(kind, ())
+
+    def follow_instances(self, wanted: set[str]) -> None:
+        """One health watch per service (and datacenter) that any upstream's targets
+        read; called after every rebuild, as the plans decide which are needed."""
+        running = {name.removeprefix("instances:") for name in self._tasks if name.startswith("instances:")}
+        if running == wanted:
             return
-        old_service, old_upstreams = self._following or ("", frozenset())
-        self._following = wanted
-        service = registration.service
-        if service != old_service:
-            self._spawn("leaf", self._watch("leaf", lambda **kw: self.api.leaf(service, **kw), self._on_leaf))
-            self._spawn("intentions", self._watch(
-                "intentions", lambda **kw: self.api.intentions_match_destination(service, **kw), self._on_intentions))
-        for key in old_upstreams - wanted[1]:
-            self._cancel(f"upstream:{key}")
-            self.proxy.builder.endpoints.pop(key, None)
-        for spec in registration.upstreams:
-            if spec.key in old_upstreams:
-                continue
-            name, dc = spec.destination_name, spec.datacenter or None
+        for key in running - wanted:
+            self._cancel(f"instances:{key}")
+            self.proxy.builder.instances.pop(key, None)
+        for key in wanted - running:
+            name, _, dc = key.partition("@")
 
-            def apply(result: Any, key: str = spec.key) -> None:
-                self.proxy.builder.endpoints[key] = endpoints_of(result.value)
+            def apply(result: Any, key: str = key) -> None:
+                self.proxy.builder.instances[key] = instances_of(result.value)
 
-            self._spawn(f"upstream:{spec.key}", self._watch(
-                f"upstream:{spec.key}", lambda n=name, d=dc, **kw: self.api.health_connect(n, datacenter=d, **kw),
+            self._spawn(f"instances:{key}", self._watch(
+                f"instances:{key}",
+                lambda n=name, d=dc or None, **kw: self.api.health_connect(n, passing=False, datacenter=d, **kw),
                 apply))
-
-    def _follow_routers(self, registration: Registration) -> None:
-        """http upstreams need the service-router entries (one blocking list of the kind:
-        routers are few) and the instances of every service a route sends to."""
-        wants = any(u.protocol == "http" for u in registration.upstreams)
-        if wants and "routers" not in self._tasks:
-            self._spawn("routers", self._watch(
-                "routers", lambda **kw: self.api.config_entries("service-router", **kw), self._on_routers))
-        elif not wants and "routers" in self._tasks:
-            self._cancel("routers")
-            self.proxy.builder.set_routers(())
-            self._follow_route_destinations(set())
-
-    def _on_routers(self, result: Any) -> None:
-        self.proxy.builder.set_routers(result.value)
-        registration = self.proxy.builder.registration
-        upstream_keys = {u.key for u in registration.upstreams} if registration is not None else set()
-        wanted = set()
-        for entry in result.value:
-            for route in entry.get("Routes") or []:
-                service = ((route or {}).get("Destination") or {}).get("Service") or ""
-                if service and service not in upstream_keys:
-                    wanted.add(service)
-        self._follow_route_destinations(wanted)
-
-    def _follow_route_destinations(self, wanted: set[str]) -> None:
-        running = {name.removeprefix("route:") for name in self._tasks if name.startswith("route:")}
-        for name in running - wanted:
-            self._cancel(f"route:{name}")
-            self.proxy.builder.endpoints.pop(name, None)
-        for name in wanted - running:
-            def apply(result: Any, key: str = name) -> None:
-                self.proxy.builder.endpoints[key] = endpoints_of(result.value)
-
-            self._spawn(f"route:{name}", self._watch(
-                f"route:{name}", lambda n=name, **kw: self.api.health_connect(n, **kw), apply))
 
     def _on_roots(self, result: Any) -> None:
         self.proxy.builder.roots = result.value

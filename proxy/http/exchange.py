@@ -28,6 +28,8 @@ from typing import Any
 
 from ..balancer import Balancer
 from ..outbound import MAX_ATTEMPTS, Dialer, DialError
+from ..plan import SplitterPlan
+from ..traffic.ratelimit import RateLimiter
 from . import policy
 from .client_conn import HttpClientConn
 from .forward import Attempt, ConnPool, end_to_end, forward_request_head, send_request
@@ -138,7 +140,7 @@ class _Exchange:
         self.ended = False
 
     # ---- endings ----------------------------------------------------------------------------
-    def answer(self, status: int, text: str, flags: str = "") -> None:
+    def answer(self, status: int, text: str, flags: str = "", extra: list[tuple[bytes, bytes]] | None = None) -> None:
         """The sidecar's own answer (400, 403, 502, 503, 504), then the end."""
         request = self.request
         request.body.discard()
@@ -149,7 +151,7 @@ class _Exchange:
             request.keep_alive = False
         if status == 504:
             self.stats.timeouts += 1
-        data = simple_response(status, text, close=not request.keep_alive)
+        data = simple_response(status, text, extra, close=not request.keep_alive)
         self.rec.bytes_out = len(data)
         self.down.write(data)
         self.end()
@@ -240,12 +242,23 @@ class _Listener:
 class InboundHttp(_Listener):
     """Requests arriving on the public listener, to the local app."""
 
-    def __init__(self, current: Callable[[], Any], observer: Observer, refused: Callable[..., None]) -> None:
+    def __init__(self, current: Callable[[], Any], observer: Observer, refused: Callable[..., None],
+                 traffic: Any = None) -> None:
         super().__init__()
         self._current = current
         self.observer = observer
         self.refused = refused
         self.pool = ConnPool()
+        self.traffic = traffic
+        self._limiter: tuple[Any, RateLimiter | None] = (None, None)
+
+    def limiter(self, config: Any) -> RateLimiter | None:
+        """The rate limiter of the registration's `rate_limits`, kept (with its buckets)
+        while they stay the same; None when nothing is limited."""
+        limits = config.registration.rate_limits
+        if self._limiter[0] != limits:
+            self._limiter = (limits, RateLimiter(limits) if limits else None)
+        return self._limiter[1]
 
     def connection(self, caller: str, peer: str,
                    on_close: Callable[[HttpServerConn], None] | None = None) -> HttpServerConn:
@@ -299,6 +312,14 @@ class _Inbound(_Exchange):
             self.stats.denied += 1
             self.answer(DENIED_STATUS, DENIED_BODY, "RBAC")
             return
+        limiter = self.handler.limiter(config)
+        if limiter is not None:
+            verdict = limiter.check(parsed.view.path, time.monotonic())
+            if not verdict.allowed:
+                if self.handler.traffic is not None:
+                    self.handler.traffic.rate_limited(verdict.route)
+                self.answer(429, "rate limited", "RL", [(b"retry-after", b"%d" % verdict.retry_after)])
+                return
         if reg.local_request_timeout:
             self.deadline = _loop_time(self.down.loop, request.started + reg.local_request_timeout)
         self.replay = _settled(request)
@@ -349,12 +370,15 @@ class _Inbound(_Exchange):
 
 
 # ---- outbound -----------------------------------------------------------------------------------
+OVERLOADED = [(b"x-mesh-overloaded", b"true")]
+
+
 class OutboundHttp(_Listener):
     """Requests from the local app on one upstream listener."""
 
     def __init__(self, listener: Any, current: Callable[[], Any], dialer: Dialer, observer: Observer,
-                 refused: Callable[..., None], balancer_for: Callable[[str], Balancer], pool: ConnPool,
-                 budget_for: Callable[[str], Any], metrics: Any) -> None:
+                 refused: Callable[..., None], balancer_for: Callable[[Any, Any, Any], Balancer], pool: ConnPool,
+                 budget_for: Callable[[str], Any], metrics: Any, traffic: Any, breaker_for: Callable[[Any], Any]) -> None:
         super().__init__()
         self._listener = listener
         self._current = current
@@ -365,6 +389,8 @@ class OutboundHttp(_Listener):
         self.pool = pool
         self.budget_for = budget_for
         self.metrics = metrics
+        self.traffic = traffic  # TrafficStats: per target, failovers, overloads
+        self.breaker_for = breaker_for
 
     @property
     def spec(self) -> Any:
@@ -389,21 +415,29 @@ class _Outbound(_Exchange):
         self.handler = handler
         self.spec = spec
         self.route: Any = None
+        self.split: Any = None
+        self.resolver: Any = None
+        self.target: Any = None
+        self.hash_key: int | None = None
+        self.set_cookie: bytes | None = None
         self.head = b""
-        self.key = ""
         self.balancer: Any = None
+        self.breaker: Any = None
         self.budget: Any = None
         self.tried: set[str] = set()
         self.dial_failures = 0
         self.endpoint: Any = None
 
     def observe(self) -> None:
+        if self.breaker is not None:
+            self.breaker.end_request()
+            self.breaker = None
         self.observer.finished("outbound", self.config, self.request, self.rec, self.stats,
                                source=self.config.registration.service, destination=self.spec.destination_name,
                                peer=self.down.peer)
 
     def start(self) -> None:
-        request, config, spec, rec = self.request, self.config, self.spec, self.rec
+        request, config, spec, rec, handler = self.request, self.config, self.spec, self.rec, self.handler
         if request.body.failed:
             self.end()
             return
@@ -413,21 +447,54 @@ class _Outbound(_Exchange):
         except policy.BadRequest as exc:
             self.answer(400, f"bad request: {exc}")
             return
-        route = self.route = policy.route(config, spec, parsed)
+        plan = config.plans.get(spec.key)
+        route = self.route = policy.route(plan, spec, parsed)
         rec.route = route.name
         self.stats = self.observer.stats.route("outbound", spec.destination_name, route.name)
-        self.deadline = _loop_time(self.down.loop, request.started + policy.request_timeout(route))
-        self.budget = self.handler.budget_for(spec.key)
+        breaker = handler.breaker_for(spec)
+        if breaker is not None:
+            if not breaker.start_request():
+                self._overloaded("requests")
+                return
+            self.breaker = breaker
+        step = plan.step(route.next_node) if plan is not None else None
+        if step is None:
+            self.answer(503, f"no route to {spec.destination_name}", "NR")
+            return
+        split = None
+        if isinstance(step, SplitterPlan):
+            split = self.split = step.choose(policy.rng.random())
+            step = split.resolver
+        self.resolver = step
+        self.deadline = _loop_time(self.down.loop, request.started + policy.request_timeout(route, step))
+        self.budget = handler.budget_for(spec.key)
         self.budget.record_request()
         self.replay = _settled(request)
         headers = end_to_end(request.headers, keep_upgrade=request.upgrade)
         headers = policy.request_headers(route, headers)
+        if split is not None and split.request_headers:
+            headers = policy.edit_headers(split.request_headers, headers)
         headers = policy.with_trace_headers(headers, rec.trace)
         self.head = forward_request_head(request, policy.rewritten_target(route, parsed), headers,
                                          _length(request, self.replay))
-        self.key = policy.endpoints_key(spec, route)
-        self.balancer = self.handler.balancer_for(self.key)
+        if step.lb.hash_policies:
+            self.hash_key, self.set_cookie = policy.request_hash(step.lb, request, parsed, self.down.peer)
         self.next_attempt()
+
+    def _overloaded(self, limit: str) -> None:
+        self.handler.traffic.overloaded(self.spec.destination_name, limit)
+        self.answer(503, f"upstream overloaded: {limit} limit of {self.spec.destination_name} reached", "UO",
+                    OVERLOADED)
+
+    def _choose_target(self, endpoints: Any) -> tuple[Any, tuple[Any, ...]]:
+        """The first of the resolver's targets (primary, then failover in order) that has
+        a healthy instance; the primary with none when no target has one."""
+        targets = self.resolver.targets
+        for target in targets:
+            found = endpoints.get(target.id)
+            if found:
+                return target, found
+        return targets[0], ()
 
     # ---- attempts -------------------------------------------------------------------------------
     def next_attempt(self) -> None:
@@ -441,43 +508,73 @@ class _Outbound(_Exchange):
             self.answer(504, "upstream request timeout", "UT")
             return
         config = self.handler._current()
-        endpoints = config.endpoints.get(self.key, ())
+        handler = self.handler
+        target, endpoints = self._choose_target(config.endpoints)
+        if target is not self.target:
+            self.target = target
+            self.balancer = handler.balancer_for(self.spec, self.resolver, target)
         now = time.monotonic()
         balancer = self.balancer
-        endpoint = balancer.pick(endpoints, now, self.tried) or (
-            balancer.pick(endpoints, now, set()) if self.tried else None)
+        endpoint = balancer.pick(endpoints, now, self.tried, self.hash_key) or (
+            balancer.pick(endpoints, now, (), self.hash_key) if self.tried else None)
         if endpoint is None:
-            self.handler.metrics.refused.labels("outbound", "no_healthy_instances").inc()
-            self.answer(503, f"no healthy upstream: {self.route.service}", "UH")
+            handler.metrics.refused.labels("outbound", "no_healthy_instances").inc()
+            self.answer(503, f"no healthy upstream: {target.service}", "UH")
             return
+        handler.traffic.request(self.spec.destination_name, target.id, target is not self.resolver.targets[0])
         self.tried.add(endpoint.key)
         self.endpoint = endpoint
         self.rec.upstream_host = endpoint.key
-        conn = self.handler.pool.get(endpoint.key, config.generation)
+        conn = handler.pool.get(endpoint.key, config.generation)
         if conn is None:
-            self.handler.spawn(self._dial(endpoint, config))
+            breaker = self.breaker
+            if breaker is not None:
+                if not breaker.open_connection():
+                    self._overloaded("connections")
+                    return
+                if not breaker.start_pending():
+                    breaker.close_connection()
+                    self._overloaded("pending")
+                    return
+            handler.spawn(self._dial(endpoint, config, breaker))
             return
         self._send_to(conn)
 
-    async def _dial(self, endpoint: Any, config: Any) -> None:
+    async def _dial(self, endpoint: Any, config: Any, breaker: Any) -> None:
         remaining = (self.deadline - self.down.loop.time()) if self.deadline is not None else None
-        timeout = self.spec.connect_timeout or remaining or 0
+        timeout = self.spec.connect_timeout or self.target.connect_timeout or remaining or 0
         if remaining is not None:
             timeout = min(timeout, remaining)
         try:
             conn = await self.handler.dialer.open_http(endpoint, config, max(timeout, 0.001))
         except (DialError, TimeoutError) as exc:
+            if breaker is not None:
+                breaker.end_pending()
+                breaker.close_connection()
             self._dial_failed(endpoint, exc)
             return
         self.handler.pool.adopt(conn)
+        if breaker is not None:
+            breaker.end_pending()
+            lost = conn.on_lost
+
+            def closed(c: HttpClientConn) -> None:
+                breaker.close_connection()
+                if lost is not None:
+                    lost(c)
+
+            conn.on_lost = closed
         self._send_to(conn)
+
+    def _eject_if(self, failed: bool) -> None:
+        if failed:
+            self.handler.metrics.ejections.labels(self.spec.destination_name).inc()
 
     def _dial_failed(self, endpoint: Any, exc: Exception) -> None:
         handler, name = self.handler, self.spec.destination_name
         reason = exc.reason if isinstance(exc, DialError) else "timeout"
         handler.metrics.dial_failures.labels(name, reason).inc()
-        if self.balancer.failed(endpoint.key, time.monotonic()):
-            handler.metrics.ejections.labels(name).inc()
+        self._eject_if(self.balancer.failed(endpoint.key, time.monotonic()))
         handler.refused("upstream_dial_failed", upstream=name, instance=endpoint.key, reason=reason, error=str(exc))
         self.dial_failures += 1
         # nothing reached any app: other instances are tried as on the tcp path, then the
@@ -507,16 +604,14 @@ class _Outbound(_Exchange):
         self.down.loop.call_later(backoff(self.rec.retries, policy.rng), self.next_attempt)
 
     def _on_head(self, attempt: Attempt) -> None:
-        endpoint, balancer, name = self.endpoint, self.balancer, self.spec.destination_name
-        metrics = self.handler.metrics
+        endpoint, balancer = self.endpoint, self.balancer
         balancer.finished(endpoint.key)
         head = attempt.head
         if head is None:
             if attempt.failure == "timeout":
                 self.answer(504, "upstream request timeout", "UT")
                 return
-            if balancer.failed(endpoint.key, time.monotonic()):
-                metrics.ejections.labels(name).inc()
+            self._eject_if(balancer.failed(endpoint.key, time.monotonic()))
             if self.replay and policy.may_retry(self.route, self.rec.retries, policy.RESET, self.request.method,
                                                 True, self.budget):
                 self._retry_later()
@@ -528,12 +623,13 @@ class _Outbound(_Exchange):
         if status >= 400 and self.replay and policy.may_retry(self.route, self.rec.retries, status,
                                                               self.request.method, True, self.budget):
             attempt.drop()  # its body is not wanted; a new request needs a clean connection
-            if status >= 500 and balancer.failed(endpoint.key, time.monotonic()):
-                metrics.ejections.labels(name).inc()
+            if status >= 500:
+                self._eject_if(balancer.failed(endpoint.key, time.monotonic()))
             self._retry_later()
             return
         if status < 500:
             balancer.succeeded(endpoint.key)
-        elif balancer.failed(endpoint.key, time.monotonic()):  # consecutive 5xx set an instance aside
-            metrics.ejections.labels(name).inc()
-        self.deliver(attempt, edit=policy.response_editor(self.route), idle=self.route.idle_timeout)
+        else:  # consecutive 5xx set an instance aside
+            self._eject_if(balancer.failed(endpoint.key, time.monotonic()))
+        edit = policy.response_editor(self.route, self.split, self.set_cookie)
+        self.deliver(attempt, edit=edit, idle=self.route.idle_timeout)

@@ -15,20 +15,21 @@ from typing import Any
 
 from mesh.catalog.authz import IntentionIndex
 
+from ..traffic.lb import cookie_value
+from ..traffic.lb import request_hash as request_hash_of
 from . import tracing
 from .message import Request
 from .normalize import BadRequestTarget, split_target
 from .permissions import L7Decision
 from .permissions import authorize as authorize_request
-from .request_view import RequestView
+from .request_view import RequestView, parse_query
 from .retry import CONNECT_FAILURE, REFUSED_STREAM, RESET, RetryBudget, RetryPolicy, decide_retry
-from .routes import Route, Router, compile_router, rewrite_target
+from .routes import Route, Router, rewrite_target
 
 __all__ = [
     "BadRequest", "Parsed", "parse_request", "authorize", "trace", "with_trace_headers", "route",
-    "request_timeout", "rewritten_target", "request_headers", "response_editor", "endpoints_key", "may_retry",
-    "rng", "new_budget", "compile_router_entry", "DEFAULT_REQUEST_TIMEOUT", "CONNECT_FAILURE", "RESET",
-    "REFUSED_STREAM",
+    "request_timeout", "rewritten_target", "request_headers", "edit_headers", "response_editor", "request_hash",
+    "may_retry", "rng", "new_budget", "DEFAULT_REQUEST_TIMEOUT", "CONNECT_FAILURE", "RESET", "REFUSED_STREAM",
 ]
 
 DEFAULT_REQUEST_TIMEOUT = 15.0  # Envoy's route timeout, which Consul leaves in place when RequestTimeout is unset
@@ -116,17 +117,14 @@ def with_trace_headers(headers: list[tuple[bytes, bytes]], trace: Trace) -> list
     return out
 
 
-# ---- routes ------------------------------------------------------------------------------------
+# ---- routes, splits, hashing ---------------------------------------------------------------------
 _default_routers: dict[str, Router] = {}
 
 
-def compile_router_entry(entry: dict[str, Any]) -> Router:
-    """A service-router entry as the router of the service it names."""
-    return compile_router(entry, str(entry.get("Name", "")))
-
-
-def route(config: Any, spec: Any, parsed: Parsed) -> Route:
-    router = config.routers.get(spec.destination_name)
+def route(plan: Any, spec: Any, parsed: Parsed) -> Route:
+    """The route the request takes: by the upstream's service-router when its chain has
+    one, else the default route (to the chain's start)."""
+    router = plan.router if plan is not None else None
     if router is None:
         router = _default_routers.get(spec.destination_name)
         if router is None:
@@ -134,8 +132,10 @@ def route(config: Any, spec: Any, parsed: Parsed) -> Route:
     return router.match(parsed.view)
 
 
-def request_timeout(route: Route) -> float:
-    return route.request_timeout or DEFAULT_REQUEST_TIMEOUT
+def request_timeout(route: Route, resolver: Any = None) -> float:
+    """The route's RequestTimeout, else the resolver's, else Envoy's 15 s."""
+    return route.request_timeout or (resolver.request_timeout if resolver is not None else None) \
+        or DEFAULT_REQUEST_TIMEOUT
 
 
 def rewritten_target(route: Route, parsed: Parsed) -> bytes:
@@ -144,26 +144,55 @@ def rewritten_target(route: Route, parsed: Parsed) -> bytes:
     return rewrite_target(route, parsed.target.decode("latin-1")).encode("latin-1")
 
 
-def _edit(ops: Any, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+def edit_headers(ops: Any, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     text = [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers]
     return [(n.encode("latin-1"), v.encode("latin-1")) for n, v in ops.apply(text)]
 
 
 def request_headers(route: Route, headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    return _edit(route.request_headers, headers) if route.request_headers else headers
+    return edit_headers(route.request_headers, headers) if route.request_headers else headers
 
 
-def response_editor(route: Route) -> Any:
-    ops = route.response_headers
-    if not ops:
+def response_editor(route: Route, split: Any = None, set_cookie: bytes | None = None) -> Any:
+    """The edit of the response's headers: the route's, then the split's (Envoy applies
+    the more specific last), then a cookie a hash policy made."""
+    ops = [o for o in (route.response_headers, split.response_headers if split is not None else None) if o]
+    if not ops and set_cookie is None:
         return None
-    return lambda headers: _edit(ops, headers)
+
+    def edit(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+        for op in ops:
+            headers = edit_headers(op, headers)
+        if set_cookie is not None:
+            headers = [*headers, (b"set-cookie", set_cookie)]
+        return headers
+
+    return edit
 
 
-def endpoints_key(spec: Any, route: Route) -> str:
-    """Whose instances serve the route: the upstream's, or another service's (watched
-    by the proxy for every service its routers name)."""
-    return str(spec.key) if route.service == spec.destination_name else route.service
+def request_hash(lb: Any, request: Request, parsed: Parsed, peer: str) -> tuple[int | None, bytes | None]:
+    """The request's hash for ring_hash/maglev by the resolver's HashPolicies, and the
+    Set-Cookie value when a cookie policy made one."""
+    view = parsed.view
+    params: list[dict[str, list[str]]] = []
+
+    def header(name: str) -> str | None:
+        return view.headers().get(name.lower())
+
+    def cookie(name: str) -> str | None:
+        raw = view.headers().get("cookie")
+        return cookie_value(raw, name) if raw else None
+
+    def query(name: str) -> str | None:
+        if not params:
+            params.append(parse_query(view.query))
+        values = params[0].get(name)
+        return values[0] if values else None
+
+    source_ip = peer.rpartition(":")[0] if ":" in peer else peer
+    result = request_hash_of(lb.hash_policies, header=header, cookie=cookie, query=query, source_ip=source_ip,
+                             rng=rng)
+    return result.key, result.set_cookie.encode("latin-1") if result.set_cookie else None
 
 
 # ---- retries --------------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from mesh.catalog.durations import parse_duration
 from .request_view import RequestView, parse_query
 from .rules import HttpMatch
 
-__all__ = ["HeaderOps", "Route", "Router", "compile_router", "rewrite_target", "NO_HEADER_OPS"]
+__all__ = ["HeaderOps", "Route", "Router", "compile_router", "compile_chain_router", "rewrite_target", "NO_HEADER_OPS",
+           "header_ops"]
 
 Header = tuple[str, str]
 
@@ -65,7 +66,7 @@ class HeaderOps:
 NO_HEADER_OPS = HeaderOps()
 
 
-def _header_ops(raw: Mapping[str, Any] | None) -> HeaderOps:
+def header_ops(raw: Mapping[str, Any] | None) -> HeaderOps:
     if not raw:
         return NO_HEADER_OPS
     return HeaderOps(
@@ -92,6 +93,7 @@ class Route:
     request_headers: HeaderOps = NO_HEADER_OPS
     response_headers: HeaderOps = NO_HEADER_OPS
     rewrite_length: int | None = field(default=None, repr=False)  # chars a rewrite replaces
+    next_node: str = ""  # the discovery chain's node it leads to ("" = the chain's start)
 
     @property
     def has_retry_features(self) -> bool:
@@ -105,7 +107,7 @@ def _seconds(value: Any, what: str) -> float | None:
     return seconds or None
 
 
-def _route(name: str, upstream: str, dest: Mapping[str, Any], http: Mapping[str, Any]) -> Route:
+def _route(name: str, upstream: str, dest: Mapping[str, Any], http: Mapping[str, Any], next_node: str = "") -> Route:
     rewrite = dest.get("PrefixRewrite") or None
     matched = http.get("PathPrefix") or http.get("PathExact") or None
     return Route(
@@ -119,9 +121,10 @@ def _route(name: str, upstream: str, dest: Mapping[str, Any], http: Mapping[str,
         retry_on_connect_failure=bool(dest.get("RetryOnConnectFailure")),
         retry_on=frozenset(str(v) for v in dest.get("RetryOn") or ()),
         retry_on_status_codes=frozenset(int(c) for c in dest.get("RetryOnStatusCodes") or ()),
-        request_headers=_header_ops(dest.get("RequestHeaders")),
-        response_headers=_header_ops(dest.get("ResponseHeaders")),
+        request_headers=header_ops(dest.get("RequestHeaders")),
+        response_headers=header_ops(dest.get("ResponseHeaders")),
         rewrite_length=len(str(matched)) if rewrite and matched else None,
+        next_node=next_node,
     )
 
 
@@ -130,10 +133,11 @@ class Router:
 
     __slots__ = ("upstream", "routes", "default", "_reads_query")
 
-    def __init__(self, upstream: str, routes: Iterable[tuple[HttpMatch, Route]] = ()) -> None:
+    def __init__(self, upstream: str, routes: Iterable[tuple[HttpMatch, Route]] = (),
+                 default: Route | None = None) -> None:
         self.upstream = upstream
         self.routes = tuple(routes)
-        self.default = Route(name="default", service=upstream)
+        self.default = default or Route(name="default", service=upstream)
         self._reads_query = any(m.query for m, _ in self.routes)
 
     def match(self, view: RequestView) -> Route:
@@ -159,6 +163,19 @@ def compile_router(entry: Mapping[str, Any] | None, upstream: str) -> Router:
         name = f"route-{i}"
         compiled.append((HttpMatch(http), _route(name, upstream, raw.get("Destination") or {}, http)))
     return Router(upstream, compiled)
+
+
+def compile_chain_router(upstream: str, routes: list[tuple[Mapping[str, Any], str]]) -> Router:
+    """The router of a compiled discovery chain: `routes` are (definition, next node)
+    pairs in order, the last being the catch-all the chain compiler appends (the
+    router's "default" route)."""
+    compiled = []
+    for i, (raw, next_node) in enumerate(routes[:-1]):
+        http = (raw.get("Match") or {}).get("HTTP") or {}
+        name = f"route-{i}"
+        compiled.append((HttpMatch(http), _route(name, upstream, raw.get("Destination") or {}, http, next_node)))
+    default = Route(name="default", service=upstream, next_node=routes[-1][1] if routes else "")
+    return Router(upstream, compiled, default)
 
 
 def rewrite_target(route: Route, target: str) -> str:

@@ -20,7 +20,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.proxy.balancer import Endpoint
+from mesh.proxy.endpoint import Endpoint
 
 from .fields import Section
 from .hash_policy import CookieConfig, HashPolicy, HashResult, cookie_value, request_hash

@@ -9,6 +9,8 @@ Run in-process (`start_app`) or as its own process (`python -m tests.harness.htt
 - `/stream?chunks=N`: a chunked answer of N pieces
 - `/ws`: a WebSocket echo
 - `/calls`: how many requests this instance answered, by path
+- `PUT /admin/sick?status=500` (on the app's own port): every request but `/admin/*`
+  answers `status` until `PUT /admin/well`: an instance that turned bad
 """
 
 from __future__ import annotations
@@ -70,9 +72,22 @@ def make_app(name: str) -> web.Application:
     async def counts(request: web.Request) -> web.Response:
         return web.json_response(dict(calls))
 
+    sick: list[int] = []
+
+    async def make_sick(request: web.Request) -> web.Response:
+        sick[:] = [int(request.query.get("status", "500"))]
+        return web.json_response({"name": name, "sick": sick[0]})
+
+    async def make_well(request: web.Request) -> web.Response:
+        sick.clear()
+        return web.json_response({"name": name, "sick": 0})
+
     @web.middleware
     async def count(request: web.Request, handler: Any) -> web.StreamResponse:
         calls[request.path] += 1
+        if sick and not request.path.startswith("/admin/"):
+            await request.read()
+            return web.Response(status=sick[0], text=f"{name} is sick")
         return await handler(request)
 
     app = web.Application(middlewares=[count])
@@ -81,6 +96,8 @@ def make_app(name: str) -> web.Application:
     app.router.add_get("/stream", stream)
     app.router.add_get("/ws", ws)
     app.router.add_get("/calls", counts)
+    app.router.add_put("/admin/sick", make_sick)
+    app.router.add_put("/admin/well", make_well)
     app.router.add_route("*", "/{tail:.*}", echo)
     return app
 

@@ -20,6 +20,7 @@ import pytest
 
 from mesh.api.builders import connect_entry, sidecar_service
 from mesh.api.testing import FakeAgent
+from mesh.catalog.chain_types import target_id
 from mesh.proxy.app import Proxy
 from tests.harness.httpapp import start_app
 from tests.harness.inprocess_proxy import start_proxy
@@ -77,7 +78,8 @@ class HttpMesh:
 
 
 @contextlib.asynccontextmanager
-async def http_mesh(api_config: dict[str, Any] | None = None) -> AsyncIterator[HttpMesh]:
+async def http_mesh(api_config: dict[str, Any] | None = None,
+                    upstream_config: dict[str, Any] | None = None) -> AsyncIterator[HttpMesh]:
     test_ca = TestCA()
     runner, app_port = await start_app("api")
     upstream_port, api_public = _free_port(), _free_port()
@@ -86,7 +88,7 @@ async def http_mesh(api_config: dict[str, Any] | None = None) -> AsyncIterator[H
         agent.set_leaf("web", test_ca.leaf("web"))
         agent.set_leaf("api", test_ca.leaf("api"))
         agent.set_service(sidecar_service("web", _free_port(), local_port=1, config=HTTP, upstreams=[
-            {"DestinationName": "api", "LocalBindPort": upstream_port, "Config": HTTP}]))
+            {"DestinationName": "api", "LocalBindPort": upstream_port, "Config": {**HTTP, **(upstream_config or {})}}]))
         agent.set_service(sidecar_service("api", api_public, local_port=app_port, config={**HTTP, **(api_config or {})}))
         agent.set_connect_endpoints("api", [connect_entry("api", "node-1", "127.0.0.1", api_public)])
         mesh = HttpMesh(agent, test_ca, upstream_port, api_public, app_port, session)
@@ -258,8 +260,11 @@ async def _routed(mesh: HttpMesh, entry: dict[str, Any]) -> None:
     mesh.agent.set_config_entry(entry)
     web = mesh.proxies["web"]
     deadline = time.monotonic() + 5
-    while web.current is None or "api" not in web.current.routers or \
-            len(web.current.routers["api"].routes) != len(entry.get("Routes") or []):
+    def routes() -> int:
+        plan = web.current.plans.get("api") if web.current is not None else None
+        return len(plan.router.routes) if plan is not None and plan.router is not None else -1
+
+    while routes() != len(entry.get("Routes") or []):
         assert time.monotonic() < deadline, "web's sidecar never took the router"
         await asyncio.sleep(0.02)
 
@@ -352,7 +357,7 @@ async def test_access_log_lines_are_json_with_the_request(tmp_path):
         assert re.fullmatch(r"127\.0\.0\.1:\d+", first["downstream_remote_address"])
 
 
-async def _second_instance(mesh: HttpMesh, parent: str, service: str, app_name: str) -> tuple[int, int]:
+async def second_instance(mesh: HttpMesh, parent: str, service: str, app_name: str) -> tuple[int, int]:
     """Another app with its own sidecar (instance of `service`); returns its public port
     and its app's port."""
     runner, port = await start_app(app_name)
@@ -366,7 +371,7 @@ async def _second_instance(mesh: HttpMesh, parent: str, service: str, app_name: 
 
 async def test_a_failed_attempt_moves_to_another_instance():
     async with http_mesh() as mesh:
-        second, second_app = await _second_instance(mesh, "api2", "api", "api2")
+        second, second_app = await second_instance(mesh, "api2", "api", "api2")
         mesh.agent.set_connect_endpoints("api", [
             connect_entry("api", "node-1", "127.0.0.1", mesh.api_public),
             connect_entry("api", "node-2", "127.0.0.1", second, service_id="api2-sidecar-proxy"),
@@ -374,7 +379,7 @@ async def test_a_failed_attempt_moves_to_another_instance():
         await _routed(mesh, _router({"Match": {"HTTP": {"PathPrefix": "/fail"}},
                                      "Destination": {"NumRetries": 1, "RetryOn": ["5xx"]}}))
         deadline = time.monotonic() + 5
-        while len(mesh.proxies["web"].current.endpoints.get("api", ())) != 2:
+        while len(mesh.proxies["web"].current.endpoints.get(target_id("api", "", "dc1"), ())) != 2:
             assert time.monotonic() < deadline, "web's sidecar never saw both api instances"
             await asyncio.sleep(0.02)
         # api2 has had its one failure for each key already (asked directly): whichever
@@ -390,7 +395,7 @@ async def test_a_failed_attempt_moves_to_another_instance():
 
 async def test_a_route_sends_a_path_to_another_service():
     async with http_mesh() as mesh:
-        canary, _ = await _second_instance(mesh, "canary", "api-canary", "canary")
+        canary, _ = await second_instance(mesh, "canary", "api-canary", "canary")
         mesh.agent.set_connect_endpoints("api-canary", [
             connect_entry("api-canary", "node-3", "127.0.0.1", canary, service_id="canary-sidecar-proxy")])
         mesh.agent.set_intentions("api-canary", [{"SourceName": "web", "DestinationName": "api-canary",
@@ -398,7 +403,7 @@ async def test_a_route_sends_a_path_to_another_service():
         await _routed(mesh, _router({"Match": {"HTTP": {"PathPrefix": "/beta", "Header": [{"Name": "x-canary", "Present": True}]}},
                                      "Destination": {"Service": "api-canary"}}))
         deadline = time.monotonic() + 5
-        while "api-canary" not in mesh.proxies["web"].current.endpoints:
+        while not mesh.proxies["web"].current.endpoints.get(target_id("api-canary", "", "dc1")):
             assert time.monotonic() < deadline, "web's sidecar never watched api-canary"
             await asyncio.sleep(0.02)
         assert (await mesh.get("/beta/x", headers={"x-canary": "1"}))[1]["name"] == "canary"

@@ -1,43 +1,44 @@
-"""Instance selection and passive ejection (proxy/balancer.py), with time passed in."""
+"""One target's balancer (proxy/balancer.py): the resolver's picker joined with passive
+health checking and in-flight counts, with time passed in."""
 
 from __future__ import annotations
 
 import random
 from collections import Counter
 
-import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mesh.proxy.balancer import Balancer, Endpoint
+from mesh.proxy.balancer import Balancer
+from mesh.proxy.endpoint import Endpoint
+from mesh.proxy.traffic.lb import LoadBalancerConfig
+from mesh.proxy.traffic.outlier import PassiveHealthCheck
 
 A, B, C = (Endpoint(f"10.0.0.{i}", 21000, "api") for i in (1, 2, 3))
+EAGER = PassiveHealthCheck.parse({"max_failures": 2, "base_ejection_time": "5s", "interval": "1s",
+                                  "max_ejection_percent": 100})
+
+
+def _lb(policy: str) -> LoadBalancerConfig:
+    return LoadBalancerConfig.parse({"Policy": policy})
 
 
 def test_round_robin_visits_every_instance_in_turn():
-    lb = Balancer("round_robin")
+    lb = Balancer(_lb("round_robin"))
     picks = [lb.pick([A, B, C], now=0).key for _ in range(6)]
     assert Counter(picks) == {A.key: 2, B.key: 2, C.key: 2}
     assert picks[:3] == picks[3:]
 
 
-def test_random_uses_the_injected_rng():
-    one = [Balancer("random", random.Random(7)).pick([A, B, C], 0) for _ in range(1)]
-    two = [Balancer("random", random.Random(7)).pick([A, B, C], 0) for _ in range(1)]
-    assert one == two
-
-
-def test_least_request_prefers_the_less_busy_of_two():
-    lb = Balancer("least_request", random.Random(1))
+def test_least_request_counts_what_the_balancer_started_and_finished():
+    lb = Balancer(_lb("least_request"), rng=random.Random(1))
     for _ in range(10):
         lb.started(A.key)
-    picks = Counter(lb.pick([A, B], 0).key for _ in range(50))
-    assert picks == {B.key: 50}  # with two instances both are always sampled
-
-
-def test_unknown_policy_is_refused():
-    with pytest.raises(ValueError, match="load_balancer"):
-        Balancer("fastest")
+    assert Counter(lb.pick([A, B], 0).key for _ in range(50)) == {B.key: 50}
+    for _ in range(10):
+        lb.finished(A.key)
+    lb.started(B.key)
+    assert Counter(lb.pick([A, B], 0).key for _ in range(50)) == {A.key: 50}
 
 
 def test_excluded_instances_are_not_picked_and_none_when_all_tried():
@@ -47,48 +48,43 @@ def test_excluded_instances_are_not_picked_and_none_when_all_tried():
     assert lb.pick([], 0) is None
 
 
-def test_repeated_failures_set_an_instance_aside_for_a_growing_time():
-    lb = Balancer(eject_after=2, base_ejection=5, max_ejection=12)
+def test_consecutive_failures_eject_an_instance_until_a_sweep_after_its_time():
+    lb = Balancer(_lb("round_robin"), EAGER, random.Random(0))
+    lb.outlier.set_hosts([A.key, B.key])
     assert lb.failed(A.key, now=0) is False
     assert lb.failed(A.key, now=0) is True
-    assert lb.ejected(A.key, 4.9) and not lb.ejected(A.key, 5.0)
+    assert lb.ejected(A.key) and lb.ejected_count() == 1
     assert all(lb.pick([A, B], 1).key == B.key for _ in range(5))
-    # back after its time; failing again doubles the time, capped
-    lb.failed(A.key, now=6)
-    assert lb.failed(A.key, now=6) is True
-    assert lb.ejected(A.key, 15.9) and not lb.ejected(A.key, 16.0)
-    lb.failed(A.key, now=20)
-    lb.failed(A.key, now=20)
-    assert lb.ejected(A.key, 31.9) and not lb.ejected(A.key, 32.0)  # 12 s cap, not 20
+    assert lb.sweep(4.0, [A.key, B.key]) == []  # not yet: 5 s
+    assert lb.sweep(5.5, [A.key, B.key]) == [A.key]
+    assert not lb.ejected(A.key) and lb.last_sweep == 5.5
 
 
 def test_a_success_ends_the_streak():
-    lb = Balancer(eject_after=2)
+    lb = Balancer(passive=EAGER)
     lb.failed(A.key, 0)
-    lb.succeeded(A.key)
+    lb.succeeded(A.key, 0)
     assert lb.failed(A.key, 0) is False
 
 
-def test_when_every_instance_is_set_aside_traffic_still_flows():
-    lb = Balancer(eject_after=1)
-    lb.failed(A.key, 0)
-    lb.failed(B.key, 0)
-    assert lb.pick([A, B], 1) in (A, B)
+def test_a_hash_key_keeps_a_ring_hash_pick_on_one_instance():
+    lb = Balancer(LoadBalancerConfig.parse({"Policy": "ring_hash",
+                                            "HashPolicies": [{"Field": "header", "FieldValue": "x-user"}]}))
+    assert lb.uses_hash
+    assert len({lb.pick([A, B, C], 0, key=12345).key for _ in range(20)}) == 1
 
 
-def test_forget_keeps_instances_with_open_connections():
-    lb = Balancer()
-    lb.started(A.key)
-    lb.failed(B.key, 0)
-    lb.forget_except(set())
-    lb.finished(A.key)  # still tracked: the count does not go wrong
-    assert lb.ejected_count(0) == 0
+def test_settings_decide_whether_a_balancer_can_be_kept():
+    lb = Balancer(_lb("random"), EAGER)
+    assert lb.fits(_lb("random"), EAGER)
+    assert not lb.fits(_lb("round_robin"), EAGER)
+    assert not lb.fits(_lb("random"), PassiveHealthCheck())
 
 
-@given(st.lists(st.tuples(st.sampled_from(["start", "finish", "fail", "ok", "pick"]),
+@given(st.lists(st.tuples(st.sampled_from(["start", "finish", "fail", "ok", "pick", "sweep"]),
                           st.integers(0, 2), st.floats(0, 1000)), max_size=200))
 def test_any_sequence_keeps_counts_sane_and_picks_from_the_list(ops):
-    lb = Balancer("least_request", random.Random(0), eject_after=2)
+    lb = Balancer(_lb("least_request"), EAGER, random.Random(0))
     eps = [A, B, C]
     now = 0.0
     for op, i, dt in ops:
@@ -101,7 +97,10 @@ def test_any_sequence_keeps_counts_sane_and_picks_from_the_list(ops):
         elif op == "fail":
             lb.failed(key, now)
         elif op == "ok":
-            lb.succeeded(key)
+            lb.succeeded(key, now)
+        elif op == "sweep":
+            lb.sweep(now, [e.key for e in eps])
         else:
             assert lb.pick(eps, now) in eps
-        assert all(h.active >= 0 for h in lb._health.values())
+        assert all(count > 0 for count in lb._active.values())
+        assert 0 <= lb.ejected_count() <= 3

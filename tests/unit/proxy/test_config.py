@@ -105,7 +105,7 @@ def test_the_builder_waits_for_every_input_then_reuses_contexts():
     builder.leaf = parse_leaf(ca.leaf("web"))
     first = builder.build()
     assert first is not None and first.trust_domain == ca.trust_domain
-    builder.endpoints["api"] = ()
+    builder.instances["api"] = ()
     second = builder.build()
     assert second is not None and second.server_context is first.server_context and len(built) == 1
     builder.leaf = parse_leaf(ca.leaf("web"))

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mesh.proxy.balancer import Endpoint
+from mesh.proxy.endpoint import Endpoint
 from mesh.proxy.traffic import lb
 from mesh.proxy.traffic.hashing import hash64
 from mesh.proxy.traffic.lb import LoadBalancerConfig, make_picker
