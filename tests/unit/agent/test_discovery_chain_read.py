@@ -5,30 +5,18 @@ as an old snapshot could hold them), and the named read's parameters cross the R
 from __future__ import annotations
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from mesh.agent.agent import Agent
-from mesh.agent.config import AgentConfig
-from mesh.agent.http.app import build_app
 from mesh.agent.server.queries import QUERIES
-from mesh.agent.server.raft.memory import MemoryCluster
 from mesh.agent.server.rpc_args import read_params
 from mesh.catalog.config_entries import parse_config_entry
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.store import Store
+from tests.harness.one_server import one_server
 
 
 @pytest.fixture
 async def server():
-    cluster = MemoryCluster(lease=2.0, write_timeout=0.2)
-    cfg = AgentConfig(node_name="s1", server=True, dev=True, bind_addr="127.0.0.1", advertise_addr="10.0.0.1",
-                      client_addr="127.0.0.1")
-    agent = Agent(cfg, raft_factory=cluster.factory)
-    assert agent.server is not None
-    agent.server.membership.create_raft("10.0.0.1:8301", 8300, agent.watch.notify)
-    client = TestClient(TestServer(build_app(agent)))
-    await client.start_server()
-    assert cluster.start("10.0.0.1:8300") is not None
+    cluster, agent, client = await one_server()
     yield agent, client
     await client.close()
     for raft in cluster.nodes.values():
