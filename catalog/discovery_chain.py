@@ -175,6 +175,7 @@ class _Compiler:
             start = self._router(router)
         else:
             start = self._splitter_or_resolver(self.service)
+        self._prune(start)
         defaults = self.lookup.config_entry(SERVICE_DEFAULTS, self.service)
         first = self.nodes[start]
         default = (first.type == RESOLVER and first.resolver is not None and first.resolver.default
@@ -184,6 +185,22 @@ class _Compiler:
             protocol=self.override_protocol or self.protocol, default=default, start_node=start,
             nodes=self.nodes, targets=self.targets,
             service_meta=dict((defaults.body.get("Meta") or {}) if defaults else {}))
+
+    def _prune(self, start: str) -> None:
+        """Keep the nodes reachable from `start` and the targets they name: a dropped
+        weight-0 split was still compiled (its errors count) but leads nowhere."""
+        reachable, todo = set(), [start]
+        while todo:
+            name = todo.pop()
+            if name in reachable:
+                continue
+            reachable.add(name)
+            node = self.nodes[name]
+            todo += [r.next_node for r in node.routes] + [s.next_node for s in node.splits]
+        self.nodes = {name: node for name, node in self.nodes.items() if name in reachable}
+        used = {tid for node in self.nodes.values() if node.resolver is not None
+                for tid in (node.resolver.target, *node.resolver.failover)}
+        self.targets = {tid: target for tid, target in self.targets.items() if tid in used}
 
     def _record_protocol(self, service: str) -> None:
         """Consul's rule: every service a chain reaches speaks the protocol of the first.

@@ -251,3 +251,207 @@ def test_py_consul_config_calls(dev):
         assert c.config.delete("service-defaults", "cfg-py") is True
     finally:
         assert c.config.delete("proxy-defaults", "global") is True
+
+
+# ---- traffic management: resolvers, splitters, /v1/discovery-chain --------------------
+
+CHAIN_ENTRIES = [
+    {"Kind": "service-defaults", "Name": "dc-web", "Protocol": "http", "Meta": {"owner": "web-team"}},
+    {"Kind": "service-defaults", "Name": "dc-admin", "Protocol": "http"},
+    {"Kind": "service-resolver", "Name": "dc-web", "DefaultSubset": "v1", "ConnectTimeout": "3s",
+     "Subsets": {"v1": {"Filter": 'Service.Meta.version == "1"'}, "v2": {"OnlyPassing": True}},
+     "Failover": {"*": {"Datacenters": ["dc2"]}}},
+    {"Kind": "service-splitter", "Name": "dc-web", "Splits": [{"Weight": 90, "ServiceSubset": "v1"},
+                                                              {"Weight": 10, "ServiceSubset": "v2"}]},
+    {"Kind": "service-router", "Name": "dc-web", "Routes": [
+        {"Match": {"HTTP": {"PathPrefix": "/admin"}}, "Destination": {"Service": "dc-admin"}}]},
+]
+
+
+def _delete_chain_entries(dev) -> None:
+    for body in reversed(CHAIN_ENTRIES):
+        dev.request("DELETE", f"/v1/config/{body['Kind']}/{body['Name']}")
+
+
+def test_discovery_chain_get_post_and_compile_dc(dev):
+    for body in CHAIN_ENTRIES:
+        assert dev.put("/v1/config", body) is True, body
+    try:
+        trust_domain = dev.get("/v1/connect/ca/roots")["TrustDomain"]
+        chain, headers = dev.request("GET", "/v1/discovery-chain/dc-web")
+        chain = chain["Chain"]
+        assert int(headers["X-Consul-Index"]) >= max(
+            dev.get(f"/v1/config/{b['Kind']}/{b['Name']}")["ModifyIndex"] for b in CHAIN_ENTRIES)
+        assert (chain["ServiceName"], chain["Datacenter"], chain["Protocol"], chain["Default"]) == (
+            "dc-web", "dc1", "http", False)
+        assert chain["StartNode"] == "router:dc-web.default.default" and chain["ServiceMeta"] == {"owner": "web-team"}
+        routes = chain["Nodes"]["router:dc-web.default.default"]["Routes"]
+        assert [r["NextNode"] for r in routes] == ["resolver:dc-admin.default.default.dc1",
+                                                   "splitter:dc-web.default.default"]
+        assert chain["Nodes"]["splitter:dc-web.default.default"]["Splits"] == [
+            {"Weight": 90, "NextNode": "resolver:v1.dc-web.default.default.dc1"},
+            {"Weight": 10, "NextNode": "resolver:v2.dc-web.default.default.dc1"}]
+        v1 = chain["Nodes"]["resolver:v1.dc-web.default.default.dc1"]["Resolver"]
+        assert v1 == {"Default": False, "ConnectTimeout": "3s", "Target": "v1.dc-web.default.default.dc1",
+                      "Failover": {"Targets": ["v1.dc-web.default.default.dc2"]}}
+        target = chain["Targets"]["v2.dc-web.default.default.dc1"]
+        assert target["Subset"] == {"OnlyPassing": True} and target["ConnectTimeout"] == "3s"
+        assert target["SNI"] == f"v2.dc-web.default.dc1.internal.{trust_domain}" == target["Name"]
+        # POST with overrides: tcp drops the router, the timeout replaces every resolver's
+        posted, _ = dev.request("POST", "/v1/discovery-chain/dc-web?compile-dc=dc7",
+                                {"OverrideProtocol": "tcp", "OverrideConnectTimeout": "750ms",
+                                 "OverrideMeshGateway": {"Mode": ""}})
+        posted = posted["Chain"]
+        assert posted["Datacenter"] == "dc7" and posted["Protocol"] == "tcp"
+        assert posted["StartNode"] == "splitter:dc-web.default.default"
+        assert {t["ConnectTimeout"] for t in posted["Targets"].values()} == {"750ms"}
+        assert "v1.dc-web.default.default.dc7" in posted["Targets"]
+        # a service nobody configured: the default chain
+        plain = dev.get("/v1/discovery-chain/dc-nobody")["Chain"]
+        assert plain["Default"] is True and plain["StartNode"] == "resolver:dc-nobody.default.default.dc1"
+        for method, path, body, status, text in [
+            ("POST", "/v1/discovery-chain/dc-web", {"OverrideMeshGateway": {"Mode": "local"}}, 400,
+             "mesh gateways are not supported"),
+            ("POST", "/v1/discovery-chain/dc-web", {"OverrideConnectTimeout": "soon"}, 400,
+             "Invalid OverrideConnectTimeout"),
+            ("POST", "/v1/discovery-chain/dc-web", {"Bogus": 1}, 400, 'invalid config key "Bogus"'),
+            ("GET", "/v1/discovery-chain/", None, 400, "Missing chain name"),
+            ("GET", "/v1/discovery-chain/dc-web?dc=nowhere", None, 500, "No path to datacenter"),
+            ("PUT", "/v1/discovery-chain/dc-web", None, 405, "method PUT not allowed"),
+        ]:
+            got_status, got_text = error(dev, method, path, body)
+            assert (got_status, text in got_text) == (status, True), (path, got_text)
+    finally:
+        _delete_chain_entries(dev)
+
+
+def test_writes_that_break_a_chain_are_refused(dev):
+    resolver = {"Kind": "service-resolver", "Name": "dc-api", "Subsets": {"v1": {}, "v2": {}}}
+    assert dev.put("/v1/config", resolver) is True
+    splitter = {"Kind": "service-splitter", "Name": "dc-front", "Splits": [
+        {"Weight": 50, "Service": "dc-api", "ServiceSubset": "v1"}, {"Weight": 50, "Service": "dc-api",
+                                                                     "ServiceSubset": "v2"}]}
+    try:
+        assert dev.put("/v1/config", splitter) is True
+        status, text = error(dev, "PUT", "/v1/config", {**resolver, "Subsets": {"v1": {}}})
+        assert (status, text) == (400, 'service "dc-api" does not have a subset named "v2"')
+        status, text = error(dev, "DELETE", "/v1/config/service-resolver/dc-api")
+        assert status == 400 and "does not have a subset named" in text
+        assert dev.put("/v1/config", {"Kind": "service-splitter", "Name": "dc-loop-a",
+                                      "Splits": [{"Weight": 100, "Service": "dc-loop-b"}]}) is True
+        status, text = error(dev, "PUT", "/v1/config", {"Kind": "service-splitter", "Name": "dc-loop-b",
+                                                        "Splits": [{"Weight": 100, "Service": "dc-loop-a"}]})
+        assert (status, text) == (400, "detected circular reference: [splitter:dc-loop-a.default.default -> "
+                                       "splitter:dc-loop-b.default.default -> splitter:dc-loop-a.default.default]")
+        status, text = error(dev, "PUT", "/v1/config", {"Kind": "service-splitter", "Name": "dc-x",
+                                                        "Splits": [{"Weight": 60}, {"Weight": 30, "Service": "y"}]})
+        assert (status, text) == (400, "the sum of all split weights must be 100, not 90.000000")
+    finally:
+        for kind, name in (("service-splitter", "dc-loop-a"), ("service-splitter", "dc-front"),
+                           ("service-resolver", "dc-api")):
+            dev.request("DELETE", f"/v1/config/{kind}/{name}")
+
+
+def test_a_blocking_discovery_chain_read_waits_for_a_change(dev):
+    _, headers = dev.request("GET", "/v1/discovery-chain/dc-block")
+    index = int(headers["X-Consul-Index"])
+    got: dict = {}
+
+    def wait() -> None:
+        got["value"], got["headers"] = dev.request("GET", f"/v1/discovery-chain/dc-block?index={index}&wait=20s",
+                                                   timeout=30)
+        got["at"] = time.monotonic()
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    try:
+        time.sleep(0.4)
+        assert waiter.is_alive(), "the read answered before anything changed: it did not block"
+        dev.put("/v1/config", {"Kind": "service-intentions", "Name": "dc-block",
+                               "Sources": [{"Name": "x", "Action": "allow"}]})
+        time.sleep(0.3)
+        assert waiter.is_alive(), "an entry the chain does not read woke it"
+        written = time.monotonic()
+        assert dev.put("/v1/config", {"Kind": "service-resolver", "Name": "dc-block", "ConnectTimeout": "9s"}) is True
+        waiter.join(10)
+        assert not waiter.is_alive()
+        assert got["at"] >= written and int(got["headers"]["X-Consul-Index"]) > index
+        node = got["value"]["Chain"]["Nodes"]["resolver:dc-block.default.default.dc1"]
+        assert node["Resolver"]["ConnectTimeout"] == "9s"
+    finally:
+        waiter.join(1)
+        dev.request("DELETE", "/v1/config/service-resolver/dc-block")
+        dev.request("DELETE", "/v1/config/service-intentions/dc-block")
+
+
+def test_py_consul_discovery_chain(dev):
+    consul = pytest.importorskip("consul")
+    c = consul.Consul(port=dev.http_port)
+    assert c.config.set("service-resolver", "dc-py", {"Subsets": {"v1": {}}, "DefaultSubset": "v1"}) is True
+    try:
+        chain = c.discovery_chain.get("dc-py")["Chain"]
+        assert chain["StartNode"] == "resolver:v1.dc-py.default.default.dc1"
+        chain = c.discovery_chain.get("dc-py", compile_dc="dc3", token="anything")["Chain"]
+        assert chain["Datacenter"] == "dc3" and "v1.dc-py.default.default.dc3" in chain["Targets"]
+        chain = c.discovery_chain.get("dc-py", override_connect_timeout="12s", override_protocol="http")["Chain"]
+        assert chain["Protocol"] == "http"
+        assert chain["Nodes"]["resolver:v1.dc-py.default.default.dc1"]["Resolver"]["ConnectTimeout"] == "12s"
+        with pytest.raises(consul.ConsulException, match="mesh gateways are not supported"):
+            c.discovery_chain.get("dc-py", override_mesh_gateway_mode="local")
+    finally:
+        assert c.config.delete("service-resolver", "dc-py") is True
+
+
+HCL_TRAFFIC = """
+Kind = "service-resolver"
+Name = "dc-cli"
+DefaultSubset = "v1"
+ConnectTimeout = "4s"
+Subsets = {
+  v1 = { Filter = "Service.Meta.version == v1" }
+  v2 = { OnlyPassing = true }
+}
+Failover = {
+  "*" = { Datacenters = ["dc2", "dc3"] }
+}
+LoadBalancer {
+  Policy = "ring_hash"
+  HashPolicies = [{ Field = "header", FieldValue = "x-user" }]
+}
+"""
+
+HCL_SPLITTER = """
+Kind = "service-splitter"
+Name = "dc-cli"
+Splits = [
+  { Weight = 75, ServiceSubset = "v1" },
+  { Weight = 25, ServiceSubset = "v2", RequestHeaders = { Set = { "x-canary" = "1" } } },
+]
+"""
+
+
+def test_cli_writes_resolvers_and_splitters(dev, tmp_path):
+    addr = ("-http-addr", dev.http)
+    resolver, splitter = tmp_path / "resolver.hcl", tmp_path / "splitter.hcl"
+    resolver.write_text(HCL_TRAFFIC)
+    splitter.write_text(HCL_SPLITTER)
+    try:
+        out = mesh("config", "write", *addr, str(resolver))
+        assert out.returncode == 0 and out.stdout.strip() == "Config entry written: service-resolver/dc-cli", out.stderr
+        out = mesh("config", "write", *addr, str(splitter))
+        assert out.returncode == 0 and "service-splitter/dc-cli" in out.stdout, out.stderr
+        read = json.loads(mesh("config", "read", *addr, "-kind", "service-resolver", "-name", "dc-cli").stdout)
+        assert read["Subsets"] == {"v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"OnlyPassing": True}}
+        assert read["Failover"] == {"*": {"Datacenters": ["dc2", "dc3"]}} and read["ConnectTimeout"] == "4s"
+        assert read["LoadBalancer"] == {"Policy": "ring_hash",
+                                        "HashPolicies": [{"Field": "header", "FieldValue": "x-user"}]}
+        split = json.loads(mesh("config", "read", *addr, "-kind", "service-splitter", "-name", "dc-cli").stdout)
+        assert split["Splits"][1] == {"Weight": 25, "ServiceSubset": "v2", "RequestHeaders": {"Set": {"x-canary": "1"}}}
+        out = mesh("config", "list", *addr, "-kind", "service-resolver")
+        assert "dc-cli" in out.stdout.split()
+        # deleting the resolver under the splitter's subsets is refused, one line, exit 1
+        out = mesh("config", "delete", *addr, "-kind", "service-resolver", "-name", "dc-cli")
+        assert out.returncode == 1 and 'does not have a subset named "v1"' in out.stderr
+    finally:
+        assert mesh("config", "delete", *addr, "-filename", str(splitter)).returncode == 0
+        assert mesh("config", "delete", *addr, "-filename", str(resolver)).returncode == 0

@@ -65,3 +65,49 @@ def test_access_logs_come_from_proxy_defaults_unless_the_registration_enables_it
     assert merge_central(_sidecar(), central).proxy["AccessLogs"] == logs
     own = {"Enabled": True, "Type": "file", "Path": "/tmp/x"}
     assert merge_central(_sidecar(access_logs=own), central).proxy["AccessLogs"] == own
+
+
+UPSTREAM_CONFIG = {
+    "Defaults": {"ConnectTimeoutMs": 500, "Limits": {"MaxConnections": 10, "MaxPendingRequests": 0},
+                 "PassiveHealthCheck": {"Interval": "10s", "MaxFailures": 3}},
+    "Overrides": [{"Name": "api", "ConnectTimeoutMs": 250, "Protocol": "http",
+                   "PassiveHealthCheck": {"Interval": "1s", "EnforcingConsecutive5xx": 50, "MaxEjectionPercent": 20,
+                                          "BaseEjectionTime": "30s"}},
+                  {"Name": "other", "ConnectTimeoutMs": 1}]}
+
+
+def test_upstream_config_defaults_then_the_override_named_like_the_upstream():
+    central = CentralConfig(service_defaults={"web": {"UpstreamConfig": UPSTREAM_CONFIG},
+                                              "db": {"Protocol": "tcp"}})
+    row = _sidecar(upstreams=[{"DestinationName": "API", "LocalBindPort": 1},
+                              {"DestinationName": "db", "LocalBindPort": 2},
+                              {"DestinationName": "cache", "LocalBindPort": 3,
+                               "Config": {"connect_timeout_ms": 7, "limits": {"max_connections": 1}}},
+                              {"DestinationName": "q", "DestinationType": "prepared_query", "LocalBindPort": 4}])
+    api, db, cache, query = merge_central(row, central).proxy["Upstreams"]
+    # the override replaces a whole key (PassiveHealthCheck), not its fields
+    assert api["Config"] == {"connect_timeout_ms": 250, "limits": {"max_connections": 10, "max_pending_requests": 0},
+                             "passive_health_check": {"interval": "1s", "enforcing_consecutive_5xx": 50,
+                                                      "max_ejection_percent": 20, "base_ejection_time": "30s"},
+                             "protocol": "http"}
+    # the destination's own protocol outranks UpstreamConfig's; the defaults apply to every service upstream
+    assert db["Config"] == {"connect_timeout_ms": 500, "limits": {"max_connections": 10, "max_pending_requests": 0},
+                            "passive_health_check": {"interval": "10s", "max_failures": 3}, "protocol": "tcp"}
+    # what the registration says wins, key by key
+    assert cache["Config"]["connect_timeout_ms"] == 7 and cache["Config"]["limits"] == {"max_connections": 1}
+    assert cache["Config"]["passive_health_check"] == {"interval": "10s", "max_failures": 3}
+    assert "Config" not in query
+
+
+def test_upstream_config_of_another_service_does_not_apply():
+    central = CentralConfig(service_defaults={"api": {"UpstreamConfig": UPSTREAM_CONFIG}})
+    row = _sidecar(upstreams=[{"DestinationName": "db", "LocalBindPort": 1}])
+    assert "Config" not in merge_central(row, central).proxy["Upstreams"][0]
+
+
+def test_rate_limits_go_to_the_proxy_config_unless_the_registration_has_its_own():
+    limits = {"InstanceLevel": {"RequestsPerSecond": 10, "Routes": [{"PathPrefix": "/a", "RequestsPerSecond": 1}]}}
+    central = CentralConfig(service_defaults={"web": {"RateLimits": limits}})
+    assert merge_central(_sidecar(), central).proxy["Config"] == {"rate_limits": limits}
+    own = {"InstanceLevel": {"RequestsPerSecond": 99}}
+    assert merge_central(_sidecar({"rate_limits": own}), central).proxy["Config"]["rate_limits"] == own

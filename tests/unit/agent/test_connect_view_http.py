@@ -7,25 +7,9 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 
-from mesh.agent.agent import Agent
-from mesh.agent.config import AgentConfig
-from mesh.agent.http.app import build_app
-from mesh.agent.server.raft.memory import MemoryCluster
-
-
-async def _server(policy: str = "allow"):
-    cluster = MemoryCluster(lease=2.0, write_timeout=0.5)
-    cfg = AgentConfig(node_name="s1", server=True, dev=True, bind_addr="127.0.0.1", advertise_addr="10.0.0.1",
-                      client_addr="127.0.0.1", default_intention_policy=policy)
-    agent = Agent(cfg, raft_factory=cluster.factory)
-    assert agent.server is not None
-    agent.server.membership.create_raft("10.0.0.1:8301", 8300, agent.watch.notify)
-    client = TestClient(TestServer(build_app(agent)))
-    await client.start_server()
-    assert cluster.start("10.0.0.1:8300") is not None
-    return cluster, agent, client
+from tests.harness.one_server import one_server as _server
 
 
 @pytest.fixture

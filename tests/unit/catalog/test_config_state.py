@@ -239,3 +239,112 @@ def test_rules_hold_after_any_sequence_of_writes_and_replays_agree(ops):
     assert graph_violations(store, store.config_entries_of("service-router"), l7) == []
     replay = FSM.from_snapshot(h.fsm.snapshot())
     assert replay.state_hash() == h.fsm.state_hash()
+
+
+# ---- discovery chains: a write that breaks one is refused ------------------------------
+
+SUBSETS = {"v1": {"Filter": 'Service.Meta.version == "1"'}, "v2": {}}
+
+
+def test_a_write_that_breaks_a_chain_is_refused_and_changes_nothing():
+    h = Harness()
+    assert h.put({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}) is True
+    assert h.put({"Kind": "service-resolver", "Name": "api", "Subsets": SUBSETS}) is True
+    # a route, a split, a redirect, a failover naming a subset api's resolver lacks
+    for body in ({"Kind": "service-router", "Name": "web", "Routes": [{"Destination": {"Service": "api",
+                                                                                       "ServiceSubset": "v3"}}]},
+                 {"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 100, "Service": "api",
+                                                                         "ServiceSubset": "v3"}]},
+                 {"Kind": "service-resolver", "Name": "web", "Redirect": {"Service": "api", "ServiceSubset": "v3"}},
+                 {"Kind": "service-resolver", "Name": "web", "Failover": {"*": {"Targets": [
+                     {"Service": "api", "ServiceSubset": "v3"}]}}}):
+        assert h.put(body) == {"Error": 'service "api" does not have a subset named "v3"'}, body["Kind"]
+    assert h.store.config_entry("service-router", "web") is None
+    assert h.store.config_entry("service-splitter", "web") is None
+    assert h.store.config_entry("service-resolver", "web") is None
+    # the same entries naming v2 are taken; then api's resolver cannot lose v2, nor go away
+    assert h.put({"Kind": "service-router", "Name": "web", "Routes": [{"Destination": {"Service": "api",
+                                                                                       "ServiceSubset": "v2"}}]})
+    assert h.put({"Kind": "service-splitter", "Name": "other", "Splits": [{"Weight": 100, "Service": "api",
+                                                                           "ServiceSubset": "v1"}]})
+    assert h.put({"Kind": "service-resolver", "Name": "api", "Subsets": {"v1": {}}}) == {
+        "Error": 'service "api" does not have a subset named "v2"'}
+    assert h.delete("service-resolver", "api") == {"Error": 'service "api" does not have a subset named "v1"'}
+    assert h.store.config_entry("service-resolver", "api").body["Subsets"] == SUBSETS
+    # removing the references first makes both possible
+    assert h.delete("service-router", "web") is True and h.delete("service-splitter", "other") is True
+    assert h.delete("service-resolver", "api") is True
+
+
+def test_loops_are_refused_whichever_entry_closes_them():
+    h = Harness()
+    assert h.put({"Kind": "service-resolver", "Name": "a", "Redirect": {"Service": "b"}}) is True
+    assert h.put({"Kind": "service-resolver", "Name": "b", "Redirect": {"Service": "a"}}) == {
+        "Error": "detected circular resolver redirect: [a.default.default.dc1 -> b.default.default.dc1 -> "
+                 "a.default.default.dc1]"}
+    assert h.put({"Kind": "service-splitter", "Name": "x", "Splits": [{"Weight": 100, "Service": "y"}]}) is True
+    assert h.put({"Kind": "service-splitter", "Name": "y", "Splits": [{"Weight": 50, "Service": "x"},
+                                                                      {"Weight": 50, "Service": "z"}]}) == {
+        "Error": "detected circular reference: [splitter:x.default.default -> splitter:y.default.default -> "
+                 "splitter:x.default.default]"}
+    assert h.store.config_entry("service-resolver", "b") is None
+    assert h.store.config_entry("service-splitter", "y") is None
+
+
+def test_protocol_changes_under_a_chain_are_checked_too():
+    h = Harness()
+    assert h.put({"Kind": "service-splitter", "Name": "web", "Splits": [{"Weight": 50, "Service": "a"},
+                                                                        {"Weight": 50, "Service": "b"}]}) is True
+    message = 'discovery chain "web" uses inconsistent protocols; service "b" has "http" which is not "tcp"'
+    assert h.put({"Kind": "service-defaults", "Name": "b", "Protocol": "http"}) == {"Error": message}
+    # both at once (through proxy-defaults) keeps them consistent
+    assert h.put({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}}) is True
+    assert h.put({"Kind": "service-defaults", "Name": "a", "Protocol": "tcp"})["Error"].startswith(
+        'discovery chain "web" uses inconsistent protocols')
+
+
+def test_chains_broken_before_do_not_block_other_writes():
+    """A chain broken by, say, an old snapshot is not the next write's fault."""
+    h = Harness()
+    broken = parse_config_entry({"Kind": "service-router", "Name": "web",
+                                 "Routes": [{"Destination": {"ServiceSubset": "gone"}}]})
+    h.store.set_config_entry(1, broken)
+    assert h.put({"Kind": "service-resolver", "Name": "api", "Subsets": SUBSETS}) is True
+    assert h.put({"Kind": "service-defaults", "Name": "web", "Protocol": "http"}) is True
+
+
+_chain_ops = st.one_of(
+    st.tuples(st.just("resolver"), _names, st.sampled_from(["", "api", "db", "web"]), st.sampled_from(["", "v1"])),
+    st.tuples(st.just("splitter"), _names, _names, st.sampled_from(["", "v1", "v2"])),
+    st.tuples(st.just("router"), _names, _names, st.sampled_from(["", "v1"])),
+    st.tuples(st.just("del"), st.sampled_from(["service-resolver", "service-splitter", "service-router"]), _names,
+              st.just("")),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(_chain_ops, max_size=12))
+def test_every_chain_compiles_after_any_sequence_of_writes(ops):
+    """Whatever is written or deleted, in whatever order, every chain still compiles:
+    a write that would break one is refused whole."""
+    from mesh.catalog.discovery_chain import CHAIN_KINDS, chain_violations
+
+    h = Harness()
+    h.put({"Kind": "proxy-defaults", "Name": "global", "Config": {"protocol": "http"}})
+    for op, name, target, subset in ops:
+        if op == "resolver":
+            body = {"Kind": "service-resolver", "Name": name, "Subsets": {"v1": {}}}
+            if target:
+                body["Redirect"] = {"Service": target, **({"ServiceSubset": subset} if subset else {})}
+        elif op == "splitter":
+            body = {"Kind": "service-splitter", "Name": name, "Splits": [
+                {"Weight": 100, "Service": target, **({"ServiceSubset": subset} if subset else {})}]}
+        elif op == "router":
+            body = {"Kind": "service-router", "Name": name, "Routes": [
+                {"Destination": {"Service": target, **({"ServiceSubset": subset} if subset else {})}}]}
+        else:
+            h.delete(name, target)
+            continue
+        h.put(body)
+    services = {e.name for kind in CHAIN_KINDS for e in h.store.config_entries_of(kind)}
+    assert chain_violations(h.store, services, "dc1") == []
