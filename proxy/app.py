@@ -107,6 +107,8 @@ class Proxy:
         balancer = self.balancers.get(key)
         if balancer is None or not balancer.fits(resolver.lb, spec.passive_health_check):
             balancer = self.balancers[key] = Balancer(resolver.lb, spec.passive_health_check)
+            if self.current is not None:
+                balancer.outlier.set_hosts([e.key for e in self.current.endpoints.get(target.id, ())])
         return balancer
 
     def breaker_for(self, spec: UpstreamSpec) -> Breaker | None:
@@ -204,6 +206,8 @@ class Proxy:
         live = {(plan.upstream, t.id) for plan in config.plans.values() for t in plan.targets}
         for key in [k for k in self.balancers if k not in live]:
             del self.balancers[key]  # a target no chain uses any more
+        for (_, target), balancer in self.balancers.items():  # the share MaxEjectionPercent is of
+            balancer.outlier.set_hosts([e.key for e in config.endpoints.get(target, ())])
         for key in [k for k in self.breakers if k not in config.plans]:
             del self.breakers[key]
 
