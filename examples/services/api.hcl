@@ -4,6 +4,7 @@ service {
   name = "api"
   id   = "api-1"
   port = 9090
+  meta { version = "v1" }
   check {
     id       = "api-tcp"
     name     = "api port open"

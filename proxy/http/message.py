@@ -18,7 +18,8 @@ HOLD_LIMIT = 256 * 1024
 
 _REASONS = {
     100: b"Continue", 101: b"Switching Protocols", 200: b"OK", 204: b"No Content", 400: b"Bad Request",
-    403: b"Forbidden", 404: b"Not Found", 413: b"Payload Too Large", 431: b"Request Header Fields Too Large",
+    403: b"Forbidden", 404: b"Not Found", 413: b"Payload Too Large", 429: b"Too Many Requests",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error", 502: b"Bad Gateway", 503: b"Service Unavailable", 504: b"Gateway Timeout",
 }
 

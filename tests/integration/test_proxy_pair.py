@@ -6,6 +6,7 @@ only the agent is a stand-in (the end-to-end tests in tests/cluster use real age
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import shutil
 import socket
@@ -382,3 +383,75 @@ async def test_idle_connections_close_after_idle_timeout():
         assert await asyncio.wait_for(reader.read(100), 5) == b"", "an idle connection must be closed"
         assert 0.25 < time.monotonic() - started < 2.0
         writer.close()
+
+
+async def _second_version(mesh: Mesh, v1_status: str = "passing") -> asyncio.Server:
+    """api2 (answers `api2:`) as a second api instance, Meta version=v2; api is v1."""
+    app, port = await _echo_server(b"api2:")
+    public = _free_port()
+    mesh.agent.set_service(dict(sidecar_service("api2", public, parent_name="api", local_port=port)))
+    await start_proxy(mesh, "api2")
+    mesh.agent.set_connect_endpoints("api", [
+        connect_entry("api", "node-1", "127.0.0.1", mesh.api_public, meta={"version": "v1"}, status=v1_status),
+        connect_entry("api", "node-2", "127.0.0.1", public, service_id="api2-sidecar-proxy", meta={"version": "v2"}),
+    ])
+    return app
+
+
+SUBSETS = {"Kind": "service-resolver", "Name": "api", "DefaultSubset": "v1",
+           "Subsets": {"v1": {"Filter": "Service.Meta.version == v1"}, "v2": {"Filter": "Service.Meta.version == v2"}}}
+
+
+async def _answers(mesh: Mesh, n: int) -> collections.Counter[bytes]:
+    return collections.Counter([(await mesh.call()).partition(b":")[0] for _ in range(n)])
+
+
+async def test_a_tcp_upstream_splits_per_connection_and_fails_over_to_another_subset():
+    async with running_mesh() as mesh:
+        app = await _second_version(mesh)
+        try:
+            mesh.agent.set_config_entry({**SUBSETS, "Failover": {"v1": {"ServiceSubset": "v2"}}})
+            mesh.agent.set_config_entry({"Kind": "service-splitter", "Name": "api", "Splits": [
+                {"Weight": 70, "ServiceSubset": "v1"}, {"Weight": 30, "ServiceSubset": "v2"}]})
+            deadline = time.monotonic() + 5
+            while set(await _answers(mesh, 20)) != {b"api", b"api2"}:
+                assert time.monotonic() < deadline, "the tcp splitter never applied"
+            answers = await _answers(mesh, 300)
+            assert 50 <= answers[b"api2"] <= 130, answers  # 30% of 300 = 90
+            # v1's only instance turns critical: its share fails over to v2, nothing is refused
+            mesh.agent.set_config_entry({"Kind": "service-splitter", "Name": "api", "Splits": [
+                {"Weight": 100, "ServiceSubset": "v1"}]})
+            entries = mesh.agent.connect_endpoints("api")
+            entries[0] = connect_entry("api", "node-1", "127.0.0.1", mesh.api_public, meta={"version": "v1"},
+                                       status="critical")
+            mesh.agent.set_connect_endpoints("api", entries)
+            while set(await _answers(mesh, 10)) != {b"api2"}:
+                assert time.monotonic() < deadline + 5, "no failover to v2"
+            web = mesh.proxies["web"]
+            assert web.traffic.failovers[("api", "v2.api.default.default.dc1")] >= 1
+        finally:
+            app.close()
+
+
+async def test_a_tcp_upstream_over_max_connections_refuses_new_ones():
+    async with running_mesh() as mesh:
+        service = sidecar_service("web", _free_port(), local_port=1, upstreams=[
+            {"DestinationName": "api", "LocalBindPort": mesh.upstream_port,
+             "Config": {"limits": {"max_connections": 2}}}])
+        mesh.agent.set_service(service)
+        deadline = time.monotonic() + 5
+        while not mesh.proxies["web"].current.registration.upstreams[0].limits:
+            assert time.monotonic() < deadline, "web's sidecar never took the limits"
+            await asyncio.sleep(0.02)
+        held = [await asyncio.open_connection("127.0.0.1", mesh.upstream_port) for _ in range(2)]
+        for reader, writer in held:
+            writer.write(b"hold")
+            assert await asyncio.wait_for(reader.read(100), 5) == b"api:hold"
+        assert await mesh.call() == b""  # the third is closed at once
+        assert mesh.proxies["web"].traffic.overloads[("api", "connections")] == 1
+        for _, writer in held:
+            writer.close()
+        deadline = time.monotonic() + 5
+        while await mesh.call() != b"api:ping":
+            assert time.monotonic() < deadline, "connections never counted down"
+            await asyncio.sleep(0.02)

@@ -22,6 +22,6 @@ def test_example_definitions_parse(path):
 def test_make_run_config_dir_loads():
     cfg = parse_args(["-dev", "-config-dir", str(ROOT / "examples" / "services")])
     services, _ = parse_config_definitions(cfg.definitions)
-    assert {d.service.id for d, _ in services} == {"web-1", "api-1", "db-1", "cache-1"}
-    assert {d.service.id for d, _ in services if d.sidecar is not None} == {"web-1", "api-1"}
+    assert {d.service.id for d, _ in services} == {"web-1", "api-1", "api-2", "db-1", "cache-1"}
+    assert {d.service.id for d, _ in services if d.sidecar is not None} == {"web-1", "api-1", "api-2"}
     assert cfg.default_intention_policy == "deny"
