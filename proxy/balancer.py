@@ -20,7 +20,7 @@ import random
 from collections.abc import Collection, Sequence
 
 from .endpoint import Endpoint
-from .traffic.lb import LoadBalancerConfig, make_picker
+from .traffic.lb import LoadBalancerConfig, make_picker, never_ejected
 from .traffic.outlier import OutlierDetector, PassiveHealthCheck
 
 __all__ = ["Endpoint", "Balancer", "POLICIES"]
@@ -43,13 +43,15 @@ class Balancer:
         self.last_sweep = 0.0
 
     def fits(self, lb: LoadBalancerConfig, passive: PassiveHealthCheck) -> bool:
-        return lb == self.lb and passive == self.passive
+        return (lb is self.lb or lb == self.lb) and (passive is self.passive or passive == self.passive)
 
     def pick(self, endpoints: Sequence[Endpoint], now: float, exclude: Collection[str] = (),
              key: int | None = None) -> Endpoint | None:
         """The instance for the next request or connection, None when there is none to
         try. `exclude`: keys already tried; `key`: the request's hash (hash policies)."""
-        return self.picker.pick(endpoints, key=key, exclude=exclude, ejected=self.outlier.ejected,
+        outlier = self.outlier
+        return self.picker.pick(endpoints, key=key, exclude=exclude,
+                                ejected=outlier.ejected if outlier.current_ejections() else never_ejected,
                                 active=self._active_of)
 
     def _active_of(self, key: str) -> int:

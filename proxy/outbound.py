@@ -1,8 +1,11 @@
 """Upstream listeners: a plain TCP port per upstream on loopback, each connection carried to a
 healthy instance's sidecar over mutual TLS.
 
-For every accepted connection: the balancer picks an instance from the configuration
-current at that moment; the connection rides a new stream on a pooled, multiplexed mTLS
+For every accepted connection: the upstream's plan (plan.py) picks the resolver (a
+splitter draws per connection) and the first of its targets with a healthy instance
+(failover in order), the target's balancer picks an instance from the configuration
+current at that moment, and the upstream's circuit breaker counts it (over
+`max_connections` it is closed at once); the connection rides a new stream on a pooled, multiplexed mTLS
 connection to that instance's sidecar (no handshake per app connection), or a TLS
 connection of its own when that sidecar does not speak the multiplexing protocol (another
 Connect implementation), resumed from a cached TLS session where possible. The server's

@@ -3,8 +3,11 @@
 Agent mode (`-sidecar-for`, `-proxy-id`) watches the proxy's own registration by content
 hash; flags mode builds a fixed registration from the flags. Both then watch the CA roots,
 the leaf of the proxy's service, the intentions that name that service as destination,
-and the healthy sidecars of every upstream; the set of leaf, intention and upstream
-watches follows the registration as it changes.
+and, with upstreams, the three discovery chain entry kinds (router, splitter, resolver:
+one blocking list each) and the instances of every service the upstreams' compiled
+chains target (one health watch per service and datacenter, critical instances
+included: whether one serves depends on the target's subset). The set of watches
+follows the registration and the chains as they change.
 
 Every watch goes through `mesh.api.watch.Watch` (back off on errors and on quick repeats,
 start over when an index goes backwards). A failing watch leaves its last answer in force:

@@ -1,13 +1,16 @@
 """The two request handlers of an http sidecar, as callback state machines.
 
 Inbound (the public listener): a peer sidecar's request is authorized by the L7
-intentions (403 when denied: the next request on the same connection goes on), carries
+intentions (403 when denied: the next request on the same connection goes on), passes
+the service's rate limits (429 with Retry-After), carries
 the caller's trace on, and goes to the local app over a pooled keep-alive connection,
 bounded by `local_request_timeout_ms` (504).
 
 Outbound (an upstream listener): the app's request is matched against the upstream's
-service-router, sent to a healthy instance of the route's service over a pooled stream
-to its sidecar, and retried as the route says (a fresh instance where there is one,
+service-router, walks its discovery chain (a split by weight, the resolver's targets with
+failover, its load balancer and hash policies, plan.py), passes the upstream's circuit
+breaker (503 `x-mesh-overloaded` at once when over a limit), goes to the chosen instance
+over a pooled stream to its sidecar, and is retried as the route says (a fresh instance where there is one,
 within the retry budget, idempotent methods only unless nothing reached an app); the
 route's RequestTimeout covers the whole request, retries included (504).
 

@@ -30,7 +30,7 @@ from .ring import HashRing
 
 __all__ = [
     "POLICIES", "LoadBalancerConfig", "Picker", "make_picker", "RoundRobinPicker", "RandomPicker",
-    "LeastRequestPicker", "RingHashPicker", "MaglevPicker",
+    "LeastRequestPicker", "RingHashPicker", "MaglevPicker", "never_ejected",
     "CookieConfig", "HashPolicy", "HashResult", "request_hash", "cookie_value",
 ]
 
@@ -88,7 +88,8 @@ class LoadBalancerConfig:
         return cls(policy, choice_count, min_ring, max_ring, policies)
 
 
-def _never(key: str) -> bool:
+def never_ejected(key: str) -> bool:
+    """The `ejected` of a pick when nothing is ejected (recognized, and skipped)."""
     return False
 
 
@@ -105,7 +106,7 @@ class Picker:
         *,
         key: int | None = None,
         exclude: Collection[str] = (),
-        ejected: Callable[[str], bool] = _never,
+        ejected: Callable[[str], bool] = never_ejected,
         active: Callable[[str], int] = _idle,
     ) -> Endpoint | None:
         """The instance for this request, None only when every one is excluded.
@@ -114,8 +115,10 @@ class Picker:
         candidates = [e for e in endpoints if e.key not in exclude] if exclude else list(endpoints)
         if not candidates:
             return None
-        usable = [e for e in candidates if not ejected(e.key)]
-        pool = usable or candidates
+        if ejected is never_ejected:  # nothing is ejected: the common case costs no call per instance
+            pool = candidates
+        else:
+            pool = [e for e in candidates if not ejected(e.key)] or candidates
         if len(pool) == 1:
             return pool[0]
         return self._choose(endpoints, pool, key, active)
