@@ -54,12 +54,13 @@ class HttpClientConn(asyncio.Protocol):
     __slots__ = ("transport", "_parser", "_sink", "_method", "_status_reason", "_headers", "_head_bytes",
                  "closed", "on_idle", "on_lost", "idle_since", "key", "_sent", "_interim", "used",
                  "_upgraded", "tunnel_peer", "generation", "_replace_parser", "_pending_tunnel",
-                 "_until_close", "dead", "_framed")
+                 "_until_close", "dead", "_framed", "_writing_paused")
 
     def __init__(self, key: str = "", generation: int = 0) -> None:
         self.transport: Any = None
         self._parser: Any = None
         self._sink: ResponseSink | None = None
+        self._writing_paused = False  # our transport's buffer is full: the request's source is paused
         self._method = ""
         self._status_reason = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -141,16 +142,27 @@ class HttpClientConn(asyncio.Protocol):
             self.on_lost(self)
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         sink = self._sink
         source = getattr(sink, "request_source", None)
         if source is not None:
             source.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         sink = self._sink
         source = getattr(sink, "request_source", None)
         if source is not None:
             source.resume_reading()
+
+    def _release(self, sink: ResponseSink | None) -> None:
+        """A response ended while we held its request's source paused (the app answered
+        before it read the whole body): resume it, or the caller's connection would stay
+        unread for good."""
+        if self._writing_paused and sink is not None:
+            source = getattr(sink, "request_source", None)
+            if source is not None:
+                source.resume_reading()
 
     # ---- parser callbacks ------------------------------------------------------------------------
     def on_message_begin(self) -> None:
@@ -228,6 +240,7 @@ class HttpClientConn(asyncio.Protocol):
     def _complete(self, keep_alive: bool) -> None:
         self._until_close = False
         sink, self._sink = self._sink, None
+        self._release(sink)
         if sink is not None:
             sink.response_done()
         if keep_alive and not self.closed and not self.dead:
@@ -239,6 +252,7 @@ class HttpClientConn(asyncio.Protocol):
 
     def _fail(self, reason: str) -> None:
         sink, self._sink = self._sink, None
+        self._release(sink)
         self.dead = True
         if not self.closed:
             self.transport.abort()
@@ -255,7 +269,8 @@ class HttpClientConn(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        self._sink = None
+        sink, self._sink = self._sink, None
+        self._release(sink)
         self.dead = True
         if not self.closed and self.transport is not None:
             self.transport.abort()

@@ -170,7 +170,7 @@ class Attempt:
             if callback is not None:
                 callback(self)
             return
-        self.downstream.source = None
+        self.downstream.release_source()
         callback, self.on_end = self.on_end, None
         if callback is not None:
             callback(self)
@@ -260,10 +260,10 @@ class Attempt:
         if not self.request.keep_alive or self._close_after or downstream.draining:
             headers.append((b"connection", b"close"))
             self.request.keep_alive = False
-        downstream.source = self.conn.transport
+        downstream.attach_source(self.conn.transport)
         self._committed = True
         if self._done:
-            downstream.source = None
+            downstream.release_source()
         data = response_head(head.status, headers, head.reason)
         if self._held:
             held = b"".join(self._held)
@@ -275,7 +275,7 @@ class Attempt:
         self._out.append(data)
 
     def finish(self) -> None:
-        self.downstream.source = None
+        self.downstream.release_source()
         self._cancel_timer()
 
 

@@ -74,7 +74,7 @@ def _expects_continue(request: Request) -> bool:
 class HttpServerConn(asyncio.Protocol):
     __slots__ = ("transport", "_begin", "_parser", "_current", "_head_bytes", "_queue", "_busy",
                  "closed", "_on_close", "_broken", "source", "_upgrade_tail", "_tunnel", "_peer", "last_active",
-                 "_paused_for_queue", "tag", "_read_paused", "handled",
+                 "_paused_for_queue", "tag", "_read_paused", "handled", "_writing_paused",
                  "draining", "loop")
 
     def __init__(self, begin: Begin, on_close: Callable[[HttpServerConn], None] | None = None,
@@ -90,6 +90,7 @@ class HttpServerConn(asyncio.Protocol):
         self._on_close = on_close
         self._broken: tuple[int, str] | None = None
         self.source: Any = None  # the transport a response body comes from (paused when we cannot write)
+        self._writing_paused = False
         self._upgrade_tail: bytes | None = None
         self._tunnel: Any = None  # after a 101: the transport bytes go to
         self._peer = peer
@@ -168,12 +169,29 @@ class HttpServerConn(asyncio.Protocol):
             self._on_close(self)
 
     def pause_writing(self) -> None:
+        self._writing_paused = True
         if self.source is not None:
             self.source.pause_reading()
 
     def resume_writing(self) -> None:
+        self._writing_paused = False
         if self.source is not None:
             self.source.resume_reading()
+
+    def attach_source(self, transport: Any) -> None:
+        """The transport this connection's response body comes from: paused while we
+        cannot write to the caller (at once, when we already cannot)."""
+        self.source = transport
+        if self._writing_paused and transport is not None:
+            transport.pause_reading()
+
+    def release_source(self) -> None:
+        """The response ended: its connection goes back to a pool or away, and must not
+        stay paused by us (a pooled connection that is not read answers nothing: the
+        next request on it would time out)."""
+        source, self.source = self.source, None
+        if source is not None and self._writing_paused:
+            source.resume_reading()
 
     # ---- parser callbacks ----------------------------------------------------------------------
     def on_message_begin(self) -> None:

@@ -280,3 +280,21 @@ def test_ring_hash_keeps_a_header_value_on_one_instance(baseline: Traffic):
     seen = sticky()
     assert all(len(names) == 1 for names in seen.values()), seen
     assert set().union(*seen.values()) == {"a1", "a2"}  # the keys spread over both v1 instances
+
+
+def test_large_responses_on_new_connections_never_stall_a_pooled_connection(mesh: Traffic):
+    """A 1 MiB response fills the caller's socket: the sidecar stops reading the instance
+    until the caller reads. Once the response ends, the connection it came from goes back
+    to the pool: it must not stay paused, or the next request on it hangs until its
+    timeout (a bug found by the benchmark: every other request took 15 s and got 504)."""
+    import urllib.request
+
+    def fetch() -> tuple[int, float]:
+        started = time.monotonic()
+        with urllib.request.urlopen(f"{mesh.url}/bytes?n=1048576", timeout=10) as response:
+            return len(response.read()), time.monotonic() - started
+
+    for _ in range(20):
+        size, took = fetch()
+        assert size == 1048576
+        assert took < 3.0

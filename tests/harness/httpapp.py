@@ -9,6 +9,7 @@ Run in-process (`start_app`) or as its own process (`python -m tests.harness.htt
 - `/stream?chunks=N`: a chunked answer of N pieces
 - `/ws`: a WebSocket echo
 - `/calls`: how many requests this instance answered, by path
+- `/bytes?n=N`: a body of N bytes (Content-Length)
 - `PUT /admin/sick?status=500` (on the app's own port): every request but `/admin/*`
   answers `status` until `PUT /admin/well`: an instance that turned bad
 """
@@ -69,6 +70,9 @@ def make_app(name: str) -> web.Application:
                 await socket.send_bytes(msg.data)
         return socket
 
+    async def sized(request: web.Request) -> web.Response:
+        return web.Response(body=b"x" * int(request.query.get("n", "1048576")))
+
     async def counts(request: web.Request) -> web.Response:
         return web.json_response(dict(calls))
 
@@ -96,6 +100,7 @@ def make_app(name: str) -> web.Application:
     app.router.add_get("/stream", stream)
     app.router.add_get("/ws", ws)
     app.router.add_get("/calls", counts)
+    app.router.add_get("/bytes", sized)
     app.router.add_put("/admin/sick", make_sick)
     app.router.add_put("/admin/well", make_well)
     app.router.add_route("*", "/{tail:.*}", echo)
