@@ -279,6 +279,7 @@ class ConfigBuilder:
     plans: dict[str, UpstreamPlan] = field(default_factory=dict)
     _plans_for: tuple[Any, ...] = ()
     chain_problems: dict[str, str] = field(default_factory=dict)  # upstream -> why its last chain was refused
+    _served: bool = False  # a configuration was built once: later ones never wait for instances
 
     def set_chain_entries(self, kind: str, entries: Any) -> None:
         """The service-resolver, service-splitter or service-router entries (all of one
@@ -352,8 +353,14 @@ class ConfigBuilder:
             self._contexts = (self.leaf.serial_number, root_ids, server, client, self._generation)
         if self._index is None:
             self._index = IntentionIndex(self.intentions)
-        self.problem = ""
         plans = self.plan(self.registration)
+        if not self._served:
+            waiting = sorted(k for k in self.watch_keys() if "@" not in k and k not in self.instances)
+            if waiting:  # a listener opened now would answer "no healthy upstream" for a moment
+                self.problem = f"waiting for the instances of {', '.join(waiting)}"
+                return None
+        self._served = True
+        self.problem = ""
         _, _, server, client, generation = self._contexts
         return ProxyConfig(
             registration=self.registration,

@@ -128,3 +128,17 @@ def test_authorize_uses_the_intentions_and_the_default():
     assert config.authorize("db").allowed
     builder.set_intentions((), default_allow=False)
     assert not builder.build().authorize("db").allowed
+
+
+def test_the_first_configuration_waits_for_the_instances_of_local_targets_only():
+    ca = TestCA()
+    reg = registration_from_service(service(upstreams=[("api", 9191), {"DestinationName": "db", "LocalBindPort": 9192,
+                                                                      "Datacenter": "dc2"}]))
+    builder = ConfigBuilder(datacenter="dc1", registration=reg, roots=parse_roots(ca.roots()),
+                            leaf=parse_leaf(ca.leaf("web")))
+    assert builder.build() is None and builder.problem == "waiting for the instances of api"
+    builder.instances["api"] = ()  # answered, even with none: "no healthy upstream" is then the truth
+    first = builder.build()
+    assert first is not None  # db@dc2 may never answer (an unknown datacenter): not waited for
+    del builder.instances["api"]
+    assert builder.build() is not None  # once serving, a configuration never waits again
