@@ -1,6 +1,7 @@
 """Sidecar proxy throughput and latency: mesh's web -> api sidecar pairs beside haproxy
 mutual-TLS pairs and a direct connection to the same nginx, same run: the L4 rows (issue 12,
-Benchmark) and the http rows (issue 13, Benchmark).
+Benchmark), the http rows (issue 13, Benchmark) and a traffic-managed http pair in them
+(issue 14, Benchmark).
 
     .venv/bin/python bench/proxy.py [--protocol tcp|http|both] [--quick] [--seconds 10] [--runs 3]
                                     [--no-profile] [--no-wait]
@@ -17,6 +18,16 @@ script says so and stops without them. Everything runs on 127.0.0.1 free ports:
   sidecars and on web-http's upstream (set in the registrations, as the agent would merge
   them from service-defaults), and access logs on (`Proxy.AccessLogs`, type file, one
   file per sidecar), metrics on as well.
+- http, traffic management: `web-tm` -> `api-tm`, the same shape as web-http -> api-http
+  (api-tm registered with `Meta {"tier": "bench"}`, which its sidecar copies), with every
+  traffic-management entry configured and none of it triggering, written through
+  `PUT /v1/config` before its sidecars start: service-defaults `api-tm` (Protocol http;
+  RateLimits: 1,000,000 req/s instance-wide, burst 1,000,000, and a route PathPrefix
+  "/never" at 1 req/s), service-defaults `web-tm` (Protocol http; UpstreamConfig Defaults:
+  Limits of 100,000 connections, pending and concurrent requests, PassiveHealthCheck every
+  10s, 5 failures), service-resolver `api-tm` (DefaultSubset v1; subsets v1 and v2, both
+  `Service.Meta.tier == bench`, so both are every instance; Failover "*" to v2) and
+  service-splitter `api-tm` (90% to v1, 10% to v2). No service-router.
 - A haproxy pair doing the same hop (tcp mode, defaults: 16 KiB buffers, TLS session
   reuse; client haproxy -> TLS with web's client certificate -> server haproxy verifying
   it -> nginx), with the dev agent's own EC P-256 leaves for web and api and its roots, so
@@ -30,13 +41,22 @@ script says so and stops without them. Everything runs on 127.0.0.1 free ports:
   counted and emptied between runs.
 - nginx, 1 worker: /small (128 B) and /1m (1 MiB).
 
-Before measuring, once: a request through the mesh http pair returns nginx's own body and
-each http sidecar's access log file gets a JSON line for it (the run stops otherwise).
+Before measuring, once: a request through each mesh http pair returns nginx's own body and
+each http sidecar's access log file gets a JSON line for it; for the traffic-managed pair,
+the dev agent's `/v1/discovery-chain/api-tm` starts at the splitter (90/10) with both
+subsets' resolver nodes, the agent merged `rate_limits` into api-tm's sidecar registration
+and the limits and passive health check into web-tm's upstream, requests through web-tm
+(50 at a time, up to 200) reach both targets in web-tm's `mesh_proxy_target_requests_total`
+with nginx's body and without failover, and the "/never" route's 1 req/s answers 429 from
+api-tm's sidecar (the only requests its limits refuse; after the rows the script says
+whether any row met a rate limit, a circuit breaker, a failover or an ejection). The run
+stops otherwise.
 
 Placement as in the perf lab (../shared/reference/perf-baselines.md, Method): the proxies
 of a pair on CPU 0 (`--proxy-cpu`; the pair gets one core), nginx and the load generator on
 CPU 1 (`--gen-cpu`). Rows, each the median of `--runs` runs of `--seconds`, the variants
-(direct, the haproxy pair, the mesh pair of the row's protocol) interleaved run by run:
+(direct, the haproxy pair, the mesh pair of the row's protocol and, in the http rows, the
+traffic-managed pair `mesh-tm`) interleaved run by run:
 small keep-alive requests/s (wrk -t1 -c50 /small); a new connection per request (the same
 with `Connection: close`: in tcp mode haproxy pays a TLS handshake, resumed, per
 connection, ours opens a stream on a pooled multiplexed connection; in http mode both
@@ -50,16 +70,21 @@ ka,close,bulk,rate of each.
 Targets, tcp (issue 12): keep-alive >= 85% of the haproxy pair, bulk >= 100%, new
 connections >= 2x, added p99 <= 2 ms at 1,000 req/s, idle sidecar <= 40 MiB. http (issue
 13): keep-alive >= 50% of the haproxy http pair, new client connection per request >= 50%
-of it, added p99 <= 3 ms at 1,000 req/s. Before each run the script waits (at most 10
-minutes) until the 1-minute load average is below 0.7 and the machine is idle for a
-second; during the run it counts the CPU of every other process from /proc and discards
-and repeats a run where they used more than 0.2 core (at most 3 attempts). `--no-wait`
-skips both (a smoke check of the script on a busy machine; its figures mean nothing).
+of it, added p99 <= 3 ms at 1,000 req/s. The traffic-managed pair (issue 14), a line of its
+own under each http row: keep-alive >= 90% of the mesh http pair's (`tm-ka`, medians of the
+same run), added p99 at 1,000 req/s <= 3 ms over direct (`tm p99`; its p99 minus the mesh
+http pair's beside it); its new-connection line is for the record. Before each run the
+script waits (at most 10 minutes) until the 1-minute load average is below 0.7 and the
+machine is idle for a second; during the run it counts the CPU of every other process from
+/proc and discards and repeats a run where they used more than 0.2 core (at most 3
+attempts). `--no-wait` skips both (a smoke check of the script on a busy machine; its
+figures mean nothing).
 
 Where a target is missed the load of that row runs once more against the mesh pair of
-that row with py-spy (`.venv/bin/pip install py-spy`) sampling both proxies with native
-frames (OpenSSL, uvloop, httptools, system calls); that sampling stops the process at each
-sample, so the profiled load runs slower: read its percentages, not its speed.
+that row (the traffic-managed pair for a missed tm target) with py-spy (`.venv/bin/pip
+install py-spy`) sampling both proxies with native frames (OpenSSL, uvloop, httptools,
+system calls); that sampling stops the process at each sample, so the profiled load runs
+slower: read its percentages, not its speed.
 Baseline measured on this kind of machine with prototypes (perf-baselines.md): haproxy pair
 30,227 keep-alive req/s, 682 new conn/s, 483 MB/s (621 with 64 KiB buffers), 0.6/1.3 ms at
 1,000 req/s against direct's 0.4/1.0; haproxy http pair with `http-reuse always` 21,431
@@ -81,6 +106,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from typing import Any
@@ -98,7 +124,8 @@ MAX_ATTEMPTS = 3
 MAX_WAIT = 600.0
 GATE = True  # --no-wait: no waiting for a quiet machine and no discarded runs (smoke runs only)
 TARGETS = {"ka": 0.85, "close": 2.0, "bulk": 1.0, "p99_added_ms": 2.0, "rss_mib": 40.0,
-           "http-ka": 0.5, "http-close": 0.5, "http_p99_added_ms": 3.0}
+           "http-ka": 0.5, "http-close": 0.5, "http_p99_added_ms": 3.0,
+           "tm-ka": 0.9, "tm_p99_added_ms": 3.0}  # tm-ka: of the mesh http pair's req/s
 
 
 # ---- /proc ----------------------------------------------------------------------------------
@@ -292,6 +319,16 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
     return urllib.request.urlopen(url, timeout=timeout).read()
 
 
+def http_status(url: str) -> int:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            resp.read()
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        exc.read()
+        return exc.code
+
+
 def http_put(url: str, body: Any) -> bytes:
     req = urllib.request.Request(url, data=json.dumps(body).encode(), method="PUT")
     return urllib.request.urlopen(req, timeout=10).read()
@@ -414,8 +451,31 @@ defaults
     return _start_pair(procs, tmp, "haproxy-http", head, certs, upstream, cpu, front, back), front
 
 
+TM_META = {"tier": "bench"}  # api-tm's; both subsets' filters select it
+TM_RATE_LIMITS = {"InstanceLevel": {"RequestsPerSecond": 1_000_000, "RequestsMaxBurst": 1_000_000,
+                                    "Routes": [{"PathPrefix": "/never", "RequestsPerSecond": 1}]}}
+
+
+def traffic_entries(web: str, api: str) -> list[dict[str, Any]]:
+    """The traffic-managed pair's config entries, in an order the servers accept (the
+    splitter needs api's protocol http first): every feature configured, none triggering
+    at the bench's load (limits far above it, the rate-limited route never requested)."""
+    subset = {"Filter": f"Service.Meta.tier == {TM_META['tier']}"}
+    return [
+        {"Kind": "service-defaults", "Name": api, "Protocol": "http", "RateLimits": TM_RATE_LIMITS},
+        {"Kind": "service-defaults", "Name": web, "Protocol": "http", "UpstreamConfig": {"Defaults": {
+            "Limits": {"MaxConnections": 100_000, "MaxPendingRequests": 100_000, "MaxConcurrentRequests": 100_000},
+            "PassiveHealthCheck": {"Interval": "10s", "MaxFailures": 5}}}},
+        {"Kind": "service-resolver", "Name": api, "DefaultSubset": "v1", "Subsets": {"v1": subset, "v2": subset},
+         "Failover": {"*": {"ServiceSubset": "v2"}}},
+        {"Kind": "service-splitter", "Name": api, "Splits": [{"Weight": 90, "ServiceSubset": "v1"},
+                                                             {"Weight": 10, "ServiceSubset": "v2"}]},
+    ]
+
+
 class Mesh:
-    """The dev agent; the sidecar pairs are registered with it (`pair`)."""
+    """The dev agent; the sidecar pairs are registered with it (`pair`), config entries
+    written through it (`configure`)."""
 
     def __init__(self, procs: Procs, tmp: str, agent_cpu: str, python: str = sys.executable) -> None:
         self.procs, self.tmp, self.python = procs, tmp, python
@@ -430,8 +490,14 @@ class Mesh:
         retry(lambda: b"BEGIN CERTIFICATE" in http_get(base + "/v1/agent/connect/ca/roots?pem=true", 5), 30, 0.2,
               "the CA")
 
-    def pair(self, web: str, api: str, nginx_port: int, cpu: str, protocol: str = "tcp") -> Pair:
-        return Pair(self, web, api, nginx_port, cpu, protocol)
+    def pair(self, web: str, api: str, nginx_port: int, cpu: str, protocol: str = "tcp",
+             api_meta: dict[str, str] | None = None) -> Pair:
+        return Pair(self, web, api, nginx_port, cpu, protocol, api_meta)
+
+    def configure(self, entries: list[dict[str, Any]]) -> None:
+        for entry in entries:
+            if http_put(self.base + "/v1/config", entry).strip() != b"true":
+                raise RuntimeError(f"PUT /v1/config {entry['Kind']} {entry['Name']} was not applied")
 
     def certs(self, out: str, pair: Pair) -> str:
         """The dev agent's leaves for the pair's web and api and its roots, as haproxy wants
@@ -454,11 +520,14 @@ class Pair:
     both have `prometheus_bind_addr`), an allow web -> api intention, and the two real
     `mesh connect proxy -sidecar-for ...` processes (info logs to a file). protocol "http":
     `Proxy.Config.protocol` and the upstream's `Config.protocol` are http and each sidecar
-    writes access logs (`Proxy.AccessLogs`, type file) to access-<service>.log."""
+    writes access logs (`Proxy.AccessLogs`, type file) to access-<service>.log. `api_meta`:
+    api's service meta (its sidecar copies it)."""
 
-    def __init__(self, mesh: Mesh, web: str, api: str, nginx_port: int, cpu: str, protocol: str) -> None:
+    def __init__(self, mesh: Mesh, web: str, api: str, nginx_port: int, cpu: str, protocol: str,
+                 api_meta: dict[str, str] | None = None) -> None:
         self.names = {"web": web, "api": api}
         self.protocol = protocol
+        self.mesh = mesh
         self.tmp = tmp = mesh.tmp
         base = mesh.base
         self.upstream_port = free_port()
@@ -477,7 +546,7 @@ class Pair:
         if protocol == "http":
             upstream["Config"] = {"protocol": "http"}
         http_put(base + "/v1/agent/service/register", {
-            "Name": api, "ID": api, "Address": "127.0.0.1", "Port": nginx_port,
+            "Name": api, "ID": api, "Address": "127.0.0.1", "Port": nginx_port, "Meta": api_meta or {},
             "Connect": {"SidecarService": {"Port": free_port(), "Proxy": proxy("api")}}})
         http_put(base + "/v1/agent/service/register", {
             "Name": web, "ID": web, "Address": "127.0.0.1", "Port": free_port(),
@@ -512,10 +581,11 @@ class Pair:
         """Once, before measuring: a request through the pair gets nginx's own body, and each
         sidecar's access log file gets a JSON line for it (path with a unique query, 200)."""
         target = f"/small?bench-check={os.getpid()}-{time.monotonic_ns()}"
+        which = " -> ".join(self.names.values())
         want = http_get(f"http://127.0.0.1:{nginx_port}/small")
         got = http_get(f"http://127.0.0.1:{self.upstream_port}{target}")
         if got != want:
-            raise RuntimeError(f"GET {target} through the mesh http pair: {got[:80]!r}, nginx says {want[:80]!r}")
+            raise RuntimeError(f"GET {target} through {which}: {got[:80]!r}, nginx says {want[:80]!r}")
 
         def logged(path: str) -> dict[str, Any] | None:
             with open(path, errors="replace") as f:
@@ -534,7 +604,65 @@ class Pair:
                 raise RuntimeError(f"{self.names[role]} sidecar: no JSON access log line for GET {target} in "
                                    f"{path}: {exc}") from None
             seen.append(f"{self.names[role]} {record.get('direction')} {record.get('response_code')}")
-        return f"GET {target} through the mesh http pair: nginx's {len(got)} bytes; access log lines: " + ", ".join(seen)
+        return f"GET {target} through {which}: nginx's {len(got)} bytes; access log lines: " + ", ".join(seen)
+
+    def check_traffic(self, nginx_port: int) -> str:
+        """Once, before measuring, for the traffic-managed pair (traffic_entries): the
+        plan is in force. The agent's compiled chain of api starts at the splitter (90/10)
+        and has both subsets' resolvers; the agent merged api's rate limits into its
+        sidecar and web's limits and passive health check into web's upstream; requests
+        through web reach both targets (web's metrics) with nginx's body and no failover;
+        a second quick request to the 1 req/s route is refused (429) by api's sidecar."""
+        web, api, base = self.names["web"], self.names["api"], self.mesh.base
+        chain = json.loads(http_get(f"{base}/v1/discovery-chain/{api}"))["Chain"]
+        targets = {s: f"{s}.{api}.default.default.{chain['Datacenter']}" for s in ("v1", "v2")}
+        start = chain["Nodes"].get(chain["StartNode"], {})
+        resolved = {n["Resolver"]["Target"] for n in chain["Nodes"].values() if n["Type"] == "resolver"}
+        if ([s["Weight"] for s in start.get("Splits", ())] != [90, 10] or start.get("Type") != "splitter"
+                or not set(targets.values()) <= resolved):
+            raise RuntimeError(f"/v1/discovery-chain/{api}: no 90/10 splitter at the start with resolvers for "
+                               f"{', '.join(targets.values())}: {json.dumps(chain)[:600]}")
+
+        def merged() -> str:
+            api_config = json.loads(http_get(f"{base}/v1/agent/service/{api}-sidecar-proxy"))["Proxy"]["Config"]
+            upstream = json.loads(http_get(f"{base}/v1/agent/service/{web}-sidecar-proxy"))["Proxy"]["Upstreams"][0]
+            missing = ([] if api_config.get("rate_limits") == TM_RATE_LIMITS else
+                       [f"{api} sidecar Config.rate_limits {api_config.get('rate_limits')}"])
+            missing += [f"{web} upstream Config.{k}" for k in ("limits", "passive_health_check")
+                        if not upstream.get("Config", {}).get(k)]
+            if missing:
+                raise RuntimeError("the agent did not merge " + "; ".join(missing))
+            return "merged"
+
+        try:
+            retry(merged, 10, 0.2, "the service-defaults merged into the tm sidecars' registrations")
+        except AssertionError as exc:
+            raise RuntimeError(str(exc)) from None
+        want = http_get(f"http://127.0.0.1:{nginx_port}/small")
+        sent, counts, metrics = 0, dict.fromkeys(targets, 0.0), {}
+        while sent < 200 and not all(counts.values()):
+            for _ in range(50):
+                got = http_get(f"http://127.0.0.1:{self.upstream_port}/small?bench-check=tm-{sent}")
+                sent += 1
+                if got != want:
+                    raise RuntimeError(f"GET /small through the tm pair: {got[:80]!r}, nginx says {want[:80]!r}")
+            metrics = self.scrape("web")
+            counts = {s: _sum(metrics, "mesh_proxy_target_requests_total{", f'target="{t}"', f'upstream="{api}"')
+                      for s, t in targets.items()}
+        failovers = _sum(metrics, "mesh_proxy_failover_requests_total")
+        if not all(counts.values()) or failovers:
+            raise RuntimeError(f"{sent} requests through {web}: by target {counts}, failover {failovers:.0f} "
+                               f"(want both targets and no failover); {web}'s target counters: "
+                               + ", ".join(f"{k} {v:.0f}" for k, v in metrics.items() if "_target_requests" in k))
+        codes = [http_status(f"http://127.0.0.1:{self.upstream_port}/never-bench-check") for _ in range(3)]
+        limited = _sum(self.scrape("api"), "mesh_proxy_rate_limited_total")
+        if 429 not in codes or not limited:
+            raise RuntimeError(f"3 quick GET /never-bench-check through {web} (route limit 1 req/s): {codes}, "
+                               f"{api}'s mesh_proxy_rate_limited_total {limited:.0f} (want a 429 counted)")
+        return (f"{api}'s chain: splitter 90/10 -> resolvers {', '.join(targets.values())}; rate_limits, limits and "
+                f"passive_health_check merged; {sent} GET /small through {web}: nginx's body; {web}'s requests by "
+                "target so far: " + ", ".join(f"{s} {n:.0f}" for s, n in counts.items())
+                + f", no failover; GET /never x3: {codes} ({limited:.0f} rate limited by {api}'s sidecar)")
 
 
 # ---- measuring -------------------------------------------------------------------------------
@@ -548,7 +676,7 @@ ROWS = {
     "http-rate": ("http at 1,000 req/s keep-alive, p50/p99 ms", "p99_ms"),
 }
 HTTP_ROWS = ("ka", "close", "rate")  # the rows an http pair gets (http-<row>)
-VARIANTS = {"tcp": ("direct", "haproxy", "mesh"), "http": ("direct", "haproxy-http", "mesh-http")}
+VARIANTS = {"tcp": ("direct", "haproxy", "mesh"), "http": ("direct", "haproxy-http", "mesh-http", "mesh-tm")}
 
 
 def family(row: str) -> str:
@@ -719,7 +847,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=None, help="seconds per run (10; --quick: 3)")
     parser.add_argument("--runs", type=int, default=None, help="runs per variant (3; --quick: 1)")
     parser.add_argument("--protocol", choices=("tcp", "http", "both"), default="both",
-                        help="the L4 pairs (tcp), the http pairs (http: rows ka, close, rate) or both")
+                        help="the L4 pairs (tcp), the http pairs (http: the haproxy http pair, the mesh http "
+                             "pair and the traffic-managed one; rows ka, close, rate) or both")
     parser.add_argument("--rows", default="ka,close,bulk,rate",
                         help="a subset of ka,close,bulk,rate (an http pair has no bulk row)")
     parser.add_argument("--proxy-cpu", default="0", help="the proxies of a pair (taskset list)")
@@ -776,6 +905,8 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: str, seconds: float, runs
         pairs["tcp"] = mesh.pair("web", "api", nginx_port, pcpu)
     if "http" in families:
         pairs["http"] = mesh.pair("web-http", "api-http", nginx_port, pcpu, protocol="http")
+        mesh.configure(traffic_entries("web-tm", "api-tm"))
+        pairs["tm"] = mesh.pair("web-tm", "api-tm", nginx_port, pcpu, protocol="http", api_meta=TM_META)
     certs = mesh.certs(f"{tmp}/certs", next(iter(pairs.values())))  # the tcp pair's when there is one
     key_type = subprocess.run(["openssl", "x509", "-noout", "-text", "-in", f"{certs}/api.pem"],
                               capture_output=True, text=True).stdout
@@ -797,12 +928,18 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: str, seconds: float, runs
         haph, haph_port = haproxy_http_pair(procs, tmp, certs, nginx_port, pcpu)
         haproxies["haproxy-http"] = haph
         variants.update({"haproxy-http": ([p.pid for p in haph], haph_port),
-                         "mesh-http": (pairs["http"].pids(), pairs["http"].upstream_port)})
-        where.append(f"haproxy http pair :{haph_port}, mesh http upstream :{pairs['http'].upstream_port} "
-                     "(access logs to files and metrics on, both pairs)")
+                         "mesh-http": (pairs["http"].pids(), pairs["http"].upstream_port),
+                         "mesh-tm": (pairs["tm"].pids(), pairs["tm"].upstream_port)})
+        where.append(f"haproxy http pair :{haph_port}, mesh http upstream :{pairs['http'].upstream_port}, "
+                     f"traffic-managed upstream :{pairs['tm'].upstream_port} (access logs to files and metrics on, "
+                     "all three pairs)")
         retry(lambda: len(http_get(f"http://127.0.0.1:{haph_port}/small", 5)) == 128, 20, 0.2, "haproxy http pair")
         print("check: " + pairs["http"].check_http(nginx_port), flush=True)
-        logs.watch({**{f"{pairs['http'].names[r]} access log": p for r, p in pairs["http"].access_logs.items()},
+        print("check: " + pairs["tm"].check_http(nginx_port), flush=True)
+        print("check: " + pairs["tm"].check_traffic(nginx_port), flush=True)
+        tm_checked = {role: pairs["tm"].scrape(role) for role in ("web", "api")}
+        logs.watch({**{f"{pair.names[r]} access log": p for pair in (pairs["http"], pairs["tm"])
+                       for r, p in pair.access_logs.items()},
                     "haproxy http client log": f"{tmp}/haproxy-http-client.log",
                     "haproxy http server log": f"{tmp}/haproxy-http-server.log"})
     for name, (_, port) in variants.items():
@@ -849,22 +986,26 @@ def bench(args: argparse.Namespace, procs: Procs, tmp: str, seconds: float, runs
     print()
     for fam, pair in pairs.items():
         metrics = {role: pair.scrape(role) for role in ("web", "api")}
-        print(mesh_notes(pair, metrics) if fam == "tcp" else http_notes(pair, metrics, logs))
+        print(mesh_notes(pair, metrics) if fam == "tcp" else
+              http_notes(pair, metrics, logs if fam == "http" else None))  # the log lines of all, once
+        if fam == "tm":
+            print(traffic_notes(pair, metrics, tm_checked))
     print("largest sidecar RSS right after each row, MiB: " + ", ".join(f"{r} {v:.1f}" for r, v in rss_rows.items()))
 
     if missed and not args.no_profile:
         print("\nprofiles (py-spy, both proxies under the load of a missed row; % of samples where the "
               "process was not idle):")
-        for row in missed:
+        for miss in missed:
+            row, _, which = miss.partition("@")  # "<row>@tm": the traffic-managed pair's target
             if row not in ROWS:
                 print(f"- {row}: not a load row; see the RSS figures above")
                 continue
-            pair = pairs[family(row)]
+            pair = pairs[which or family(row)]
             prof = profile({pair.names[role]: p.pid for role, p in pair.proxies.items()},
                            lambda row=row, pair=pair: load_for(row, gcpu, pair.upstream_port, args.profile_seconds),
-                           tmp, row, gcpu, args.profile_seconds)
+                           tmp, miss.replace("@", "-"), gcpu, args.profile_seconds)
             logs.collect()
-            print(f"\n### {ROWS[row][0]} ({prof.pop('load', '')})")
+            print(f"\n### {ROWS[row][0]}{', the traffic-managed pair' if which else ''} ({prof.pop('load', '')})")
             for svc, rep in prof.items():
                 print(f"\n{svc} sidecar: {json.dumps(rep) if 'error' in rep else ''}")
                 if "error" in rep:
@@ -922,7 +1063,7 @@ def render(results: dict[str, dict[str, list[dict[str, Any]]]], rss_warm: dict[s
 
     for row, by in results.items():
         label, key = ROWS[row]
-        direct, hname, mname = VARIANTS[family(row)]
+        direct, hname, mname = VARIANTS[family(row)][:3]
         m, h, d = (median(by[n], key) for n in (mname, hname, direct))
         whose = "haproxy http" if family(row) == "http" else "haproxy"
         if base_row(row) in ("ka", "close"):
@@ -941,6 +1082,21 @@ def render(results: dict[str, dict[str, list[dict[str, Any]]]], rss_warm: dict[s
             out.append(f"| {label} | {mp50:.2f} / {m:.2f} (+{mp50 - dp50:.2f} / +{added99:.2f}) | {hp50:.2f} / {h:.2f} "
                        f"(+{hp50 - dp50:.2f} / +{hadded99:.2f}) | {dp50:.2f} / {d:.2f} | - | added p99 <= {target:g} ms "
                        f"| {verdict(row, added99 <= target)} |")
+        if "mesh-tm" in by:  # issue 14: the traffic-managed pair against the plain mesh http pair, same run
+            t = median(by["mesh-tm"], key)
+            tlabel = f"{label}, traffic-managed pair (mesh-tm)"
+            if base_row(row) == "rate":
+                tp50 = median(by["mesh-tm"], "p50_ms")  # dp50: direct's, above
+                target = TARGETS["tm_p99_added_ms"]
+                out.append(f"| {tlabel} | {tp50:.2f} / {t:.2f} (+{tp50 - dp50:.2f} / +{t - d:.2f}) | - "
+                           f"| {dp50:.2f} / {d:.2f} | p99 {t - m:+.2f} ms vs mesh-http | tm p99: added p99 <= "
+                           f"{target:g} ms | {verdict(row + '@tm', t - d <= target)} |")
+            elif base_row(row) == "ka":
+                ratio = t / m
+                out.append(f"| {tlabel} | {t:,.0f} | - | {d:,.0f} | {ratio:.2f}x mesh-http | tm-ka: >= "
+                           f"{TARGETS['tm-ka']:g}x mesh-http | {verdict(row + '@tm', ratio >= TARGETS['tm-ka'])} |")
+            else:  # for the record
+                out.append(f"| {tlabel} | {t:,.0f} | - | {d:,.0f} | {t / m:.2f}x mesh-http | - | - |")
     if "tcp" in pairs:  # issue 12's row: the L4 pair
         names = pairs["tcp"].names.values()
         warm = {s: v for s, v in rss_warm.items() if s in names}
@@ -951,7 +1107,7 @@ def render(results: dict[str, dict[str, list[dict[str, Any]]]], rss_warm: dict[s
                    + f"; idle again after the rows: {after:.1f}) | {rss_hap:.1f} (one haproxy) | - | - | <= 40 MiB "
                    f"| {verdict('rss', max(warm.values()) <= TARGETS['rss_mib'])} |")
     if "http" in pairs:  # no target: for the record
-        names = pairs["http"].names.values()
+        names = [*pairs["http"].names.values(), *pairs["tm"].names.values()]
         rss_hap = max(rss_mib(p.pid) for p in haproxies["haproxy-http"])
         out.append("| idle http sidecar RSS, MiB | " + ", ".join(f"{s} {v:.1f}" for s, v in rss_warm.items() if s in names)
                    + " (idle again after the rows: " + ", ".join(f"{s} {v:.1f}" for s, v in rss_idle.items()
@@ -1000,7 +1156,7 @@ def mesh_notes(pair: Pair, metrics: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines + sidecar_logs(pair))
 
 
-def http_notes(pair: Pair, metrics: dict[str, dict[str, float]], logs: LogLines) -> str:
+def http_notes(pair: Pair, metrics: dict[str, dict[str, float]], logs: LogLines | None) -> str:
     web, api = metrics["web"], metrics["api"]
 
     def classes(m: dict[str, float], direction: str) -> str:
@@ -1015,10 +1171,35 @@ def http_notes(pair: Pair, metrics: dict[str, dict[str, float]], logs: LogLines)
     lines = [f"mesh http sidecars after the rows: {pair.names['web']} answered {classes(web, 'outbound')} requests "
              f"to its upstream over {dialled:,.0f} TLS handshake(s) (retries {retries:,.0f}, dial failures "
              f"{failures:,.0f}); {pair.names['api']} answered {classes(api, 'inbound')} inbound requests over "
-             f"{accepted:,.0f} TLS connection(s)",
-             "request log lines written (all runs, the check and warm-up included): "
-             + ", ".join(f"{name} {n:,}" for name, n in logs.lines.items())]
+             f"{accepted:,.0f} TLS connection(s)"]
+    if logs is not None:
+        lines.append("request log lines written (all runs, the check and warm-up included): "
+                     + ", ".join(f"{name} {n:,}" for name, n in logs.lines.items()))
     return "\n".join(lines + sidecar_logs(pair))
+
+
+def traffic_notes(pair: Pair, metrics: dict[str, dict[str, float]], checked: dict[str, dict[str, float]]) -> str:
+    """The traffic-managed pair over the rows (counters now minus after its check): where
+    the splitter sent requests, and whether a limit, failover, ejection or rate limit
+    triggered (none should: the figures would then not be of the configured-only cost)."""
+    web, api = pair.names["web"], pair.names["api"]
+
+    def since(role: str, prefix: str, *labels: str) -> float:
+        return _sum(metrics[role], prefix, *labels) - _sum(checked[role], prefix, *labels)
+
+    targets = {k.partition('target="')[2].partition('"')[0]: v - checked["web"].get(k, 0)
+               for k, v in metrics["web"].items() if k.startswith("mesh_proxy_target_requests_total{")}
+    total = sum(targets.values())
+    triggered = {"failover requests": since("web", "mesh_proxy_failover_requests_total"),
+                 "refused by a circuit breaker": since("web", "mesh_proxy_overloaded_total"),
+                 "instances ejected now": _sum(metrics["web"], "mesh_proxy_ejected_instances"),
+                 f"rate limited by {api}": since("api", "mesh_proxy_rate_limited_total")}
+    fired = {k: v for k, v in triggered.items() if v}
+    return (f"traffic-managed pair over the rows: {web} sent {total:,.0f} requests by target: "
+            + ", ".join(f"{t} {n:,.0f} ({100 * n / total if total else 0:.1f}%)" for t, n in sorted(targets.items()))
+            + "; " + ", ".join(f"{k} {v:,.0f}" for k, v in triggered.items())
+            + ("" if not fired else " -- **traffic management triggered during the rows: its figures are not of "
+               "the configured-only cost**"))
 
 
 def sidecar_logs(pair: Pair) -> list[str]:
