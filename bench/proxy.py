@@ -603,7 +603,8 @@ class Pair:
             except AssertionError as exc:
                 raise RuntimeError(f"{self.names[role]} sidecar: no JSON access log line for GET {target} in "
                                    f"{path}: {exc}") from None
-            seen.append(f"{self.names[role]} {record.get('direction')} {record.get('response_code')}")
+            seen.append(f"{self.names[role]} {record.get('source')} -> {record.get('destination')} "
+                        f"{record.get('response_code')}")
         return f"GET {target} through {which}: nginx's {len(got)} bytes; access log lines: " + ", ".join(seen)
 
     def check_traffic(self, nginx_port: int) -> str:
