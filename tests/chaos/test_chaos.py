@@ -1,4 +1,4 @@
-"""A bounded chaos run inside `make test` (about 2.5 minutes), or longer with CHAOS_SECONDS.
+"""A bounded chaos run inside `make test` (about 2 minutes), or longer with CHAOS_TEST_SECONDS.
 
 One run, shared by the tests below (module fixture), so each promise fails on its own
 with its own anomalies. Skipped, with the reason, where network namespaces cannot be
@@ -16,7 +16,7 @@ from tests.chaos.run import Report, run_chaos
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.timeout(900)]
 
-SECONDS = float(os.environ.get("CHAOS_TEST_SECONDS") or 90)
+SECONDS = float(os.environ.get("CHAOS_TEST_SECONDS") or 60)
 
 
 @pytest.fixture(scope="module")
