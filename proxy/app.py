@@ -81,6 +81,7 @@ class Proxy:
         self.watches: AgentWatches | None = None
         self._metrics_server: asyncio.AbstractServer | None = None
         self._problem_logged = ""
+        self._chain_problems: dict[str, str] = {}
         self.http_stats = HttpStats()
         self.metrics.registry.register(self.http_stats)
         self.peer_pool = ConnPool()  # HTTP connections to other sidecars, shared by the upstreams
@@ -143,6 +144,12 @@ class Proxy:
         if registration is not None and self.watches is not None:
             self.builder.plan(registration)
             self.watches.follow_instances(self.builder.watch_keys())
+            problems = dict(self.builder.chain_problems)
+            for upstream, error in problems.items():
+                if self._chain_problems.get(upstream) != error:  # once per new problem, not per rebuild
+                    self.log.warning("upstream_chain_refused", upstream=upstream, error=error,
+                                     keeps="the previous plan, or the default one")
+            self._chain_problems = problems
         try:
             config = self.builder.build()
         except ConfigError as exc:

@@ -17,7 +17,7 @@ subset `Filter` and `OnlyPassing` narrow them here, once per change, not per req
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -173,10 +173,3 @@ def endpoints_for(target: TargetPlan, instances: Iterable[Instance]) -> tuple[En
         out.append(instance.endpoint)
     return tuple(out)
 
-
-def all_targets(plans: Sequence[UpstreamPlan]) -> dict[str, TargetPlan]:
-    out: dict[str, TargetPlan] = {}
-    for plan in plans:
-        for target in plan.targets:
-            out.setdefault(target.id, target)
-    return out
