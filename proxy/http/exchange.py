@@ -259,7 +259,7 @@ class InboundHttp(_Listener):
         """The rate limiter of the registration's `rate_limits`, kept (with its buckets)
         while they stay the same; None when nothing is limited."""
         limits = config.registration.rate_limits
-        if self._limiter[0] != limits:
+        if self._limiter[0] is not limits and self._limiter[0] != limits:
             self._limiter = (limits, RateLimiter(limits) if limits else None)
         return self._limiter[1]
 
