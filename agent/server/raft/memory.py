@@ -146,7 +146,7 @@ class MemoryRaft:
             return False
         if self.role == LEADER:
             return self.lease_valid()
-        return self.last_contact() < self.config.lease and self._applied >= self._leader_commit
+        return self.last_contact() < self.config.lease / 2 and self._applied >= self._leader_commit
 
     def has_leader(self) -> bool:
         if not self._started:

@@ -167,3 +167,15 @@ async def test_barrier_and_stop(cluster):
     with pytest.raises(NoLeader):
         await cluster.nodes[A].apply(MessageType.REGISTER, _register("late"))
     assert cluster.nodes[A].last_contact() == float("inf")
+
+
+async def test_a_cut_off_follower_serves_default_reads_for_half_the_lease_only(cluster):
+    """The other half is for a last message that was delayed on its way (caught_up)."""
+    await cluster.nodes[A].apply(MessageType.REGISTER, _register("web"))
+    follower = cluster.nodes[C]
+    assert follower.caught_up()
+    cluster.network.partition([A, B], [C])
+    cluster.advance(0.9)
+    assert follower.caught_up()
+    cluster.advance(0.2)
+    assert not follower.caught_up() and follower.has_leader()  # known, but reads go to the leader now
