@@ -17,6 +17,13 @@ __all__ = ["TrafficStats"]
 Ejected = Callable[[], Iterable[tuple[str, str, int]]]  # (upstream, target, instances ejected now)
 
 
+def _counter(name: str, text: str, labels: list[str], counts: dict[Any, int]) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, text, labels=labels)
+    for key, count in sorted(counts.items()):
+        family.add_metric(list(key), count)
+    return family
+
+
 class TrafficStats(Collector):
     def __init__(self, ejected: Ejected | None = None) -> None:
         self.targets: dict[tuple[str, str], int] = {}  # (upstream, target ID) -> requests or connections
@@ -39,26 +46,14 @@ class TrafficStats(Collector):
         self.limited[route] = self.limited.get(route, 0) + 1
 
     def collect(self) -> Iterator[Any]:
-        targets = CounterMetricFamily("mesh_proxy_target_requests", "Requests (http) or connections (tcp) sent "
-                                      "to each discovery chain target (service, subset, datacenter).",
-                                      labels=["upstream", "target"])
-        for (upstream, target), count in sorted(self.targets.items()):
-            targets.add_metric([upstream, target], count)
-        failovers = CounterMetricFamily("mesh_proxy_failover_requests", "Requests or connections sent to a "
-                                        "failover target because the ones before it had no healthy instance.",
-                                        labels=["upstream", "target"])
-        for (upstream, target), count in sorted(self.failovers.items()):
-            failovers.add_metric([upstream, target], count)
-        overloads = CounterMetricFamily("mesh_proxy_overloaded", "Requests or connections refused at once by "
-                                        "a circuit breaker limit (503, x-mesh-overloaded).",
-                                        labels=["upstream", "limit"])
-        for (upstream, limit), count in sorted(self.overloads.items()):
-            overloads.add_metric([upstream, limit], count)
-        limited = CounterMetricFamily("mesh_proxy_rate_limited", "Inbound requests refused with 429 by the "
-                                      "service's rate limits, by the limit that applied.", labels=["route"])
-        for route, count in sorted(self.limited.items()):
-            limited.add_metric([route], count)
-        yield from (targets, failovers, overloads, limited)
+        yield _counter("mesh_proxy_target_requests", "Requests (http) or connections (tcp) sent to each discovery "
+                       "chain target (service, subset, datacenter).", ["upstream", "target"], self.targets)
+        yield _counter("mesh_proxy_failover_requests", "Requests or connections sent to a failover target because "
+                       "the ones before it had no healthy instance.", ["upstream", "target"], self.failovers)
+        yield _counter("mesh_proxy_overloaded", "Requests or connections refused at once by a circuit breaker "
+                       "limit (503, x-mesh-overloaded).", ["upstream", "limit"], self.overloads)
+        yield _counter("mesh_proxy_rate_limited", "Inbound requests refused with 429 by the service's rate limits, "
+                       "by the limit that applied.", ["route"], {(route,): n for route, n in self.limited.items()})
         ejected = GaugeMetricFamily("mesh_proxy_ejected_instances", "Instances set aside by outlier detection now.",
                                     labels=["upstream", "target"])
         for upstream, target, count in sorted(self._ejected() if self._ejected is not None else ()):

@@ -15,7 +15,6 @@ import contextlib
 import json
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import aiohttp
 import pytest
 
 from tests.harness.cluster import Agent, Cluster, free_port, kill_proxies, retry, sidecar_range
+from tests.harness.httpapp import spawn_app, stop_apps
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
 
@@ -57,24 +57,7 @@ class HttpMesh:
     def cleanup(self) -> None:
         self.cluster.stop()
         kill_proxies([self.c1, self.c2], self.pids)
-        for app in self.apps:
-            if app.poll() is None:
-                app.kill()
-                app.wait(10)
-
-
-def _app(name: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.harness.httpapp", "-port", str(port), "-name", name],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(Path(__file__).resolve().parents[2]), start_new_session=True)
-
-    def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    retry(up, 15, 0.05, f"{name} app on {port}")
-    return proc
+        stop_apps(self.apps)
 
 
 def _register(agent: Agent, name: str, port: int, sidecar: dict[str, Any]) -> None:
@@ -98,8 +81,8 @@ def mesh(tmp_path_factory) -> Iterator[HttpMesh]:
         m.c2 = cluster.start_client("c2", [*policy, "-sidecar-min-port", str(second),
                                           "-sidecar-max-port", str(second + 3)])
         inventory, shop = free_port(), free_port()
-        m.apps.append(_app("inventory", inventory, tmp / "inventory.log"))
-        m.apps.append(_app("shop", shop, tmp / "shop.log"))
+        m.apps.append(spawn_app("inventory", inventory, tmp / "inventory.log"))
+        m.apps.append(spawn_app("shop", shop, tmp / "shop.log"))
         _register(m.c2, "inventory", inventory, {})
         _register(m.c1, "shop", shop, {"Proxy": {"Upstreams": [{"DestinationName": "inventory",
                                                                 "LocalBindPort": m.upstream}]}})

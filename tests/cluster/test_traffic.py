@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 
 from tests.harness.cluster import Agent, Cluster, free_port, kill_proxies, retry, sidecar_range
+from tests.harness.httpapp import spawn_app, stop_apps
 
 pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
 
@@ -63,24 +61,7 @@ class Traffic:
     def cleanup(self) -> None:
         self.cluster.stop()
         kill_proxies([self.c1, self.c2], self.pids)
-        for app in self.apps:
-            if app.poll() is None:
-                app.kill()
-                app.wait(10)
-
-
-def _app(name: str, port: int, log: Path) -> subprocess.Popen[bytes]:
-    with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "tests.harness.httpapp", "-port", str(port), "-name", name],
-                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                cwd=str(Path(__file__).resolve().parents[2]), start_new_session=True)
-
-    def up() -> bool:
-        with socket.socket() as s:
-            return s.connect_ex(("127.0.0.1", port)) == 0
-
-    retry(up, 15, 0.05, f"{name} app on {port}")
-    return proc
+        stop_apps(self.apps)
 
 
 def _put_local(port: int, path: str) -> None:
@@ -107,13 +88,13 @@ def mesh(tmp_path_factory) -> Iterator[Traffic]:
         m.write(BASE_RESOLVER)
         for name, version in INSTANCES.items():
             port = m.ports[name] = free_port()
-            m.apps.append(_app(name, port, tmp / f"{name}.log"))
+            m.apps.append(spawn_app(name, port, tmp / f"{name}.log"))
             m.c2.put("/v1/agent/service/register", {
                 "ID": name, "Name": "api", "Port": port, "Meta": {"version": version},
                 "Check": {"CheckID": f"{name}-ttl", "TTL": "600s", "Status": "passing"},
                 "Connect": {"SidecarService": {}}})
         web = m.ports["web"] = free_port()
-        m.apps.append(_app("web", web, tmp / "web.log"))
+        m.apps.append(spawn_app("web", web, tmp / "web.log"))
         m.c1.put("/v1/agent/service/register", {
             "ID": "web", "Name": "web", "Port": web,
             "Connect": {"SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": "api",

@@ -19,6 +19,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -113,6 +118,32 @@ async def start_app(name: str, port: int = 0) -> tuple[web.AppRunner, int]:
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
     return runner, site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+
+
+def spawn_app(name: str, port: int, log: Path) -> subprocess.Popen[bytes]:
+    """The app as its own process (its output appended to `log`), once its port accepts
+    connections (at most 15 s). Stop it with `stop_apps`."""
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "tests.harness.httpapp", "-port", str(port), "-name", name],
+                                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                cwd=str(Path(__file__).resolve().parents[2]), start_new_session=True)
+    deadline = time.monotonic() + 15
+    while True:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return proc
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise RuntimeError(f"{name} app on {port} did not start (see {log})")
+        time.sleep(0.05)
+
+
+def stop_apps(apps: list[subprocess.Popen[bytes]]) -> None:
+    """Kill the apps `spawn_app` started (by PID) and reap them."""
+    for app in apps:
+        if app.poll() is None:
+            app.kill()
+            app.wait(10)
 
 
 def main() -> None:
