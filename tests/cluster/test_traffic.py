@@ -279,3 +279,28 @@ def test_large_responses_on_new_connections_never_stall_a_pooled_connection(mesh
         size, took = fetch()
         assert size == 1048576
         assert took < 3.0
+
+
+def test_with_the_server_killed_the_sidecars_keep_splitting_and_balancing(mesh: Traffic):
+    """Last in the module (it kills the only server): the sidecars hold the chain and the
+    instances they last saw, so traffic keeps its split and its ring while no server
+    answers."""
+    m = mesh
+    m.write({**BASE_RESOLVER, "LoadBalancer": {"Policy": "ring_hash",
+                                               "HashPolicies": [{"Field": "header", "FieldValue": "x-user"}]}})
+    m.write({"Kind": "service-splitter", "Name": "api", "Splits": [
+        {"Weight": 50, "ServiceSubset": "v1"}, {"Weight": 50, "ServiceSubset": "v2"}]})
+    retry(lambda: {"a1", "a2", "b1"} <= _names(m, 60), 20, 0.2, "the 50/50 split over both subsets")
+    m.server.kill()
+    users = [f"user-{i}" for i in range(10)]
+    paths = ["/who"] * 300
+    headers = [{"x-user": users[i % len(users)]} for i in range(len(paths))]
+    results = asyncio.run(_gets(m.url, paths, 8, headers))
+    assert {status for status, _, _ in results} == {200}
+    by_name = collections.Counter(name for _, name, _ in results)
+    assert 100 <= by_name["b1"] <= 200, by_name  # still about half to v2
+    v1_names: dict[str, set[str]] = collections.defaultdict(set)
+    for i, (_, name, _) in enumerate(results):
+        if name != "b1":
+            v1_names[users[i % len(users)]].add(name)
+    assert all(len(names) == 1 for names in v1_names.values()), v1_names  # the ring still holds each user
