@@ -64,6 +64,29 @@ class Traffic:
         stop_apps(self.apps)
 
 
+def _config_updates(m: Traffic) -> float:
+    """web's sidecar's count of configurations applied (its Prometheus text)."""
+    async def go() -> str:
+        url = f"http://127.0.0.1:{m.ports['web-metrics']}/metrics"
+        async with aiohttp.ClientSession() as session, session.get(url) as response:
+            return await response.text()
+
+    for line in asyncio.run(go()).splitlines():
+        if line.startswith("mesh_proxy_config_updates_total "):
+            return float(line.split()[1])
+    raise AssertionError("no mesh_proxy_config_updates_total in web's sidecar metrics")
+
+
+def _web_defaults_applied(m: Traffic, entry: dict[str, Any], merged_key: str) -> None:
+    """Write web's service-defaults and wait until its sidecar runs on them: the agent
+    shows the merged key, then the sidecar applies a new configuration."""
+    before = _config_updates(m)
+    m.write(entry)
+    retry(lambda: merged_key in str(m.c1.get("/v1/agent/service/web-sidecar-proxy")), 10, 0.1,
+          f"{merged_key} merged into web's sidecar")
+    retry(lambda: _config_updates(m) > before, 10, 0.05, "web's sidecar applied its new registration")
+
+
 def _put_local(port: int, path: str) -> None:
     """A PUT straight to a test app (its admin switches), not through the mesh."""
     async def go() -> None:
@@ -94,11 +117,13 @@ def mesh(tmp_path_factory) -> Iterator[Traffic]:
                 "Check": {"CheckID": f"{name}-ttl", "TTL": "600s", "Status": "passing"},
                 "Connect": {"SidecarService": {}}})
         web = m.ports["web"] = free_port()
+        m.ports["web-metrics"] = free_port()
         m.apps.append(spawn_app("web", web, tmp / "web.log"))
         m.c1.put("/v1/agent/service/register", {
             "ID": "web", "Name": "web", "Port": web,
-            "Connect": {"SidecarService": {"Proxy": {"Upstreams": [{"DestinationName": "api",
-                                                                   "LocalBindPort": m.upstream}]}}}})
+            "Connect": {"SidecarService": {"Proxy": {
+                "Config": {"prometheus_bind_addr": f"127.0.0.1:{m.ports['web-metrics']}"},
+                "Upstreams": [{"DestinationName": "api", "LocalBindPort": m.upstream}]}}}})
 
         def ready() -> bool:
             up = 0
@@ -191,11 +216,9 @@ def test_failover_to_another_subset_when_the_primary_turns_critical_and_back(bas
 
 def test_an_instance_that_keeps_failing_is_ejected_and_returns_after_the_ejection_time(baseline: Traffic):
     m = baseline
-    m.write({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Defaults": {"PassiveHealthCheck": {
-        "Interval": "1s", "MaxFailures": 3, "BaseEjectionTime": "3s", "MaxEjectionPercent": 100}}}})
-    retry(lambda: "passive_health_check" in str(m.c1.get("/v1/agent/service/web-sidecar-proxy")), 10, 0.1,
-          "the upstream config merged into web's sidecar")
-    time.sleep(1.5)  # the sidecar's blocking read of its registration wakes within a second
+    _web_defaults_applied(m, {"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Defaults": {
+        "PassiveHealthCheck": {"Interval": "1s", "MaxFailures": 3, "BaseEjectionTime": "3s",
+                               "MaxEjectionPercent": 100}}}}, "passive_health_check")
     _put_local(m.ports["a1"], "/admin/sick?status=500")
     results = asyncio.run(_gets(m.url, ["/who"] * 40, 1))
     failures = [i for i, (status, _, _) in enumerate(results) if status == 500]
@@ -229,11 +252,8 @@ def test_a_burst_above_the_rate_limit_gets_429_while_the_allowed_rate_passes(bas
 
 def test_concurrent_requests_above_the_limit_get_503_overloaded_at_once(baseline: Traffic):
     m = baseline
-    m.write({"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Overrides": [
-        {"Name": "api", "Limits": {"MaxConcurrentRequests": 2}}]}})
-    retry(lambda: "max_concurrent_requests" in str(m.c1.get("/v1/agent/service/web-sidecar-proxy")), 10, 0.1,
-          "the limits merged into web's sidecar")
-    time.sleep(1.5)
+    _web_defaults_applied(m, {"Kind": "service-defaults", "Name": "web", "UpstreamConfig": {"Overrides": [
+        {"Name": "api", "Limits": {"MaxConcurrentRequests": 2}}]}}, "max_concurrent_requests")
     started = time.monotonic()
     results = asyncio.run(_gets(m.url, ["/slow?ms=1500"] * 6, 6))
     ok = [r for r in results if r[0] == 200]
