@@ -1,6 +1,8 @@
 """From the workload's JSON lines to anomalies: each kind of read against its promise.
 
-- writes and `?consistent` reads (catalog nodes and intentions): linearizable per key;
+- writes and `?consistent` reads (catalog nodes, intentions, KV keys) and conditional
+  writes (KV compare-and-set, lock acquire and release): linearizable per key, so a
+  lock with two holders at once is a history with no legal order;
 - default reads and blocking queries: stale by at most the leader lease (2 s);
 - `?stale` reads: no invented values;
 - leaf certificates: an acknowledged leaf is a certificate for the service asked.
@@ -45,7 +47,12 @@ def load(path: str) -> list[dict[str, Any]]:
 
 
 def to_op(rec: dict[str, Any]) -> Op:
-    return Op(rec["key"], rec["kind"], rec["value"], rec["invoked"], rec["completed"], rec["outcome"],
+    value = rec["value"]
+    if rec["kind"] == "cas":
+        value = (tuple(value["expect"]), value["new"])
+    elif rec["kind"] == "cas_fail":
+        value = tuple(value["expect"])
+    return Op(rec["key"], rec["kind"], value, rec["invoked"], rec["completed"], rec["outcome"],
               rec.get("process"))
 
 
@@ -60,6 +67,7 @@ def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), b
     `restarts` (server -> times it was started again) excuse a server's reads going back."""
     rep = HistoryReport()
     writes: list[Op] = []
+    conditional: list[Op] = []
     strong: list[Op] = []
     default: list[Op] = []
     stale: list[Op] = []
@@ -79,6 +87,8 @@ def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), b
         where[id(op)] = rec
         if op.kind == "write":
             writes.append(op)
+        elif op.kind in ("cas", "cas_fail"):
+            conditional.append(op)
         elif rec["mode"] == "consistent":
             strong.append(op)
         elif rec["mode"] in ("default", "block"):
@@ -90,7 +100,7 @@ def analyse(records: Iterable[dict[str, Any]], final_reads: Iterable[Op] = (), b
     rep.outages = outages(records)
     strong.extend(final_reads)
     by_key: dict[Any, list[Op]] = {}
-    for op in writes + strong:
+    for op in writes + conditional + strong:
         by_key.setdefault(op.key, []).append(op)
     rep.keys = sorted(by_key)
     for key, ops in sorted(by_key.items()):

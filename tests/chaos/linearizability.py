@@ -6,7 +6,9 @@ moment after their invocation, or never. The checker searches for one total orde
 the operations that (a) respects real time (an operation that completed before another
 was invoked comes first), (b) contains every `ok` operation and any subset of the
 `unknown` ones, and (c) is legal for a register: each read returns the last value
-written before it (None before any write; a delete writes None).
+written before it (None before any write; a delete writes None), each `cas` finds one
+of the values it expected and leaves its new one, and each `cas_fail` (a conditional
+write that answered false) finds none of the values it expected.
 
 Keys are independent (linearizability is compositional), so each key is checked on its
 own. The search memoizes (set of operations placed, register value): the same frontier
@@ -29,9 +31,11 @@ OK, UNKNOWN, FAILED = "ok", "unknown", "failed"
 
 @dataclass(frozen=True)
 class Op:
-    """One client operation. `kind` is "write" (value = what was written; None deletes)
-    or "read" (value = what was returned); `outcome` ok, unknown (timed out: completion
-    is treated as infinitely late) or failed (definitely not applied: ignored)."""
+    """One client operation. `kind` is "write" (value = what was written; None deletes),
+    "read" (value = what was returned), "cas" (value = (expected values, new value)) or
+    "cas_fail" (value = the expected values it did not find); `outcome` ok, unknown
+    (timed out: completion is treated as infinitely late) or failed (definitely not
+    applied: ignored)."""
 
     key: Hashable
     kind: str
@@ -75,7 +79,7 @@ def check_key(ops: list[Op], initial: Any = None, budget: int = 2_000_000) -> Ve
     """Is this one register's history linearizable?"""
     live = [op for op in ops if op.outcome != FAILED]
     # unknown reads tell nothing: they may have returned anything
-    live = [op for op in live if not (op.kind == "read" and op.outcome == UNKNOWN)]
+    live = [op for op in live if not (op.kind in ("read", "cas_fail") and op.outcome == UNKNOWN)]
     live.sort(key=lambda op: (op.invoked, op.end))
     n = len(live)
     if n == 0:
@@ -111,6 +115,13 @@ def check_key(ops: list[Op], initial: Any = None, budget: int = 2_000_000) -> Ve
                 break  # sorted by invocation: nothing later may be placed before the horizon op
             if op.kind == "write":
                 stack.append((placed | 1 << i, _freeze(op.value)))
+            elif op.kind == "cas":
+                expected, new = op.value
+                if value in {_freeze(v) for v in expected}:
+                    stack.append((placed | 1 << i, _freeze(new)))
+            elif op.kind == "cas_fail":
+                if value not in {_freeze(v) for v in op.value}:
+                    stack.append((placed | 1 << i, value))
             elif _freeze(op.value) == value:
                 stack.append((placed | 1 << i, value))
     first_ok = [op for op in live if op.outcome == OK]

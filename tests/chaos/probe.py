@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from .httpc import call
-from .workload import node_value
+from .workload import kv_value, node_value
 
 __all__ = ["answer"]
 
@@ -65,6 +65,9 @@ def _read_key(addr: str, key: str, mode: str, timeout: float) -> Any:
         if r.status == 200 and isinstance(r.body, dict):
             return r.body.get("Action")
         return None if r.status == 404 else {"error": r.status or r.error}
+    if key.startswith("kv:"):
+        r = call("GET", addr, f"/v1/kv/{key[3:]}?{mode}", timeout=timeout)
+        return kv_value(key, r) if r.status in (200, 404) else {"error": r.status or r.error}
     r = call("GET", addr, f"/v1/catalog/node/{key}?{mode}", timeout=timeout)
     return node_value(r.body) if r.status == 200 else {"error": r.status or r.error}
 

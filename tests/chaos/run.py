@@ -142,7 +142,7 @@ def run_chaos(seconds: float, seed: int | None = None, servers: int = 3, workers
         check_recovery(cluster, post)
         workload.wait(timeout=seconds + 120)
         records = load(history_path)
-        keys = sorted({r["key"] for r in records if r.get("kind") in ("write", "read")})
+        keys = sorted({r["key"] for r in records if r.get("kind") in ("write", "read", "cas", "cas_fail")})
         check_state(cluster, keys, rss_bound_mib, post)
         report.post = post
         report.anomalies.extend(post.anomalies)

@@ -8,10 +8,19 @@ machine shares, so the nemesis's timeline lines up with it) and stops at its dea
 Keys are rotated by generation so that each register's history stays short enough for
 the linearizability search. Catalog writes carry unique values (writer and counter);
 intention writes only allow/deny, which the checker handles as a plain register.
+
+KV keys are registers too: plain puts, `?consistent` reads, and compare-and-set by
+ModifyIndex (the checker's `cas`: it applies only if the register still holds the value
+read; a `false` is a `cas_fail`: it held something else). Lock keys are registers whose
+value is the holder: each worker has one session (no checks, no TTL, no lock delay, so
+nothing but the workload changes a holder), an acquire is a `cas` from {nobody, me} to
+me, a release one from me to nobody, and a refusal says another session held it; so
+two holders at once would show as a history with no legal order.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import random
 import sys
@@ -22,14 +31,17 @@ from urllib.parse import quote
 
 from .httpc import Reply, call
 
-__all__ = ["main", "KEYS_PER_GEN", "catalog_key", "intention_key"]
+__all__ = ["main", "KEYS_PER_GEN", "catalog_key", "intention_key", "kv_key", "lock_key"]
 
 KEYS_PER_GEN = 10
 INTENTIONS_PER_GEN = 2
 WEIGHTS = {
     "write": 26, "delete": 4, "read_consistent": 20, "read_default": 16, "read_stale": 10,
     "block": 6, "intention_write": 6, "intention_read": 6, "leaf": 6,
+    "kv_write": 8, "kv_read": 8, "kv_cas": 8, "lock_acquire": 6, "lock_release": 5, "lock_read": 5,
 }
+KV_KEYS_PER_GEN = 4
+LOCKS_PER_GEN = 2
 
 
 def catalog_key(gen: int, j: int) -> str:
@@ -38,6 +50,14 @@ def catalog_key(gen: int, j: int) -> str:
 
 def intention_key(gen: int, j: int) -> str:
     return f"chaos-dst{gen}-{j}"
+
+
+def kv_key(gen: int, j: int) -> str:
+    return f"kv:chaos/k{gen}-{j}"
+
+
+def lock_key(gen: int, j: int) -> str:
+    return f"kv:chaos/lock{gen}-{j}"
 
 
 def classify(reply: Reply, read: bool = False) -> str:
@@ -66,6 +86,7 @@ class Worker:
         name = sorted(agents)[wid % len(agents)]
         self.home = (name, agents[name])
         self.is_client = name in cfg["clients"]
+        self.session = ""
 
     def gen(self) -> int:
         return int((time.monotonic() - self.cfg["t0"]) // self.cfg["gen_seconds"])
@@ -186,6 +207,89 @@ class Worker:
             body = reply.body if isinstance(reply.body, dict) else {}
             valid = bool(body.get("CertPEM")) and service in str(body.get("ServiceURI", body.get("Service", "")))
         self.record("leaf", "leaf", service, None, name, reply, t0, t1, outcome, valid=valid)
+
+
+    # KV registers, compare-and-set, and locks ----------------------------------------
+    def op_kv_write(self) -> None:
+        name, addr = self.target()
+        key = kv_key(self.gen(), self.rng.randrange(KV_KEYS_PER_GEN))
+        self.counter += 1
+        value = f"w{self.wid}-{self.counter}"
+        reply, t0, t1 = self.timed("PUT", addr, "/v1/kv/" + key[3:], value)
+        self.record("write", "kv", key, value, name, reply, t0, t1, classify(reply))
+
+    def _kv_read(self, key: str) -> None:
+        name, addr = self.target()
+        reply, t0, t1 = self.timed("GET", addr, "/v1/kv/" + key[3:] + "?consistent")
+        outcome = "ok" if reply.status == 404 else classify(reply, read=True)
+        value = kv_value(key, reply) if outcome == "ok" else None
+        self.record("read", "consistent", key, value, name, reply, t0, t1, outcome)
+
+    def op_kv_read(self) -> None:
+        self._kv_read(kv_key(self.gen(), self.rng.randrange(KV_KEYS_PER_GEN)))
+
+    def op_lock_read(self) -> None:
+        self._kv_read(lock_key(self.gen(), self.rng.randrange(LOCKS_PER_GEN)))
+
+    def op_kv_cas(self) -> None:
+        """Read the key, then write it only if it is still at the index read."""
+        name, addr = self.target()
+        key = kv_key(self.gen(), self.rng.randrange(KV_KEYS_PER_GEN))
+        seen = call("GET", addr, "/v1/kv/" + key[3:] + "?consistent", timeout=self.cfg["timeout"])
+        if seen.status not in (200, 404):
+            return
+        expect = kv_value(key, seen)
+        index = seen.body[0]["ModifyIndex"] if seen.status == 200 else 0
+        self.counter += 1
+        value = f"c{self.wid}-{self.counter}"
+        reply, t0, t1 = self.timed("PUT", addr, f"/v1/kv/{key[3:]}?cas={index}", value)
+        self._conditional(key, [expect], value, name, reply, t0, t1)
+
+    def _conditional(self, key: str, expect: list[Any], new: Any, name: str, reply: Reply, t0: float,
+                     t1: float) -> None:
+        outcome = classify(reply)
+        if outcome == "ok" and reply.body is False:
+            self.record("cas_fail", "kv", key, {"expect": expect}, name, reply, t0, t1, "ok")
+        else:
+            self.record("cas", "kv", key, {"expect": expect, "new": new}, name, reply, t0, t1, outcome)
+
+    def _ensure_session(self) -> bool:
+        if self.session:
+            return True
+        name, addr = self.target()
+        reply = call("PUT", addr, "/v1/session/create", {"Name": f"chaos-{self.wid}", "Checks": [],
+                                                          "LockDelay": "0s"}, timeout=self.cfg["timeout"])
+        if reply.status == 200 and isinstance(reply.body, dict):
+            self.session = reply.body["ID"]
+        return bool(self.session)
+
+    def op_lock_acquire(self) -> None:
+        if not self._ensure_session():
+            return
+        name, addr = self.target()
+        key = lock_key(self.gen(), self.rng.randrange(LOCKS_PER_GEN))
+        reply, t0, t1 = self.timed("PUT", addr, f"/v1/kv/{key[3:]}?acquire={self.session}", "held")
+        self._conditional(key, [None, self.session], self.session, name, reply, t0, t1)
+
+    def op_lock_release(self) -> None:
+        if not self._ensure_session():
+            return
+        name, addr = self.target()
+        key = lock_key(self.gen(), self.rng.randrange(LOCKS_PER_GEN))
+        reply, t0, t1 = self.timed("PUT", addr, f"/v1/kv/{key[3:]}?release={self.session}", "free")
+        self._conditional(key, [self.session], None, name, reply, t0, t1)
+
+
+def kv_value(key: str, reply: Reply) -> Any:
+    """A KV register's value in a /v1/kv answer: a lock key's holder, another key's
+    value (the workload writes JSON strings); None when absent."""
+    if reply.status != 200 or not isinstance(reply.body, list) or not reply.body:
+        return None
+    entry = reply.body[0]
+    if "/lock" in key:
+        return entry.get("Session") or None
+    raw = entry.get("Value")
+    return json.loads(base64.b64decode(raw)) if raw else None
 
 
 def node_value(body: Any) -> Any:

@@ -105,3 +105,33 @@ def test_simulated_linearizable_histories_pass(seed, n):
 def test_simulated_stale_reads_fail():
     caught = sum(not check_key(_simulate(seed, 30, stale=True)).ok for seed in range(30))
     assert caught == 30
+
+
+def cas(expect, new, a, b, outcome="ok", key="k"):
+    return Op(key, "cas", (tuple(expect), new), a, b, outcome)
+
+
+def cas_fail(expect, a, b, key="k"):
+    return Op(key, "cas_fail", tuple(expect), a, b)
+
+
+def test_compare_and_set_applies_only_to_the_value_read():
+    assert check([w("a", 0, 1), cas(["a"], "b", 2, 3), r("b", 4, 5)]).ok
+    assert not check([w("a", 0, 1), w("x", 2, 3), cas(["a"], "b", 4, 5)]).ok  # the value had moved on
+    assert check([w("a", 0, 1), w("x", 2, 3), cas_fail(["a"], 4, 5)]).ok
+    assert not check([w("a", 0, 1), cas_fail(["a"], 2, 3)]).ok  # it held "a": the CAS had to succeed
+
+
+def test_two_holders_of_one_lock_at_once_have_no_legal_order():
+    """Sessions S and T both acquired (from {nobody, self}) with no release between."""
+    history = [cas([None, "S"], "S", 0, 1), cas([None, "T"], "T", 2, 3)]
+    assert not check(history).ok
+    released = [cas([None, "S"], "S", 0, 1), cas(["S"], None, 2, 3), cas([None, "T"], "T", 4, 5)]
+    assert check(released).ok
+    refused = [cas([None, "S"], "S", 0, 1), cas_fail([None, "T"], 2, 3), r("S", 4, 5)]
+    assert check(refused).ok
+
+
+def test_an_unknown_acquire_may_or_may_not_have_happened():
+    assert check([cas([None, "S"], "S", 0, 1, outcome="unknown"), r(None, 2, 3)]).ok
+    assert check([cas([None, "S"], "S", 0, 1, outcome="unknown"), r("S", 2, 3)]).ok
