@@ -435,6 +435,8 @@ class Agent:
         if isinstance(result, dict) and "Error" in result:
             if result.get("NotFound"):
                 raise NotFound(str(result["Error"]))
+            if result.get("Server"):  # Consul answers these with a 500 (e.g. "invalid session")
+                raise MeshError(str(result["Error"]))
             raise InvalidRequest(str(result["Error"]))
         return result
 

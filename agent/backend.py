@@ -76,6 +76,10 @@ class Backend(Protocol):
         """PUT /v1/connect/ca/configuration."""
         ...
 
+    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
+        """Restart a session's TTL on the leader: its entry, or None when it is gone."""
+        ...
+
     async def status_leader(self) -> str:
         """The leader's RPC address, or "" when none is known."""
         ...
@@ -130,6 +134,9 @@ class LocalBackend:
 
     async def ca_configure(self, body: Any) -> bool:
         return await self.server.ca_configure(body)
+
+    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
+        return await self.server.session_renew(session_id)
 
     async def status_leader(self) -> str:
         return self.server.leader_rpc_address()
@@ -322,6 +329,10 @@ class RemoteBackend:
 
     async def ca_configure(self, body: Any) -> bool:
         return bool(await self.pool.call("ConnectCA.Configure", {"body": body}, timeout=30, deadline=30))
+
+    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
+        reply = await self.pool.call("Session.Renew", {"id": session_id}, timeout=10, deadline=10)
+        return dict(reply) if reply else None
 
     async def status_leader(self) -> str:
         return str(await self.pool.call("Status.Leader", {}, timeout=3, deadline=5))

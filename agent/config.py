@@ -98,6 +98,11 @@ class AgentConfig:
     rpc_handshake_timeout: float = 5.0
     rpc_max_conns_per_client: int = 100
     http_max_conns_per_client: int = 200
+    # limits { kv_max_value_size txn_max_req_len }: Consul's defaults (512 KiB each)
+    kv_max_value_size: int = 512 * 1024
+    txn_max_req_len: int = 512 * 1024
+    # how long a deleted KV key's tombstone keeps it visible to blocking list reads
+    tombstone_ttl: float = 15 * 60.0
     http_header_timeout: float = 10.0
     http_idle_timeout: float = 75.0
     # mesh's own: run `mesh connect proxy` for each sidecar (agent/proxies/), and how
@@ -158,6 +163,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "max-query-time": ("max_query_time", "duration"),
     "liveness-timeout": ("liveness_timeout", "duration"),
     "reconnect-timeout": ("reconnect_timeout", "duration"),
+    "tombstone-ttl": ("tombstone_ttl", "duration"),
     "heartbeat-interval": ("heartbeat_interval", "duration"),
     "enable-script-checks": ("enable_script_checks", "bool"),
     "enable-local-script-checks": ("enable_local_script_checks", "bool"),
@@ -180,7 +186,8 @@ _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": 
            "raft_port": "port", "sidecar_min_port": "port", "sidecar_max_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int",
            "rpc_handshake_timeout": "duration", "rpc_max_conns_per_client": "int", "http_max_conns_per_client": "int",
            "http_header_timeout": "duration", "http_idle_timeout": "duration",
-           "proxy_drain_timeout": "duration"}
+           "proxy_drain_timeout": "duration", "kv_max_value_size": "int", "txn_max_req_len": "int",
+           "tombstone_ttl": "duration"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
 _ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl",
@@ -460,10 +467,9 @@ def _apply_connect(values: dict[str, Any], block: Any, path: str) -> None:
 
 
 _LIMIT_KEYS = ("rpc_handshake_timeout", "rpc_max_conns_per_client", "http_max_conns_per_client",
-               "http_header_timeout", "http_idle_timeout")
+               "http_header_timeout", "http_idle_timeout", "kv_max_value_size", "txn_max_req_len")
 # Consul limits mesh has no use for yet: accepted so one file serves both
-_LIMITS_LATER = {"https_handshake_timeout", "request_limits", "rpc_client_timeout", "rpc_rate", "rpc_max_burst",
-                 "kv_max_value_size", "txn_max_req_len"}
+_LIMITS_LATER = {"https_handshake_timeout", "request_limits", "rpc_client_timeout", "rpc_rate", "rpc_max_burst"}
 
 
 def _apply_limits(values: dict[str, Any], block: Any, path: str) -> None:

@@ -100,6 +100,12 @@ class _Leader:
         self.reads_forwarded = Counter(
             "mesh_server_reads_forwarded_total", "Default reads a follower behind the leader passed to the leader", registry=REGISTRY
         )
+        self.session_runs = Counter("mesh_leader_session_runs_total", "Leader session upkeep iterations", registry=REGISTRY)
+        self.session_renewals = Counter("mesh_leader_session_renewals_total", "Session TTL renewals the leader took",
+                                        registry=REGISTRY)
+        self.sessions_invalidated = Counter(
+            "mesh_leader_sessions_invalidated_total", "Sessions the leader invalidated (TTL, node or checks)", registry=REGISTRY
+        )
 
 
 class _DNS:

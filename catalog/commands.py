@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 
 from .errors import FatalStateError
+from .sessions import Session
 from .structs import (
     Check,
     ConfigEntry,
@@ -36,6 +37,10 @@ __all__ = [
     "DeregisterRequest",
     "ConfigSetRequest",
     "ConfigDeleteRequest",
+    "KVOp",
+    "KVRequest",
+    "SessionDestroyRequest",
+    "TIMED",
     "encode",
     "decode",
     "encode_batch",
@@ -59,6 +64,16 @@ class MessageType(enum.IntEnum):
     CA_SERIAL = 9
     CONFIG_SET = 10
     CONFIG_DELETE = 11
+    KV_APPLY = 12
+    TXN = 13
+    SESSION_CREATE = 14
+    SESSION_DESTROY = 15
+    KV_REAP = 16
+
+
+# commands whose `now` the receiving server sets (agent/server/catalog_rpc.py): lock
+# delays compare wall times, and an agent's clock is not trusted with them
+TIMED = frozenset({MessageType.KV_APPLY, MessageType.TXN, MessageType.SESSION_DESTROY})
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,6 +155,61 @@ class ConfigDeleteRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class KVOp:
+    """One KV operation (catalog.kv.run_op): a `/v1/kv` write or a `/v1/txn` op."""
+
+    verb: str
+    key: str
+    value: bytes = b""
+    flags: int = 0
+    index: int = 0
+    session: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [self.verb, self.key, self.value, self.flags, self.index, self.session]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> KVOp:
+        verb, key, value, flags, index, session = data
+        return cls(str(verb), str(key), bytes(value), int(flags), int(index), str(session))
+
+
+@dataclass(frozen=True, slots=True)
+class KVRequest:
+    """KV_APPLY (one op, answers true/false) and TXN (all ops or none); `now` is the
+    wall time the receiving server stamped."""
+
+    ops: tuple[KVOp, ...]
+    now: float = 0.0
+
+    def to_wire(self) -> list[Any]:
+        return [[op.to_wire() for op in self.ops], self.now]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> KVRequest:
+        ops, now = data
+        return cls(tuple(KVOp.from_wire(op) for op in ops), float(now))
+
+
+@dataclass(frozen=True, slots=True)
+class SessionDestroyRequest:
+    """A user's destroy or the leader's invalidation of sessions, at wall time `now`
+    (their locks are delayed from it)."""
+
+    ids: tuple[str, ...]
+    now: float = 0.0
+    reason: str = ""
+
+    def to_wire(self) -> list[Any]:
+        return [list(self.ids), self.now, self.reason]
+
+    @classmethod
+    def from_wire(cls, data: list[Any]) -> SessionDestroyRequest:
+        ids, now, reason = data
+        return cls(tuple(str(i) for i in ids), float(now), str(reason))
+
+
+@dataclass(frozen=True, slots=True)
 class Command:
     type: int
     body: Any = None
@@ -150,7 +220,8 @@ class Command:
 
 
 def _body_to_wire(msg_type: int, body: Any) -> Any:
-    if isinstance(body, RegisterRequest | DeregisterRequest | ConfigSetRequest | ConfigDeleteRequest):
+    if isinstance(body, RegisterRequest | DeregisterRequest | ConfigSetRequest | ConfigDeleteRequest | KVRequest
+                  | SessionDestroyRequest | Session):
         return body.to_wire()
     if msg_type == MessageType.INTENTION_UPSERT:
         intention, mode = body
@@ -173,6 +244,12 @@ def _body_from_wire(msg_type: int, body: Any) -> Any:
         return ConfigSetRequest.from_wire(body)
     if msg_type == MessageType.CONFIG_DELETE:
         return ConfigDeleteRequest.from_wire(body)
+    if msg_type in (MessageType.KV_APPLY, MessageType.TXN):
+        return KVRequest.from_wire(body)
+    if msg_type == MessageType.SESSION_CREATE:
+        return Session.from_wire(body)
+    if msg_type == MessageType.SESSION_DESTROY:
+        return SessionDestroyRequest.from_wire(body)
     return body
 
 

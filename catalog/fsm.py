@@ -26,8 +26,10 @@ from .commands import (
     ConfigDeleteRequest,
     ConfigSetRequest,
     DeregisterRequest,
+    KVRequest,
     MessageType,
     RegisterRequest,
+    SessionDestroyRequest,
     decode,
     decode_batch,
 )
@@ -40,6 +42,8 @@ from .config_entries import (
 )
 from .discovery_chain import CHAIN_KINDS, chain_failures
 from .errors import CatalogError, FatalStateError, InvalidRequest
+from .kv import FAILED_TEXT, KVEntry, KVOverlay, TxnError, run_op
+from .sessions import Session, invalidate_session, session_problem
 from .store import Store
 from .structs import (
     HEALTH_STATES,
@@ -55,9 +59,9 @@ from .structs import (
 
 __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
 
-SNAPSHOT_VERSION = 3
-# versions this one reads: 2 is 3 without config entries
-_READABLE_VERSIONS = (2, 3)
+SNAPSHOT_VERSION = 4
+# versions this one reads: 2 is 3 without config entries, 3 is 4 without KV and sessions
+_READABLE_VERSIONS = (2, 3, 4)
 DEDUPE_LIMIT = 16384
 # A Raft entry carries a batch of commands (at most 4096, see agent/server/raft/protocol.py), so a CA
 # serial is the entry's index times this plus the command's place in the batch.
@@ -88,6 +92,11 @@ class FSM:
             MessageType.CA_SERIAL: lambda index, cmd: index * SERIALS_PER_ENTRY + self._position,
             MessageType.CONFIG_SET: self._config_set,
             MessageType.CONFIG_DELETE: self._config_delete,
+            MessageType.KV_APPLY: self._kv_apply,
+            MessageType.TXN: self._txn,
+            MessageType.SESSION_CREATE: self._session_create,
+            MessageType.SESSION_DESTROY: self._session_destroy,
+            MessageType.KV_REAP: self._kv_reap,
         }
         self._position = 0  # the command's place in the entry being applied
 
@@ -313,6 +322,76 @@ class FSM:
         self.store.touch_key(index, "ca")
         return True
 
+    # ---- KV and sessions --------------------------------------------------------------
+    def _session_ok(self, session_id: str) -> bool:
+        session = self.store.sessions.get(session_id)
+        return session is not None and not session_problem(self.store, session)
+
+    def _kv_view(self, index: int, now: float) -> KVOverlay:
+        self.store.kv.expire_lock_delays(now)
+        return KVOverlay(self.store.kv, index, now, self._session_ok)
+
+    def _kv_apply(self, index: int, cmd: Command) -> Any:
+        """A /v1/kv write: true or false, or an error for a session that may not lock."""
+        req: KVRequest = cmd.body
+        if len(req.ops) != 1:
+            raise InvalidRequest("a KV write is one operation")
+        op = req.ops[0]
+        view = self._kv_view(index, req.now)
+        try:
+            ok, _ = run_op(view, op.verb, op.key, op.value, op.flags, op.index, op.session)
+        except TxnError as exc:
+            return {"Error": str(exc), "Server": True}
+        if ok:
+            view.commit(self.store.touch)
+        return ok
+
+    def _txn(self, index: int, cmd: Command) -> Any:
+        """A /v1/txn: every op against the same view, all applied or none. Results in
+        Consul's shape: reads carry values, writes do not, deletes return nothing."""
+        req: KVRequest = cmd.body
+        view = self._kv_view(index, req.now)
+        results: list[dict[str, Any]] = []
+        errors: list[dict[str, Any]] = []
+        for position, op in enumerate(req.ops):
+            try:
+                ok, entries = run_op(view, op.verb, op.key, op.value, op.flags, op.index, op.session)
+            except TxnError as exc:
+                errors.append({"OpIndex": position, "What": str(exc)})
+                continue
+            if not ok:
+                errors.append({"OpIndex": position, "What": FAILED_TEXT[op.verb].format(key=op.key)})
+                continue
+            with_value = op.verb in ("get", "get-tree")
+            results.extend({"KV": _api(e, with_value)} for e in entries)
+        if errors:
+            return {"Results": None, "Errors": errors}
+        view.commit(self.store.touch)
+        return {"Results": results, "Errors": None}
+
+    def _session_create(self, index: int, cmd: Command) -> Any:
+        session: Session = cmd.body
+        store = self.store
+        if session.id in store.sessions:
+            return {"Error": f"Session {session.id!r} already exists", "Server": True}
+        problem = session_problem(store, session)
+        if problem:
+            return {"Error": problem, "Server": True}
+        row = Session.from_wire([*session.to_wire()[:-2], index, index])
+        store.sessions[row.id] = row
+        store.touch(index, "sessions", "session:" + row.id, "session-node:" + row.node.lower())
+        return {"ID": row.id}
+
+    def _session_destroy(self, index: int, cmd: Command) -> Any:
+        req: SessionDestroyRequest = cmd.body
+        self.store.kv.expire_lock_delays(req.now)
+        for session_id in req.ids:
+            invalidate_session(self.store, index, session_id, req.now)
+        return True
+
+    def _kv_reap(self, index: int, cmd: Command) -> Any:
+        return self.store.kv.reap(int(cmd.body))
+
     def _restore_command(self, index: int, cmd: Command) -> Any:
         """A user's snapshot restore: replace the catalog, keep the Raft bookkeeping.
 
@@ -356,6 +435,17 @@ class FSM:
             out.write(packer.pack(("ca", store.ca)))
         for entry in store.config.values():
             out.write(packer.pack(("ce", row_to_wire(entry))))
+        kv = store.kv
+        for kv_entry in kv.entries.values():
+            out.write(packer.pack(("kv", row_to_wire(kv_entry))))
+        for key, deleted in kv.tombstones.items():
+            out.write(packer.pack(("kt", (key, deleted))))
+        for key, until in kv.lock_delays.items():
+            out.write(packer.pack(("kd", (key, until))))
+        if kv.reaped_index:
+            out.write(packer.pack(("kr", kv.reaped_index)))
+        for session in store.sessions.values():
+            out.write(packer.pack(("se", session.to_wire())))
         for key, (index, result) in dedupe.items():
             out.write(packer.pack(("d", (key, index, result))))
         out.write(packer.pack(("end", None)))
@@ -404,6 +494,18 @@ class FSM:
                 elif kind == "ce":
                     entry = row_from_wire(ConfigEntry, values)
                     store.config[(entry.kind, entry.name.lower())] = entry
+                elif kind == "kv":
+                    kv_entry = KVEntry(*values)
+                    store.kv.entries[kv_entry.key] = kv_entry
+                elif kind == "kt":
+                    store.kv.tombstones[values[0]] = int(values[1])
+                elif kind == "kd":
+                    store.kv.lock_delays[values[0]] = float(values[1])
+                elif kind == "kr":
+                    store.kv.reaped_index = int(values)
+                elif kind == "se":
+                    session = Session.from_wire(values)
+                    store.sessions[session.id] = session
                 elif kind == "d":
                     key_, index, result = values
                     fsm.dedupe[bytes(key_)] = (index, result)
@@ -414,6 +516,7 @@ class FSM:
                     raise CatalogError(f"corrupt mesh snapshot: unknown record {kind!r}")
             if not complete:
                 raise CatalogError("corrupt mesh snapshot: truncated")
+            store.kv.rebuild_indexes()
         except CatalogError:
             raise
         except (StopIteration, KeyError, TypeError, ValueError, msgpack.UnpackException) as exc:
@@ -440,6 +543,12 @@ class FSM:
         return self.store == other.store and self.dedupe == other.dedupe and self.last_index == other.last_index
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def _api(entry: KVEntry, with_value: bool) -> dict[str, Any]:
+    out = entry.to_api(with_value)
+    out.setdefault("Session", "")
+    return out
 
 
 class _Overlay:

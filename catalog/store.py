@@ -29,6 +29,7 @@ from typing import Any
 from .config_entries import SERVICE_INTENTIONS, watch_key
 from .connect import connect_names
 from .errors import InvalidRequest
+from .kv import KVTable
 from .structs import (
     HEALTH_STATES,
     Check,
@@ -59,6 +60,8 @@ class Store:
         # plain msgpack-able data, written whole by the leader (catalog/ never builds certificates)
         self.ca: dict[str, Any] = {}
         self.config: dict[tuple[str, str], ConfigEntry] = {}  # (kind, lower-cased name) -> row
+        self.kv = KVTable()
+        self.sessions: dict[str, Any] = {}  # ID -> catalog.sessions.Session
         self.indexes: dict[str, int] = {}
         self.touched: set[str] = set()
 
@@ -75,6 +78,9 @@ class Store:
 
     def touch_key(self, index: int, key: str) -> None:
         self._touch(index, key)
+
+    def touch(self, index: int, *keys: str) -> None:
+        self._touch(index, *keys)
 
     def drain_touched(self) -> set[str]:
         touched, self.touched = self.touched, set()
@@ -413,6 +419,8 @@ class Store:
         other.intentions = dict(self.intentions)
         other.ca = self.ca
         other.config = dict(self.config)
+        other.kv = self.kv.copy()
+        other.sessions = dict(self.sessions)
         other.indexes = dict(self.indexes)
         return other
 
@@ -427,6 +435,8 @@ class Store:
             and self.intentions == other.intentions
             and self.ca == other.ca
             and self.config == other.config
+            and self.kv == other.kv
+            and self.sessions == other.sessions
             and self.indexes == other.indexes
         )
 

@@ -28,7 +28,9 @@ from . import (
     discovery_chain,
     health,
     intentions,
+    kv,
     proxies,
+    sessions,
     system,
 )
 
@@ -102,4 +104,6 @@ def build_app(agent: Any) -> web.Application:
     app.add_routes(config.routes)
     app.add_routes(discovery_chain.routes)
     app.add_routes(proxies.routes)
+    app.add_routes(kv.routes)
+    app.add_routes(sessions.routes)
     return app

@@ -11,13 +11,14 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from mesh.catalog.commands import MessageType, decode
+from mesh.catalog.commands import TIMED, MessageType, decode, encode
 from mesh.catalog.errors import InvalidRequest, MeshError
 
 from ..config import AgentConfig
 from ..reads import ReadOptions
 from ..rpc import Handler
 from . import rpc_args
+from .clock import Clock
 from .membership import Membership
 from .reads import ReadEngine
 
@@ -26,14 +27,16 @@ __all__ = ["CatalogEndpoints", "CLIENT_WRITABLE"]
 # the commands an agent may send through Catalog.Apply
 CLIENT_WRITABLE = {MessageType.REGISTER, MessageType.DEREGISTER, MessageType.BARRIER,
                    MessageType.INTENTION_UPSERT, MessageType.INTENTION_DELETE,
-                   MessageType.CONFIG_SET, MessageType.CONFIG_DELETE}
+                   MessageType.CONFIG_SET, MessageType.CONFIG_DELETE,
+                   MessageType.KV_APPLY, MessageType.TXN, MessageType.SESSION_CREATE, MessageType.SESSION_DESTROY}
 
 
 class CatalogEndpoints:
-    def __init__(self, cfg: AgentConfig, membership: Membership, reads: ReadEngine) -> None:
+    def __init__(self, cfg: AgentConfig, membership: Membership, reads: ReadEngine, clock: Clock) -> None:
         self.cfg = cfg
         self.membership = membership
         self.reads = reads
+        self.clock = clock
 
     def rpc_methods(self) -> dict[str, Handler]:
         return {"Read": self._rpc_read, "Catalog.Apply": self._rpc_apply}
@@ -47,6 +50,9 @@ class CatalogEndpoints:
             raise InvalidRequest(f"Catalog.Apply: undecodable command ({type(exc).__name__})") from None
         if cmd.type not in CLIENT_WRITABLE:
             raise InvalidRequest(f"command type {cmd.type} may not be sent by an agent")
+        if cmd.type in TIMED:
+            # lock delays compare wall times: a server's, never the sending agent's
+            raw = encode(cmd.type, replace(cmd.body, now=self.clock.time()), cmd.request_id, cmd.flags)
         return await raft.apply_raw(raw)
 
     async def _rpc_apply(self, args: dict[str, Any]) -> Any:

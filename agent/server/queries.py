@@ -26,6 +26,14 @@ from mesh.catalog.discovery_chain import CHAIN_KINDS, chain_to_api, compile_chai
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import compile_filter
 from mesh.catalog.intentions import decide, sort_intentions
+from mesh.catalog.kv import (
+    KV_READ_VERBS,
+    KVOverlay,
+    TxnError,
+    kv_prefix_watch_key,
+    kv_watch_key,
+    run_op,
+)
 from mesh.catalog.store import Store
 from mesh.catalog.structs import row_to_wire
 
@@ -154,7 +162,70 @@ def _discovery_chain(store: Store, p: Params) -> tuple[int, Any]:
     return index, chain_to_api(chain, str(store.ca.get("trust_domain") or ""))
 
 
+def _kv_get(store: Store, p: Params) -> tuple[int, Any]:
+    entry = store.kv.get(p["key"])
+    return store.kv.key_index(p["key"]), [entry.to_api()] if entry else None
+
+
+def _kv_list(store: Store, p: Params) -> tuple[int, Any]:
+    entries = [e.to_api() for e in store.kv.under(p["prefix"])]
+    return store.kv.prefix_index(p["prefix"]), entries or None
+
+
+def _kv_keys(store: Store, p: Params) -> tuple[int, Any]:
+    return store.kv.prefix_index(p["prefix"]), store.kv.keys_under(p["prefix"], p.get("separator") or "")
+
+
+def _kv_txn_read(store: Store, p: Params) -> tuple[int, Any]:
+    """A transaction of reads only: served like a read, through the same operations
+    as a write (catalog.kv.run_op) over a view that is never committed."""
+    view = KVOverlay(store.kv, 0, 0.0, lambda session: False)
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for position, (verb, key, index, session) in enumerate(p["ops"]):
+        if verb not in KV_READ_VERBS:
+            errors.append({"OpIndex": position, "What": f'unknown KV verb "{verb}"'})
+            continue
+        try:
+            _, entries = run_op(view, verb, key, index=index, session=session)
+        except TxnError as exc:
+            errors.append({"OpIndex": position, "What": str(exc)})
+            continue
+        with_value = verb in ("get", "get-tree")
+        for e in entries:
+            row = e.to_api(with_value)
+            row.setdefault("Session", "")
+            results.append({"KV": row})
+    if errors:
+        return store.index("kvs"), {"Results": None, "Errors": errors}
+    return store.index("kvs"), {"Results": results, "Errors": None}
+
+
+def _sessions(rows: Any) -> list[dict[str, Any]]:
+    return [s.to_api() for s in sorted(rows, key=lambda s: (s.create_index, s.id))]
+
+
+def _session_info(store: Store, p: Params) -> tuple[int, Any]:
+    row = store.sessions.get(p["id"])
+    return store.index("session:" + p["id"]), _sessions([row] if row else [])
+
+
+def _session_node(store: Store, p: Params) -> tuple[int, Any]:
+    node = p["node"].lower()
+    return (store.index("session-node:" + node),
+            _sessions(s for s in store.sessions.values() if s.node.lower() == node))
+
+
 QUERIES: dict[str, ReadQuery] = {
+    # KV: a key's read wakes for that key only, a prefix read for changes under it
+    "kv.get": ReadQuery(lambda p: [kv_watch_key(p["key"])], _kv_get),
+    "kv.list": ReadQuery(lambda p: [kv_prefix_watch_key(p["prefix"])], _kv_list),
+    "kv.keys": ReadQuery(lambda p: [kv_prefix_watch_key(p["prefix"])], _kv_keys),
+    "kv.txn_read": ReadQuery(lambda p: ["kvs"], _kv_txn_read),
+    "session.info": ReadQuery(lambda p: ["session:" + p["id"]], _session_info),
+    "session.node": ReadQuery(lambda p: ["session-node:" + p["node"].lower()], _session_node),
+    "session.list": ReadQuery(lambda p: ["sessions"],
+                              lambda s, p: (s.index("sessions"), _sessions(s.sessions.values()))),
     "ca.roots": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), roots_api(s.ca, s.index("ca")))),
     "ca.config": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), config_api(s.ca))),
     "intentions.list": ReadQuery(lambda p: ["intentions"], _intention_list),

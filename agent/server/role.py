@@ -6,6 +6,7 @@ blocking-read engine and the leader's duties over one FSM.
     nodes.py        heartbeats, leaves, members               Node.Heartbeat/Leave, Internal.Members
     connect_ca.py   signing and CA configuration              ConnectCA.Sign/Configure
     operator.py     status, Raft configuration, snapshots     Status.Ping/Leader, Operator.Raft
+    sessions.py     renewals, TTLs, invalidation, tombstones  Session.Renew (TTL timers: leader only)
     leader.py       liveness and reaping, server reconcile, CA upkeep (leader only)
     reads.py        the blocking-read engine
 
@@ -36,6 +37,7 @@ from .nodes import NodeLiveness
 from .operator import Operator
 from .raft import RaftFactory
 from .reads import ReadEngine
+from .sessions import SessionUpkeep
 
 __all__ = ["ServerRole"]
 
@@ -55,13 +57,14 @@ class ServerRole:
         self.client = RPCClient(cfg.encrypt, ssl_context=client_tls)
         self.membership = Membership(cfg, node_id, self.fsm, self.client, raft_factory)
         self.reads = ReadEngine(self.membership, self.fsm, hub)
-        self.catalog = CatalogEndpoints(cfg, self.membership, self.reads)
+        self.catalog = CatalogEndpoints(cfg, self.membership, self.reads, self.clock)
         self.nodes = NodeLiveness(cfg, self.membership, self.fsm, self.clock)
         self.ca = ConnectCA(cfg, self.membership, self.fsm, self.clock)
         self.operator = Operator(self.membership, self.fsm)
         self.duties = LeaderDuties(cfg, self.membership, self.fsm, hub, self.nodes, self.ca, self.clock)
+        self.sessions = SessionUpkeep(cfg, self.membership, self.fsm, hub, self.clock)
         self._tasks: list[asyncio.Task[None]] = []
-        for area in (self.membership, self.catalog, self.nodes, self.ca, self.operator):
+        for area in (self.membership, self.catalog, self.nodes, self.ca, self.operator, self.sessions):
             for method, handler in area.rpc_methods().items():
                 self.rpc.register(method, handler)
 
@@ -75,6 +78,7 @@ class ServerRole:
             self._tasks.append(bootstrap)
         self._tasks.append(loop.create_task(self.membership.server_table_loop(), name="server-table"))
         self._tasks.append(loop.create_task(self.duties.run(), name="leader-duties"))
+        self._tasks.append(loop.create_task(self.sessions.run(), name="session-upkeep"))
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
@@ -165,3 +169,6 @@ class ServerRole:
 
     async def ca_configure(self, body: Any) -> bool:
         return await self.ca.configure(body)
+
+    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
+        return await self.sessions.renew(session_id)

@@ -1,0 +1,235 @@
+"""/v1/kv/:key and /v1/txn, as Consul answers them.
+
+Writes are KV commands (catalog.kv.run_op decides them in the state machine); the
+receiving server stamps the time lock delays compare with. Reads are the named
+queries `kv.get`, `kv.list`, `kv.keys` (blocking per key or per prefix) and
+`kv.txn_read` for a transaction of reads only.
+
+Keys are the path after /v1/kv/, percent-decoded, kept byte for byte: `a//b`, spaces
+and unicode are keys like any other. A key may not start with `/` (Consul's rule),
+hold a control character, or be longer than MAX_KEY_BYTES.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import web
+
+from mesh.catalog import jsonbody
+from mesh.catalog.commands import KVOp, KVRequest, MessageType
+from mesh.catalog.errors import InvalidRequest
+from mesh.catalog.kv import KV_WRITE_VERBS
+
+from .query import flag, json_response, read, read_response
+
+__all__ = ["routes", "MAX_KEY_BYTES", "MAX_TXN_OPS", "validate_key"]
+
+routes = web.RouteTableDef()
+
+MAX_KEY_BYTES = 2048
+MAX_TXN_OPS = 64
+_LIMIT_DOC = "https://developer.hashicorp.com/docs/agent/config/config-files#kv_max_value_size"
+
+
+class PayloadTooLarge(web.HTTPRequestEntityTooLarge):
+    """413 with Consul's own text (aiohttp's would name its own limit)."""
+
+    def __init__(self, text: str) -> None:
+        web.HTTPException.__init__(self, text=text, content_type="text/plain")
+
+
+def validate_key(key: str, *, allow_empty: bool = False) -> None:
+    if not key:
+        if allow_empty:
+            return
+        raise InvalidRequest("Missing key name")
+    if key.startswith("/"):
+        raise InvalidRequest("key must not begin with a '/'")
+    if len(key.encode("utf-8", "surrogatepass")) > MAX_KEY_BYTES:
+        raise InvalidRequest(f"Key too long: {len(key.encode('utf-8', 'surrogatepass'))} bytes, at most {MAX_KEY_BYTES}")
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in key):
+        raise InvalidRequest("key contains a control character")
+
+
+def _key(request: web.Request) -> str:
+    return request.match_info["key"]
+
+
+def _uint(request: web.Request, name: str) -> int:
+    raw = request.query.get(name, "")
+    try:
+        value = int(raw, 10)
+    except ValueError:
+        raise InvalidRequest(f"Invalid {name}: {raw!r} is not an unsigned integer") from None
+    if not 0 <= value < 1 << 64:
+        raise InvalidRequest(f"Invalid {name}: {raw!r} is not an unsigned 64-bit integer")
+    return value
+
+
+def _conflicting(request: web.Request, *names: str) -> None:
+    if sum(1 for n in names if n in request.query) > 1:
+        raise InvalidRequest(f"Conflicting flags: {urlencode(sorted(request.query.items()))}")
+
+
+async def _value(request: web.Request, limit: int) -> bytes:
+    def too_large(size: int) -> PayloadTooLarge:
+        return PayloadTooLarge(f"Request body({size} bytes) too large, max size: {limit} bytes. See {_LIMIT_DOC}.")
+
+    if request.content_length is not None and request.content_length > limit:
+        raise too_large(request.content_length)
+    chunks: list[bytes] = []
+    total = 0
+    while chunk := await request.content.read(65536):
+        total += len(chunk)
+        if total > limit:
+            raise too_large(total)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _apply(request: web.Request, op: KVOp) -> Any:
+    return await request.app["agent"].apply(MessageType.KV_APPLY, KVRequest((op,)))
+
+
+@routes.get("/v1/kv/{key:.*}")
+async def kv_get(request: web.Request) -> web.StreamResponse:
+    key = _key(request)
+    validate_key(key, allow_empty=True)
+    if "keys" in request.query:
+        separator = request.query.get("separator", request.query.get("seperator", ""))
+        result = await read(request, "kv.keys", {"prefix": key, "separator": separator})
+        if not result.value and key:
+            return _not_found(request, result)
+        return read_response(request, result)
+    if flag(request, "recurse"):
+        result = await read(request, "kv.list", {"prefix": key})
+    else:
+        if not key:
+            raise InvalidRequest("Missing key name")
+        result = await read(request, "kv.get", {"key": key})
+    if not result.value:
+        return _not_found(request, result)
+    if "raw" in request.query and not flag(request, "recurse"):
+        encoded = result.value[0]["Value"]
+        resp = web.Response(body=base64.b64decode(encoded) if encoded else b"", content_type="text/plain")
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Content-Security-Policy"] = "sandbox"
+        request.app["agent"].set_read_headers(resp, result.index, "", result.known_leader, result.last_contact_ms)
+        return resp
+    return read_response(request, result)
+
+
+def _not_found(request: web.Request, result: Any) -> web.Response:
+    """Consul's miss: 404, an empty body, and still X-Consul-Index (clients need it)."""
+    resp = web.Response(status=404)
+    request.app["agent"].set_read_headers(resp, result.index, "", result.known_leader, result.last_contact_ms)
+    return resp
+
+
+@routes.put("/v1/kv/{key:.*}")
+async def kv_put(request: web.Request) -> web.Response:
+    key = _key(request)
+    validate_key(key)
+    _conflicting(request, "cas", "acquire", "release")
+    flags = _uint(request, "flags") if "flags" in request.query else 0
+    verb, index, session = "set", 0, ""
+    if "cas" in request.query:
+        verb, index = "cas", _uint(request, "cas")
+    if "acquire" in request.query:
+        verb, session = "lock", request.query["acquire"]
+    if "release" in request.query:
+        verb, session = "unlock", request.query["release"]
+    value = await _value(request, request.app["agent"].cfg.kv_max_value_size)
+    ok = await _apply(request, KVOp(verb, key, value, flags, index, session))
+    return json_response(request, True if verb == "set" else bool(ok))
+
+
+@routes.delete("/v1/kv/{key:.*}")
+async def kv_delete(request: web.Request) -> web.Response:
+    key = _key(request)
+    recurse = "recurse" in request.query
+    validate_key(key, allow_empty=recurse)
+    _conflicting(request, "recurse", "cas")
+    verb, index = ("delete-tree" if recurse else "delete"), 0
+    if "cas" in request.query:
+        verb, index = "delete-cas", _uint(request, "cas")
+    ok = await _apply(request, KVOp(verb, key, b"", 0, index, ""))
+    return json_response(request, bool(ok) if verb == "delete-cas" else True)
+
+
+# ---- /v1/txn ----------------------------------------------------------------------------
+def _field(obj: dict[str, Any], name: str) -> Any:
+    for key, value in obj.items():
+        if key.lower() == name.lower():
+            return value
+    return None
+
+
+def parse_txn(body: Any, max_value: int) -> list[KVOp]:
+    """A /v1/txn body as KV operations; 400 (or 413) for what Consul refuses before
+    running anything. Verbs are not checked here: an unknown one fails its op (409)."""
+    if not isinstance(body, list):
+        raise InvalidRequest("Failed to parse body: a transaction is a JSON array of operations")
+    if len(body) > MAX_TXN_OPS:
+        raise PayloadTooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
+    ops = []
+    for position, item in enumerate(body):
+        kv = _field(item, "KV") if isinstance(item, dict) else None
+        if not isinstance(kv, dict):
+            other = [k for k in item if k.lower() in ("node", "service", "check")] if isinstance(item, dict) else []
+            if other:
+                raise InvalidRequest(f"Operation {position}: mesh transactions hold KV operations only, not {other[0]}")
+            raise InvalidRequest(f"Failed to parse body: operation {position} has no KV object")
+        verb, key, raw, session = (_field(kv, n) for n in ("Verb", "Key", "Value", "Session"))
+        flags, index = _field(kv, "Flags") or 0, _field(kv, "Index") or 0
+        for name, value in (("Verb", verb), ("Key", key), ("Session", session)):
+            if value is not None and not isinstance(value, str):
+                raise InvalidRequest(f"Failed to parse body: operation {position}: {name} must be a string")
+        for name, value in (("Flags", flags), ("Index", index)):
+            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
+                raise InvalidRequest(f"Failed to parse body: operation {position}: {name} must be an unsigned integer")
+        if raw is not None and not isinstance(raw, str):
+            raise InvalidRequest(f"Failed to parse body: operation {position}: unexpected value type")
+        try:
+            value = base64.b64decode(raw, validate=True) if raw else b""
+        except (binascii.Error, ValueError) as exc:
+            raise InvalidRequest(f"Failed to parse body: failed to decode value: {exc}") from None
+        if len(value) > max_value:
+            raise PayloadTooLarge(f'Value for key "{key}" is too large ({len(value)} > {max_value} bytes)')
+        validate_key(key or "", allow_empty=verb in ("get-tree", "delete-tree") or verb not in KV_VERBS_KNOWN)
+        ops.append(KVOp(verb or "", key or "", value, flags, index, session or ""))
+    return ops
+
+
+KV_VERBS_KNOWN = (*KV_WRITE_VERBS, "get", "get-tree", "check-index", "check-session", "check-not-exists")
+
+
+@routes.put("/v1/txn")
+async def txn(request: web.Request) -> web.Response:
+    agent = request.app["agent"]
+    limit = max(agent.cfg.txn_max_req_len, agent.cfg.kv_max_value_size)
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"Request body too large, max size: {limit} bytes")
+    chunks, total = [], 0
+    while chunk := await request.content.read(65536):
+        total += len(chunk)
+        if total > limit:
+            raise PayloadTooLarge(f"Request body too large, max size: {limit} bytes")
+        chunks.append(chunk)
+    raw = b"".join(chunks)
+    if not raw.strip():
+        raise InvalidRequest("Failed to parse body: empty body")
+    ops = parse_txn(jsonbody.loads(raw), agent.cfg.kv_max_value_size)
+    if all(op.verb not in KV_WRITE_VERBS for op in ops):
+        result = await read(request, "kv.txn_read",
+                            {"ops": [[op.verb, op.key, op.index, op.session] for op in ops]})
+        resp = json_response(request, result.value, status=409 if result.value["Errors"] else 200)
+        resp.headers["X-Consul-KnownLeader"] = "true" if result.known_leader else "false"
+        resp.headers["X-Consul-LastContact"] = str(result.last_contact_ms)
+        return resp
+    reply = await agent.apply(MessageType.TXN, KVRequest(tuple(ops)))
+    return json_response(request, reply, status=409 if reply.get("Errors") else 200)
