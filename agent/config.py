@@ -103,6 +103,7 @@ class AgentConfig:
     txn_max_req_len: int = 512 * 1024
     # how long a deleted KV key's tombstone keeps it visible to blocking list reads
     tombstone_ttl: float = 15 * 60.0
+    session_ttl_min: float = 10.0  # Consul's session_ttl_min: the shortest session TTL allowed
     http_header_timeout: float = 10.0
     http_idle_timeout: float = 75.0
     # mesh's own: run `mesh connect proxy` for each sidecar (agent/proxies/), and how
@@ -164,6 +165,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "liveness-timeout": ("liveness_timeout", "duration"),
     "reconnect-timeout": ("reconnect_timeout", "duration"),
     "tombstone-ttl": ("tombstone_ttl", "duration"),
+    "session-ttl-min": ("session_ttl_min", "duration"),
     "heartbeat-interval": ("heartbeat_interval", "duration"),
     "enable-script-checks": ("enable_script_checks", "bool"),
     "enable-local-script-checks": ("enable_local_script_checks", "bool"),
@@ -187,7 +189,7 @@ _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": 
            "rpc_handshake_timeout": "duration", "rpc_max_conns_per_client": "int", "http_max_conns_per_client": "int",
            "http_header_timeout": "duration", "http_idle_timeout": "duration",
            "proxy_drain_timeout": "duration", "kv_max_value_size": "int", "txn_max_req_len": "int",
-           "tombstone_ttl": "duration"}
+           "tombstone_ttl": "duration", "session_ttl_min": "duration"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
 _ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl",
@@ -616,6 +618,10 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("sidecar_min_port must be less than sidecar_max_port. To disable, set both to zero.")
     if cfg.check_output_max_size < 1:
         raise ConfigError("check_output_max_size must be positive")
+    if cfg.kv_max_value_size < 1 or cfg.txn_max_req_len < 1:
+        raise ConfigError("limits.kv_max_value_size and limits.txn_max_req_len must be positive")
+    if cfg.session_ttl_min <= 0 or cfg.tombstone_ttl <= 0:
+        raise ConfigError("session_ttl_min and tombstone_ttl must be positive")
     if cfg.raft_snapshot_threshold < 2:
         raise ConfigError("-raft-snapshot-threshold must be at least 2")
     if cfg.raft_snapshot_interval <= 0:

@@ -127,9 +127,9 @@ def _check_ids(value: Any, what: str) -> list[str]:
     return out
 
 
-def parse_session(body: Any, session_id: str, default_node: str) -> Session:
+def parse_session(body: Any, session_id: str, default_node: str, ttl_min: float = TTL_MIN) -> Session:
     """A /v1/session/create body (None: empty) as a Session with Consul's defaults;
-    400 for what Consul refuses."""
+    400 for what Consul refuses. `ttl_min` is the agent's session_ttl_min."""
     body = {} if body is None else body
     if not isinstance(body, dict):
         raise InvalidRequest("Request decode failed: the body must be a JSON object")
@@ -153,8 +153,9 @@ def parse_session(body: Any, session_id: str, default_node: str) -> Session:
             seconds = parse_duration(ttl, what="Session TTL")
         except InvalidRequest as exc:
             raise InvalidRequest(f"Session TTL '{ttl}' invalid: {exc}") from None
-        if seconds != 0 and not TTL_MIN <= seconds <= TTL_MAX:
-            raise InvalidRequest(f"Invalid Session TTL '{round(seconds * 1e9)}', must be between [10s=24h0m0s]")
+        if seconds != 0 and not ttl_min <= seconds <= TTL_MAX:
+            raise InvalidRequest(f"Invalid Session TTL '{round(seconds * 1e9)}', must be between "
+                                 f"[{_go_duration(ttl_min)}=24h0m0s]")
         if seconds == 0:
             ttl = ""
     listed = _check_ids(checks, "Checks") if has_checks else [SERF_CHECK_ID]
@@ -169,6 +170,15 @@ def parse_session(body: Any, session_id: str, default_node: str) -> Session:
         node_checks=tuple(node_ids),
         service_checks=tuple(dict.fromkeys(_check_ids(service_checks, "ServiceChecks"))),
     )
+
+
+def _go_duration(seconds: float) -> str:
+    """Go's rendering of a whole-second duration, as Consul's message shows it."""
+    hours, rest = divmod(int(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
 
 
 def session_problem(store: Any, session: Session) -> str:

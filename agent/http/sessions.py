@@ -42,7 +42,7 @@ async def create(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     agent.check_datacenter(request.query.get("dc", ""))
     body = await read_json(request, optional=True)
-    session = parse_session(body, str(uuid.uuid4()), agent.cfg.node_name)
+    session = parse_session(body, str(uuid.uuid4()), agent.cfg.node_name, agent.cfg.session_ttl_min)
     result = await agent.apply(MessageType.SESSION_CREATE, session)
     return json_response(request, {"ID": result["ID"]})
 
