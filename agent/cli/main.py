@@ -46,6 +46,8 @@ Commands:
   maint -enable|-disable     node (or -service=ID) maintenance mode
   intention create|get|delete|list|check|match   service-to-service access rules
   config write|read|list|delete                  central config entries (/v1/config)
+  kv put|get|delete|export|import                the key/value store (/v1/kv)
+  lock [-n N] [-timeout D] PREFIX COMMAND...     run a command while holding a lock or semaphore
   connect ca get-config|set-config|status        the Connect CA
   connect proxy -sidecar-for ID                  run a sidecar proxy (mTLS, intentions)
   connect proxies                                this agent's sidecar proxy processes
@@ -311,6 +313,18 @@ async def _config(argv: list[str]) -> int:
     return await run_config(argv)
 
 
+async def _kv(argv: list[str]) -> int:
+    from .kv_cmd import run_kv
+
+    return await run_kv(argv)
+
+
+async def _lock(argv: list[str]) -> int:
+    from .lock_cmd import run_lock
+
+    return await run_lock(argv)
+
+
 async def _connect(argv: list[str]) -> int:
     """`mesh connect ca get-config | set-config -config-file F | status`, `mesh connect proxies`."""
     if argv[:1] == ["proxies"]:
@@ -510,6 +524,8 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "intention": _intention,
     "config": _config,
     "connect": _connect,
+    "kv": _kv,
+    "lock": _lock,
 }
 _SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}
 
