@@ -362,8 +362,8 @@ class FSM:
             if not ok:
                 errors.append({"OpIndex": position, "What": FAILED_TEXT[op.verb].format(key=op.key)})
                 continue
-            with_value = op.verb in ("get", "get-tree")
-            results.extend({"KV": _api(e, with_value)} for e in entries)
+            with_value = op.verb in ("get", "get-or-empty", "get-tree")
+            results.extend({"KV": e.to_api(with_value)} for e in entries)
         if errors:
             return {"Results": None, "Errors": errors}
         view.commit(self.store.touch)
@@ -543,12 +543,6 @@ class FSM:
         return self.store == other.store and self.dedupe == other.dedupe and self.last_index == other.last_index
 
     __hash__ = None  # type: ignore[assignment]
-
-
-def _api(entry: KVEntry, with_value: bool) -> dict[str, Any]:
-    out = entry.to_api(with_value)
-    out.setdefault("Session", "")
-    return out
 
 
 class _Overlay:

@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 KV_WRITE_VERBS = ("set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas")
-KV_READ_VERBS = ("get", "get-tree", "check-index", "check-session", "check-not-exists")
+KV_READ_VERBS = ("get", "get-or-empty", "get-tree", "check-index", "check-session", "check-not-exists")
 KV_VERBS = KV_WRITE_VERBS + KV_READ_VERBS
 
 
@@ -114,25 +114,29 @@ class KVTable:
     def get(self, key: str) -> KVEntry | None:
         return self.entries.get(key)
 
-    def key_index(self, key: str) -> int:
-        """A single-key read's index: the key's ModifyIndex, or for a missing key its
-        delete index (floored at the reaped one, so a reap never moves it back)."""
+    def key_index(self, key: str, table_index: int) -> int:
+        """A single-key read's index: the key's ModifyIndex; for a missing key, the
+        table's (`kvs`, Consul's answer), which is past its delete and never goes back."""
         entry = self.entries.get(key)
         if entry is not None:
             return entry.modify_index
-        return max(self.tombstones.get(key, 0), self.reaped_index)
+        return max(table_index, self.tombstones.get(key, 0), self.reaped_index)
 
     def under(self, prefix: str) -> list[KVEntry]:
         return [self.entries[k] for k in self._keys.prefixed(prefix)]
 
-    def prefix_index(self, prefix: str) -> int:
-        """A prefix read's index: the newest change under it, deletes included."""
-        index = self.reaped_index
+    def prefix_index(self, prefix: str, table_index: int) -> int:
+        """A prefix read's index: the newest change under it, deletes included, floored
+        at the newest reaped tombstone (which may have been under it); with nothing
+        under it, the table's (Consul's answer)."""
+        index = 0
         for key in self._keys.prefixed(prefix):
             index = max(index, self.entries[key].modify_index)
         for key in self._tomb_keys.prefixed(prefix):
             index = max(index, self.tombstones[key])
-        return index
+        if index == 0:
+            return max(table_index, self.reaped_index)
+        return max(index, self.reaped_index)
 
     def keys_under(self, prefix: str, separator: str) -> list[str]:
         """?keys: every key under the prefix, or with a separator only the next level
@@ -302,6 +306,8 @@ def run_op(view: KVOverlay, verb: str, key: str, value: bytes = b"", flags: int 
         if existing is None:
             raise TxnError(f'key "{key}" doesn\'t exist')
         return True, [existing]
+    if verb == "get-or-empty":  # Consul: the key, or an empty entry naming it
+        return True, [existing if existing is not None else KVEntry(key)]
     if verb == "get-tree":
         return True, view.under(key)
     if verb == "check-index":

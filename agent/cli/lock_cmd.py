@@ -11,9 +11,11 @@ lock`, the command runs in a process group of its own and the signals go to the 
 group, so the shell's children stop with it.
 
 The lock is released on every exit, and the key removed when nobody else holds it.
-Exit codes are Consul's: 1 when the lock could not be set up or acquired (including
-`-timeout` running out: `Shutdown triggered or timeout during lock acquisition`);
-otherwise 0, or with -child-exit-code 2 when the command itself exited non-zero.
+Exit codes: 1 when the lock could not be set up or acquired (including `-timeout`
+running out: `Shutdown triggered or timeout during lock acquisition`), as Consul's;
+otherwise COMMAND's own exit status (128+N when signal N ended it, as when the lock was
+lost and it was stopped). Consul's `consul lock` answers 0 there; `-child-exit-code`
+gives Consul's meaning (2 when COMMAND exited non-zero, else 0) for scripts written for it.
 """
 
 from __future__ import annotations
@@ -198,6 +200,7 @@ async def _hold(lock: Lock | Semaphore, child: _Child, shutdown: asyncio.Event, 
         return _error("Shutdown triggered or timeout during lock acquisition")
 
     child_code = 0
+    own_code = 0  # COMMAND's own exit status (128+N when a signal ended it), mesh's default answer
     if shutdown.is_set():
         print("Shutdown triggered during lock acquisition", file=sys.stderr, flush=True)
     else:
@@ -205,7 +208,7 @@ async def _hold(lock: Lock | Semaphore, child: _Child, shutdown: asyncio.Event, 
             await child.start(words, flags.get("shell", True), bool(flags.get("pass-stdin")))
         except OSError as exc:
             print(f"Error starting handler: {exc}", file=sys.stderr, flush=True)
-            child_code = 2
+            child_code = own_code = 2
         if child.proc is not None:
             waiting = asyncio.ensure_future(child.proc.wait())
             await _first(asyncio.shield(waiting), shutdown.wait(), lock.wait_lost())
@@ -214,6 +217,7 @@ async def _hold(lock: Lock | Semaphore, child: _Child, shutdown: asyncio.Event, 
                     print(f"Error running handler: exit status {_status(child.proc.returncode)}",
                           file=sys.stderr, flush=True)
                     child_code = 2
+                    own_code = _exit_code(child.proc.returncode)
                 _info(verbose, "Child terminated, releasing lock")
             else:
                 _info(verbose, "Shutdown triggered, killing child" if shutdown.is_set()
@@ -222,6 +226,8 @@ async def _hold(lock: Lock | Semaphore, child: _Child, shutdown: asyncio.Event, 
                 waiting.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await waiting
+                if child.proc.returncode is not None:
+                    own_code = _exit_code(child.proc.returncode)
 
     try:
         await lock.release()
@@ -234,7 +240,12 @@ async def _hold(lock: Lock | Semaphore, child: _Child, shutdown: asyncio.Event, 
         _info(verbose, "Cleanup aborted, lock in use")
     except (LockError, APIError) as exc:
         return _error(f"Lock cleanup failed: {getattr(exc, 'message', None) or exc}")
-    return child_code if flags.get("child-exit-code") else 0
+    return child_code if flags.get("child-exit-code") else own_code
+
+
+def _exit_code(returncode: int) -> int:
+    """A shell's way of reporting how a child ended: its status, or 128+N for signal N."""
+    return 128 - returncode if returncode < 0 else returncode
 
 
 def _status(code: int | None) -> str:

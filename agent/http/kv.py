@@ -22,9 +22,9 @@ from aiohttp import web
 from mesh.catalog import jsonbody
 from mesh.catalog.commands import KVOp, KVRequest, MessageType
 from mesh.catalog.errors import InvalidRequest
-from mesh.catalog.kv import KV_WRITE_VERBS
+from mesh.catalog.kv import KV_READ_VERBS, KV_WRITE_VERBS
 
-from .query import flag, json_response, read, read_response
+from .query import json_response, read, read_response
 
 __all__ = ["routes", "MAX_KEY_BYTES", "MAX_TXN_OPS", "validate_key"]
 
@@ -105,7 +105,8 @@ async def kv_get(request: web.Request) -> web.StreamResponse:
         if not result.value and key:
             return _not_found(request, result)
         return read_response(request, result)
-    if flag(request, "recurse"):
+    recurse = "recurse" in request.query  # Consul: present means recurse, whatever its value
+    if recurse:
         result = await read(request, "kv.list", {"prefix": key})
     else:
         if not key:
@@ -113,7 +114,7 @@ async def kv_get(request: web.Request) -> web.StreamResponse:
         result = await read(request, "kv.get", {"key": key})
     if not result.value:
         return _not_found(request, result)
-    if "raw" in request.query and not flag(request, "recurse"):
+    if "raw" in request.query and not recurse:
         encoded = result.value[0]["Value"]
         resp = web.Response(body=base64.b64decode(encoded) if encoded else b"", content_type="text/plain")
         resp.headers["X-Content-Type-Options"] = "nosniff"
@@ -205,7 +206,7 @@ def parse_txn(body: Any, max_value: int) -> list[KVOp]:
     return ops
 
 
-KV_VERBS_KNOWN = (*KV_WRITE_VERBS, "get", "get-tree", "check-index", "check-session", "check-not-exists")
+KV_VERBS_KNOWN = (*KV_WRITE_VERBS, *KV_READ_VERBS)
 
 
 @routes.put("/v1/txn")

@@ -164,16 +164,17 @@ def _discovery_chain(store: Store, p: Params) -> tuple[int, Any]:
 
 def _kv_get(store: Store, p: Params) -> tuple[int, Any]:
     entry = store.kv.get(p["key"])
-    return store.kv.key_index(p["key"]), [entry.to_api()] if entry else None
+    return store.kv.key_index(p["key"], store.index("kvs")), [entry.to_api()] if entry else None
 
 
 def _kv_list(store: Store, p: Params) -> tuple[int, Any]:
     entries = [e.to_api() for e in store.kv.under(p["prefix"])]
-    return store.kv.prefix_index(p["prefix"]), entries or None
+    return store.kv.prefix_index(p["prefix"], store.index("kvs")), entries or None
 
 
 def _kv_keys(store: Store, p: Params) -> tuple[int, Any]:
-    return store.kv.prefix_index(p["prefix"]), store.kv.keys_under(p["prefix"], p.get("separator") or "")
+    return (store.kv.prefix_index(p["prefix"], store.index("kvs")),
+            store.kv.keys_under(p["prefix"], p.get("separator") or ""))
 
 
 def _kv_txn_read(store: Store, p: Params) -> tuple[int, Any]:
@@ -191,11 +192,8 @@ def _kv_txn_read(store: Store, p: Params) -> tuple[int, Any]:
         except TxnError as exc:
             errors.append({"OpIndex": position, "What": str(exc)})
             continue
-        with_value = verb in ("get", "get-tree")
-        for e in entries:
-            row = e.to_api(with_value)
-            row.setdefault("Session", "")
-            results.append({"KV": row})
+        with_value = verb in ("get", "get-or-empty", "get-tree")
+        results.extend({"KV": e.to_api(with_value)} for e in entries)
     if errors:
         return store.index("kvs"), {"Results": None, "Errors": errors}
     return store.index("kvs"), {"Results": results, "Errors": None}

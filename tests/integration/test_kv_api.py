@@ -101,9 +101,6 @@ def test_recurse_in_every_spelling(dev, spelling):
     assert {prefix + "a", prefix + "b/c"} <= {e["Key"] for e in everything.json}
 
 
-@pytest.mark.xfail(strict=True, reason="mesh bug: ?recurse=false/?recurse=0 read the single key; Consul "
-                   "tests presence only (agent/kvs_endpoint.go `params[\"recurse\"]`; consul.md §1.0 "
-                   "'Bool params are present = true')")
 @pytest.mark.parametrize("spelling", ["recurse=false", "recurse=0"])
 def test_recurse_is_true_whenever_present(dev, spelling):
     prefix = unique("recpresent")

@@ -246,7 +246,7 @@ def test_lock_runs_command_with_lock_held(dev, procs, tmp_path):
 def test_child_exit_code(dev, procs):
     plain = procs.lock("t9", "exit 3")
     plain.communicate(timeout=30)
-    assert plain.returncode == 0  # consul lock ignores the command's status without -child-exit-code
+    assert plain.returncode == 3  # mesh: COMMAND's own status (consul lock would say 0)
     propagated = procs.lock("-child-exit-code", "t9", "exit 3")
     _, stderr = propagated.communicate(timeout=30)
     assert propagated.returncode == 2 and "exit status 3" in stderr

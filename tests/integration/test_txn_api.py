@@ -103,8 +103,6 @@ def test_every_kv_verb_and_its_result(dev):
     call(dev, "PUT", f"/v1/session/destroy/{sid}")
 
 
-@pytest.mark.xfail(strict=True, reason="mesh bug: /v1/txn KV results carry \"Session\": \"\" for an unlocked "
-                   "key; Consul's DirEntry has Session `json:\",omitempty\"` (agent/structs/structs.go, txn.mdx sample)")
 def test_results_omit_an_empty_session(dev):
     p = unique("nosess")
     (written,) = results(txn(dev, [op("set", p + "a", Value=b64("v"))]).json)
@@ -113,8 +111,6 @@ def test_results_omit_an_empty_session(dev):
     assert set(written) == KV_RESULT_FIELDS, written
 
 
-@pytest.mark.xfail(strict=True, reason="mesh bug: the `get-or-empty` KV verb (api-docs/txn.mdx, KV operations "
-                   "table: 'Get the key, or null if it does not exist') is refused as an unknown verb")
 def test_get_or_empty(dev):
     p = unique("goe")
     txn(dev, [op("set", p + "a", Value=b64("A"))])

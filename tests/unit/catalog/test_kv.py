@@ -250,10 +250,14 @@ def test_tombstones_keep_prefix_indexes_and_a_reap_never_moves_them_back(log):
     log.kv("set", "p/b")
     log.kv("delete", "p/b")
     deleted_at = log.index
-    assert kv.prefix_index("p/") == deleted_at and kv.key_index("p/b") == deleted_at
+    table = log.fsm.store.index("kvs")
+    assert kv.prefix_index("p/", table) == deleted_at and kv.key_index("p/b", table) == deleted_at
     log.apply(MessageType.KV_REAP, deleted_at)
     assert not kv.tombstones
-    assert kv.prefix_index("p/") == deleted_at and kv.key_index("p/b") == deleted_at
+    assert kv.prefix_index("p/", table) == deleted_at and kv.key_index("p/b", table) == deleted_at
+    log.kv("set", "elsewhere")  # a missing key and an empty prefix answer the table's index, as in Consul
+    table = log.fsm.store.index("kvs")
+    assert kv.key_index("never", table) == table and kv.prefix_index("nothing/", table) == table
 
 
 def test_keys_with_a_separator_collapse_below_it(log):
@@ -281,9 +285,9 @@ def test_read_indexes_never_go_backwards_and_snapshots_keep_the_table(ops):
             log.apply(MessageType.KV_REAP, n)
         else:
             log.kv(verb, key, index=n)
-        kv = log.fsm.store.kv
+        kv, table = log.fsm.store.kv, log.fsm.store.index("kvs")
         for probe in ("a", "a/b", "a/c", "b", "a/b/c"):
-            for kind, index in (("key", kv.key_index(probe)), ("prefix", kv.prefix_index(probe))):
+            for kind, index in (("key", kv.key_index(probe, table)), ("prefix", kv.prefix_index(probe, table))):
                 assert index >= seen.get((kind, probe), 0), (kind, probe)
                 seen[(kind, probe)] = index
     restored = FSM.from_snapshot(log.fsm.snapshot())
