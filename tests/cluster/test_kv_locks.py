@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -191,6 +192,36 @@ def test_a_session_on_a_dead_node_is_invalidated_and_its_delete_keys_go(cluster)
     with pytest.raises(HTTPError) as missing:
         server.get("/v1/kv/ephemeral/member")
     assert missing.value.status == 404
+
+
+def test_mesh_lock_stops_its_command_when_the_cluster_invalidates_its_session(cluster, tmp_path):
+    """`mesh lock` through a client agent whose node then fails liveness (SIGSTOP): the
+    leader invalidates the lock's session (linked to serfHealth, as consul lock's is);
+    once the agent runs again, mesh lock sees the lock gone and stops its command."""
+    agent = _client(cluster, "app-l")
+    started, stopped = tmp_path / "started", tmp_path / "stopped"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mesh.agent.cli.main", "lock", "-verbose", "jobs/nightly",
+         f"trap 'echo term > {stopped}; exit 0' TERM; touch {started}; while true; do sleep 0.05; done"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "CONSUL_HTTP_ADDR": agent.http})
+    try:
+        retry(lambda: started.exists(), 20, 0.05, "the command runs under the lock")
+        server = cluster.agents[0]
+        session = server.get("/v1/kv/jobs/nightly/.lock")[0]["Session"]
+        agent.signal(signal.SIGSTOP)
+        try:
+            retry(lambda: server.get(f"/v1/session/info/{session}") == [], LIVENESS + 10, 0.1,
+                  "the leader invalidates the session of a failed node")
+        finally:
+            agent.signal(signal.SIGCONT)
+        stdout, stderr = proc.communicate(timeout=30)
+        assert stopped.read_text() == "term\n", (stdout, stderr)
+        assert "Lock lost, killing child" in stdout, (stdout, stderr)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
 
 
 def test_a_leader_killed_under_a_renewed_session_loses_no_lock(cluster, tmp_path):

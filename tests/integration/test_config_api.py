@@ -8,18 +8,18 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
+from tests.harness.cli import run_cli
 from tests.harness.cluster import HTTPError
 
 
 def mesh(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "mesh.agent.cli.main", *args], capture_output=True, text=True,
-                          timeout=60, cwd="/", input=stdin)
+    """`mesh ARGS`, in this process (tests/harness/cli.py): the flags name the agent."""
+    return run_cli(list(args), None, stdin)
 
 
 def error(dev, method: str, path: str, body=None) -> tuple[int, str]:

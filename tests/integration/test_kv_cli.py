@@ -1,6 +1,11 @@
 """`mesh kv` and `mesh lock` against a real dev agent: Consul's output, exit codes and
 one-line errors; locks and semaphores between real processes. Every wait is bounded and
-every process this file starts is stopped by its PID."""
+every process this file starts is stopped by its PID.
+
+`mesh kv` runs in this process (the CLI's `main`, its stdout, stderr and stdin bytes
+captured): half a second of interpreter start per call would be most of this file's
+time. One test runs the installed command as a process, stdin included; `mesh lock`
+always runs as a process (signals, process groups)."""
 
 from __future__ import annotations
 
@@ -16,14 +21,20 @@ import urllib.parse
 
 import pytest
 
+from tests.harness.cli import run_cli
 from tests.harness.cluster import HTTPError, retry
 
 LOCK_FLAG = 3304740253564472344
 
 
-def mesh(dev, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def mesh_process(dev, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "mesh.agent.cli.main", *args], capture_output=True, text=True,
                           timeout=60, cwd="/", input=stdin, env={**os.environ, "CONSUL_HTTP_ADDR": dev.http})
+
+
+def mesh(dev, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    """`mesh ARGS` against `dev`, in this process (tests/harness/cli.py)."""
+    return run_cli(list(args), {"CONSUL_HTTP_ADDR": dev.http}, stdin)
 
 
 def ok(out: subprocess.CompletedProcess[str]) -> str:
@@ -60,8 +71,10 @@ def test_put_and_get(dev, tmp_path):
     data.write_bytes(b"line1\nline2")
     ok(mesh(dev, "kv", "put", "t1/file", f"@{data}"))
     assert ok(mesh(dev, "kv", "get", "t1/file")) == "line1\nline2\n"
-    ok(mesh(dev, "kv", "put", "t1/stdin", "-", stdin="from stdin"))
-    assert ok(mesh(dev, "kv", "get", "t1/stdin")) == "from stdin\n"
+    ok(mesh_process(dev, "kv", "put", "t1/stdin", "-", stdin="from stdin"))  # the installed command, a process
+    assert ok(mesh_process(dev, "kv", "get", "t1/stdin")) == "from stdin\n"
+    ok(mesh(dev, "kv", "put", "t1/stdin2", "-", stdin="in process"))
+    assert ok(mesh(dev, "kv", "get", "t1/stdin2")) == "in process\n"
     ok(mesh(dev, "kv", "put", "t1/dash", "-x"))  # `-` followed by more is the value itself
     assert ok(mesh(dev, "kv", "get", "t1/dash")) == "-x\n"
     ok(mesh(dev, "kv", "put", "-base64", "t1/b64", base64.b64encode(b"decoded").decode()))

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.harness.cluster import retry
+from tests.harness.cluster import dev_agent, retry
 from tests.harness.kvapi import Pending, call, kv_path, new_session, node_name, unique
 
 SESSION_FIELDS = {"ID", "Name", "Node", "LockDelay", "Behavior", "TTL", "NodeChecks", "ServiceChecks",
@@ -343,15 +343,21 @@ def test_a_session_cannot_be_created_on_a_critical_check(dev):
         call(dev, "PUT", f"/v1/agent/check/deregister/{check_id}")
 
 
-def test_ttl_expiry_invalidates_the_session_and_releases_its_lock(dev):
-    """A 10s-TTL session that nobody renews is gone within 2xTTL (Consul's reaper may
-    wait that long), not before its TTL, and the key it held is released."""
-    key = unique("sttl") + "k"
-    sid = new_session(dev, TTL="10s", LockDelay="0s")
-    created = time.monotonic()
-    assert acquire(dev, key, sid) is True
-    retry(lambda: info(dev, sid) == [], 25, 0.25, "the unrenewed TTL session to be invalidated")
-    assert time.monotonic() - created >= 9.5, "invalidated before its TTL ran out"
-    released = kv(dev, key)
-    assert released is not None and "Session" not in released and released["LockIndex"] == 1
-    assert call(dev, "PUT", f"/v1/session/renew/{sid}").status == 404
+def test_ttl_expiry_invalidates_the_session_and_releases_its_lock(tmp_path):
+    """A TTL session that nobody renews is gone within 2xTTL (Consul's reaper may wait
+    that long), not before its TTL, and the key it held is released. An agent of its
+    own with -session-ttl-min 1s (Consul's session_ttl_min) keeps the wait short."""
+    agent = dev_agent(tmp_path, "ttl", extra=["-session-ttl-min", "1s"])
+    try:
+        key = unique("sttl") + "k"
+        sid = new_session(agent, TTL="2s", LockDelay="0s")
+        created = time.monotonic()
+        assert acquire(agent, key, sid) is True
+        retry(lambda: info(agent, sid) == [], 8, 0.05, "the unrenewed TTL session to be invalidated")
+        took = time.monotonic() - created
+        assert 2.0 <= took <= 4.8, f"invalidated after {took:.2f}s, want between TTL and 2xTTL (+ polling)"
+        released = kv(agent, key)
+        assert released is not None and "Session" not in released and released["LockIndex"] == 1
+        assert call(agent, "PUT", f"/v1/session/renew/{sid}").status == 404
+    finally:
+        agent.kill()
