@@ -118,6 +118,7 @@ class SessionUpkeep:
         self.timers = SessionTimers()
         self.tombstones = TombstoneClock(cfg.tombstone_ttl)
         self._was_leader = False
+        self._term: object = None
 
     def rpc_methods(self) -> dict[str, Handler]:
         return {"Session.Renew": self._rpc_renew}
@@ -162,13 +163,15 @@ class SessionUpkeep:
             self._was_leader = False
             return
         now = self.clock.monotonic()
+        status = raft.status()
+        term = status.get("raft_term", status.get("term"))
         with raft.lock:
             store = self.fsm.store
-            if not self._was_leader:
-                # a new leader has heard no renewals: every TTL starts again now
+            if not self._was_leader or term != self._term:
+                # a new term: renewals went to other leaders meanwhile; every TTL starts again now
                 self.timers.restart_all(store.sessions.values(), now)
                 self.tombstones.hints = []
-            self._was_leader = True
+            self._was_leader, self._term = True, term
             plan = invalidation_plan(store, self.timers, now)
             if store.kv.tombstones:
                 self.tombstones.note(now, self.fsm.last_index)

@@ -1,4 +1,7 @@
-"""3 servers + 2 client agents as processes: local services, health, liveness, anti-entropy."""
+"""3 servers + 2 client agents as processes: local services, health, liveness, anti-entropy.
+
+One cluster for the module (a cluster start is most of each test's time): the tests run
+in file order, the ones that kill or remove c2 last."""
 
 from __future__ import annotations
 
@@ -44,15 +47,16 @@ class Backend:
         self.server.server_close()
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def backend():
     b = Backend()
     yield b
     b.close()
 
 
-@pytest.fixture
-def mesh(tmp_path, backend, request):
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory, backend):
+    tmp_path = tmp_path_factory.mktemp("clients")
     cluster = Cluster(tmp_path, 3, extra_args=["-liveness-timeout", f"{LIVENESS}s"])
     config = tmp_path / "web.hcl"
     config.write_text(f'''
@@ -74,10 +78,15 @@ service {{
         cluster.start_client("c2", ["-ae-interval", "2s"])
         yield cluster
     finally:
-        rep = getattr(request.node, "rep_call", None)
-        if rep is not None and rep.failed:
-            print(cluster.logs())
         cluster.stop()
+
+
+@pytest.fixture
+def mesh(shared, request):
+    yield shared
+    rep = getattr(request.node, "rep_call", None)
+    if rep is not None and rep.failed:
+        print(shared.logs())
 
 
 def passing(agent, service: str) -> list[str]:
@@ -137,6 +146,31 @@ def test_blocking_health_query_wakes_for_its_service_only(mesh):
     assert result["body"][0]["Checks"][-1]["Status"] == "passing"
 
 
+def test_bad_service_definitions_are_400_naming_the_field(mesh):
+    c1 = mesh.clients[0]
+    cases = [
+        ({"Port": 80}, "name"),
+        ({"Name": "x", "Port": 70000}, "Port"),
+        ({"Name": "x", "Check": {"HTTP": "http://127.0.0.1:1/", "Interval": "soon"}}, "Interval"),
+        ({"Name": "x", "Check": {"Docker": "abc", "DockerContainerID": "abc", "Interval": "10s"}}, "not supported"),
+        ({"Name": "x", "Check": {"Args": ["/bin/true"], "Interval": "10s"}}, "Scripts are disabled"),
+    ]
+    for body, needle in cases:
+        with pytest.raises(HTTPError) as err:
+            c1.put("/v1/agent/service/register", body)
+        assert err.value.status == 400 and needle.lower() in err.value.body.lower(), (body, err.value.body)
+    assert c1.get("/v1/agent/self")
+    assert "x" not in c1.get("/v1/agent/services")
+
+
+def test_catalog_deregistration_of_an_agent_service_is_undone(mesh):
+    server = mesh.agents[0]
+    retry(lambda: server.get("/v1/catalog/service/web"), 10, 0.1)
+    assert server.put("/v1/catalog/deregister", {"Node": "c1", "ServiceID": "web-1"}) is True
+    assert server.get("/v1/catalog/service/web?consistent") == []
+    retry(lambda: server.get("/v1/catalog/service/web?stale"), 10, 0.2, "anti-entropy restores web-1")
+
+
 def test_killed_client_goes_critical_and_comes_back_with_the_same_ids(mesh):
     c1, c2 = mesh.clients
     c2.put("/v1/agent/service/register", {"Name": "db", "ID": "db/primary:1", "Port": 5432})
@@ -155,14 +189,6 @@ def test_killed_client_goes_critical_and_comes_back_with_the_same_ids(mesh):
     assert "db/primary:1" in c2.get("/v1/agent/services")  # persisted in the data-dir
 
 
-def test_catalog_deregistration_of_an_agent_service_is_undone(mesh):
-    server = mesh.agents[0]
-    retry(lambda: server.get("/v1/catalog/service/web"), 10, 0.1)
-    assert server.put("/v1/catalog/deregister", {"Node": "c1", "ServiceID": "web-1"}) is True
-    assert server.get("/v1/catalog/service/web?consistent") == []
-    retry(lambda: server.get("/v1/catalog/service/web?stale"), 10, 0.2, "anti-entropy restores web-1")
-
-
 def test_leave_removes_the_node_and_members_show_roles(mesh):
     c1, c2 = mesh.clients
     server = mesh.agents[0]
@@ -179,20 +205,3 @@ def test_leave_removes_the_node_and_members_show_roles(mesh):
                              capture_output=True, text=True, timeout=30, cwd="/").stdout
     line = next(line for line in listing.splitlines() if line.startswith("c2"))
     assert "left" in line
-
-
-def test_bad_service_definitions_are_400_naming_the_field(mesh):
-    c1 = mesh.clients[0]
-    cases = [
-        ({"Port": 80}, "name"),
-        ({"Name": "x", "Port": 70000}, "Port"),
-        ({"Name": "x", "Check": {"HTTP": "http://127.0.0.1:1/", "Interval": "soon"}}, "Interval"),
-        ({"Name": "x", "Check": {"Docker": "abc", "DockerContainerID": "abc", "Interval": "10s"}}, "not supported"),
-        ({"Name": "x", "Check": {"Args": ["/bin/true"], "Interval": "10s"}}, "Scripts are disabled"),
-    ]
-    for body, needle in cases:
-        with pytest.raises(HTTPError) as err:
-            c1.put("/v1/agent/service/register", body)
-        assert err.value.status == 400 and needle.lower() in err.value.body.lower(), (body, err.value.body)
-    assert c1.get("/v1/agent/self")
-    assert "x" not in c1.get("/v1/agent/services")

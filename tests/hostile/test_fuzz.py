@@ -54,16 +54,22 @@ PATHS = [
     "/v1/health/checks/{x}", "/v1/health/connect/{x}", "/v1/health/node/{x}", "/v1/health/service/{x}",
     "/v1/health/state/{x}", "/v1/operator/raft/configuration", "/v1/operator/raft/state", "/v1/snapshot",
     "/v1/status/leader", "/v1/status/peers", "/v1/nonexistent/{x}",
+    "/v1/kv/{x}", "/v1/kv/", "/v1/txn", "/v1/session/create", "/v1/session/destroy/{x}", "/v1/session/renew/{x}",
+    "/v1/session/info/{x}", "/v1/session/node/{x}", "/v1/session/list",
 ]
 # left out: /v1/agent/leave (stops the agent), /v1/agent/reload, /v1/agent/join and
 # DELETE /v1/operator/raft/peer (change membership on purpose), PUT /v1/snapshot with a
 # real snapshot (replaces the state): each is covered by its own tests
 PARAMS = ["index", "wait", "stale", "consistent", "filter", "tag", "near", "node-meta", "dc", "pretty",
-          "passing", "source", "destination", "by-name", "name", "format", "pem", "cached", "ns"]
+          "passing", "source", "destination", "by-name", "name", "format", "pem", "cached", "ns",
+          "recurse", "keys", "separator", "raw", "cas", "flags", "acquire", "release"]
 METHODS = ["GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH"]
 FIELDS = ["Name", "ID", "Port", "Address", "Tags", "Meta", "Check", "Checks", "Weights", "TTL", "Interval",
           "Args", "HTTP", "TCP", "Node", "Service", "SourceName", "DestinationName", "Action", "Config",
-          "Provider", "LeafCertTTL", "RootCertTTL", "OutputMaxSize", "Status", "Connect", "Proxy", "Kind"]
+          "Provider", "LeafCertTTL", "RootCertTTL", "OutputMaxSize", "Status", "Connect", "Proxy", "Kind",
+          "LockDelay", "Behavior", "NodeChecks", "ServiceChecks", "KV", "Verb", "Key", "Value", "Session", "Index"]
+# the 500s Consul documents for bad sessions (KV acquire, session create): an answer, not a failure
+DOCUMENTED_500 = (b"invalid session", b"Missing node registration", b"Missing check", b"Check '")
 
 def _values(ints: st.SearchStrategy[int]) -> st.SearchStrategy:
     leaf = st.one_of(st.none(), st.booleans(), ints, st.floats(allow_nan=False), st.text(max_size=40),
@@ -209,7 +215,8 @@ def test_http(target, canary):
         if m:
             status = int(m.group(1))
             seen[status] = seen.get(status, 0) + 1
-            assert status < 500, (raw[:300], out[:400])
+            body = out.partition(b"\r\n\r\n")[2]
+            assert status < 500 or (status == 500 and body.startswith(DOCUMENTED_500)), (raw[:300], out[:400])
 
     one()
     assert seen.get(400, 0) > 0 and sum(seen.values()) > EXAMPLES // 2

@@ -157,3 +157,24 @@ def test_invalidation_plan_is_pure():
     clock.note(0.0, 5)
     clock.note(4.0, 9)
     assert clock.reapable(9.0) == 0 and clock.reapable(10.0) == 5 and clock.reapable(14.0) == 9
+
+
+async def test_a_leader_that_lost_and_regained_office_between_rounds_restarts_its_clocks(servers):
+    """s1 leads, loses office to s2 (which takes a renewal), and wins it back before its
+    next round: its old clocks missed that renewal, so the new term restarts them."""
+    cluster, roles = servers
+    s1, s2 = roles["s1"], roles["s2"]
+    await _node(s1)
+    sid = await _session(s1, TTL="10s")
+    await s1.sessions.run_once()  # s1's clock: expires at +20
+    cluster.advance(15.0)
+    cluster.network.partition(["10.0.0.1:8300"], ["10.0.0.2:8300", "10.0.0.3:8300"])
+    assert cluster.elect("10.0.0.2:8300")
+    await s2.sessions.run_once()
+    assert await s2.session_renew(sid) is not None  # renewed at +15 on s2
+    cluster.network.heal()
+    cluster.tick()
+    assert cluster.elect("10.0.0.1:8300") and s1.membership.raft.is_leader
+    cluster.advance(6.0)  # +21: past s1's old deadline, well within the renewal's
+    await s1.sessions.run_once()
+    assert await _sessions(s1) == [sid]
