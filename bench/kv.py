@@ -39,13 +39,10 @@ import base64
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +52,8 @@ import aiohttp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.harness.cluster import Cluster, free_port  # noqa: E402
+from bench.etcd import EtcdCluster  # noqa: E402
+from tests.harness.cluster import Cluster  # noqa: E402
 
 VALUE = b"v" * 256
 SETUP_VALUE = b"s" * 256
@@ -181,79 +179,14 @@ class MeshTarget:
         return [tc]
 
 
-class EtcdTarget:
+class EtcdTarget(EtcdCluster):
+    """The etcd baseline through its HTTP/JSON gateway, with the same calls as MeshTarget."""
+
     name = "etcd"
     watch_how = "one /v3/watch HTTP stream per key through the JSON gateway"
 
-    def __init__(self, tmp: str) -> None:
-        self.tmp = os.path.join(tmp, "etcd")
-        self.client_ports = [free_port() for _ in range(3)]
-        self.peer_ports = [free_port() for _ in range(3)]
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-
-    def _cmd(self, i: int) -> list[str]:
-        cluster = ",".join(f"e{j}=http://127.0.0.1:{self.peer_ports[j]}" for j in range(3))
-        return ["etcd", "--name", f"e{i}", "--data-dir", os.path.join(self.tmp, f"e{i}"),
-                "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "bench", "--log-level", "error"]
-
-    def start(self) -> None:
-        os.makedirs(self.tmp, exist_ok=True)
-        for i in range(3):
-            log = open(os.path.join(self.tmp, f"e{i}.log"), "ab")  # noqa: SIM115 - handed to the child
-            self.procs[i] = subprocess.Popen(self._cmd(i), stdout=log, stderr=subprocess.STDOUT,
-                                             start_new_session=True)
-            log.close()
-        self._leader()
-
-    def stop(self) -> None:
-        for i in list(self.procs):
-            proc = self.procs.pop(i)
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-    def pids(self) -> list[int]:
-        return [p.pid for p in self.procs.values() if p.poll() is None]
-
-    def _endpoint(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.client_ports[i]}"
-
-    def endpoints(self) -> list[str]:
-        return [self._endpoint(i) for i, p in self.procs.items() if p.poll() is None]
-
-    def _leader(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i in self.procs:
-                req = urllib.request.Request(f"{self._endpoint(i)}/v3/maintenance/status", data=b"{}", method="POST",
-                                             headers={"Content-Type": "application/json"})
-                try:
-                    with urllib.request.urlopen(req, timeout=1) as resp:
-                        st = json.loads(resp.read())
-                except OSError:
-                    continue
-                if st.get("leader") and st["leader"] == st["header"]["member_id"]:
-                    return i
-            time.sleep(0.05)
-        raise RuntimeError("etcd elected no leader")
-
     def leader_endpoint(self) -> str:
-        return self._endpoint(self._leader())
-
-    def logs(self) -> str:
-        out = []
-        for i in self.procs:
-            try:
-                with open(os.path.join(self.tmp, f"e{i}.log"), "rb") as f:
-                    out.append(f"--- e{i} ---\n" + b"".join(f.readlines()[-20:]).decode("utf-8", "replace"))
-            except OSError:
-                pass
-        return "\n".join(out)
+        return self.endpoint(self.leader_index())
 
     async def _post(self, s: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout: float = 30
                     ) -> dict[str, Any] | None:

@@ -21,13 +21,10 @@ import base64
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -36,7 +33,8 @@ import aiohttp
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from tests.harness.cluster import Cluster, free_port  # noqa: E402
+from bench.etcd import EtcdCluster  # noqa: E402
+from tests.harness.cluster import Cluster  # noqa: E402
 
 VALUE = b"v" * 256
 
@@ -79,76 +77,14 @@ class MeshTarget:
         self.cluster.stop()
 
 
-class EtcdTarget:
+class EtcdTarget(EtcdCluster):
+    """The etcd baseline: 256-byte puts through its HTTP/JSON gateway."""
+
     name = "etcd"
-
-    def __init__(self, tmp: str) -> None:
-        self.tmp = os.path.join(tmp, "etcd")
-        self.client_ports = [free_port() for _ in range(3)]
-        self.peer_ports = [free_port() for _ in range(3)]
-        self.procs: dict[int, subprocess.Popen[bytes]] = {}
-
-    def _cmd(self, i: int) -> list[str]:
-        cluster = ",".join(f"e{j}=http://127.0.0.1:{self.peer_ports[j]}" for j in range(3))
-        return ["etcd", "--name", f"e{i}", "--data-dir", os.path.join(self.tmp, f"e{i}"),
-                "--listen-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                "--advertise-client-urls", f"http://127.0.0.1:{self.client_ports[i]}",
-                "--listen-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{self.peer_ports[i]}",
-                "--initial-cluster", cluster, "--initial-cluster-state", "new",
-                "--initial-cluster-token", "bench", "--log-level", "error"]
-
-    def start(self) -> None:
-        os.makedirs(self.tmp, exist_ok=True)
-        for i in range(3):
-            self.restart(i)
-        self.leader_index()
-
-    def restart(self, i: int) -> None:
-        log = open(os.path.join(self.tmp, f"e{i}.log"), "ab")  # noqa: SIM115 - handed to the child
-        self.procs[i] = subprocess.Popen(self._cmd(i), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-
-    def _status(self, i: int) -> dict[str, Any]:
-        req = urllib.request.Request(f"http://127.0.0.1:{self.client_ports[i]}/v3/maintenance/status", data=b"{}",
-                                     method="POST", headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=1) as resp:
-            return json.loads(resp.read())  # type: ignore[no-any-return]
-
-    def leader_index(self, timeout: float = 30) -> int:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for i in self.alive():
-                try:
-                    st = self._status(i)
-                except OSError:
-                    continue
-                if st.get("leader") and st["leader"] == st["header"]["member_id"]:
-                    return i
-            time.sleep(0.02)
-        raise RuntimeError("etcd elected no leader")
-
-    def endpoint(self, i: int) -> str:
-        return f"http://127.0.0.1:{self.client_ports[i]}"
-
-    def endpoints(self) -> list[str]:
-        return [self.endpoint(i) for i in self.alive()]
 
     def request(self, base: str, i: int) -> tuple[str, str, bytes]:
         body = {"key": base64.b64encode(f"bench/{i}".encode()).decode(), "value": base64.b64encode(VALUE).decode()}
         return "POST", base + "/v3/kv/put", json.dumps(body).encode()
-
-    def kill(self, i: int) -> None:
-        proc = self.procs.pop(i)
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-    def alive(self) -> list[int]:
-        return [i for i, p in self.procs.items() if p.poll() is None]
-
-    def stop(self) -> None:
-        for i in list(self.procs):
-            self.kill(i)
 
 
 async def _one(session: aiohttp.ClientSession, target: Any, base: str, i: int, timeout: float = 10) -> float | None:
