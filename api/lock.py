@@ -38,7 +38,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 import structlog
 
@@ -301,6 +301,27 @@ class _Holder:
         self._renew_task: asyncio.Task[None] | None = None
         self._monitor_task: asyncio.Task[None] | None = None
 
+    async def __aenter__(self) -> Self:
+        await self.acquire()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        try:
+            if self.held:
+                await self.release()
+        finally:
+            with contextlib.suppress(LockError, APIError):
+                await self.destroy()
+
+    async def acquire(self, timeout: float | None = None) -> bool:
+        raise NotImplementedError
+
+    async def release(self) -> None:
+        raise NotImplementedError
+
+    async def destroy(self) -> None:
+        raise NotImplementedError
+
     async def wait_lost(self) -> None:
         await self.lost.wait()
 
@@ -438,18 +459,6 @@ class Lock(_Holder):
         self.key = key
         self.value = value
 
-    async def __aenter__(self) -> Lock:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            if self.held:
-                await self.release()
-        finally:
-            with contextlib.suppress(LockError, APIError):
-                await self.destroy()
-
     async def acquire(self, timeout: float | None = None) -> bool:
         """Wait until the lock is ours (True) or `timeout` seconds have passed (False;
         None waits for ever, 0 tries once). Raises LockConflict if the key is not a
@@ -559,18 +568,6 @@ class Semaphore(_Holder):
     @property
     def contender_key(self) -> str:
         return join_key(self.prefix, self.session)
-
-    async def __aenter__(self) -> Semaphore:
-        await self.acquire()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        try:
-            if self.held:
-                await self.release()
-        finally:
-            with contextlib.suppress(LockError, APIError):
-                await self.destroy()
 
     async def acquire(self, timeout: float | None = None) -> bool:
         """Wait for a slot (True) or until `timeout` (False); errors as Lock.acquire,

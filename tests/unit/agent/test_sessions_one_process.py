@@ -9,39 +9,24 @@ import uuid
 
 import pytest
 
-from mesh.agent.config import AgentConfig
 from mesh.agent.reads import ReadOptions
 from mesh.agent.server import ServerRole
-from mesh.agent.server.raft.memory import MemoryCluster
 from mesh.agent.server.sessions import SessionTimers, TombstoneClock, invalidation_plan
-from mesh.agent.watch import WatchHub
 from mesh.catalog.commands import KVOp, KVRequest, MessageType, RegisterRequest, encode
 from mesh.catalog.health import serf_check
 from mesh.catalog.sessions import parse_session
 from mesh.catalog.store import Store
 from mesh.catalog.structs import CRITICAL, PASSING, Node
+from tests.harness.one_server import stop_servers, three_servers
 
-NAMES = ("s1", "s2", "s3")
 TTL = 10.0
 
 
 @pytest.fixture
 async def servers():
-    cluster = MemoryCluster(lease=2.0, write_timeout=0.2)
-    roles: dict[str, ServerRole] = {}
-    for i, name in enumerate(NAMES, 1):
-        cfg = AgentConfig(node_name=name, server=True, bind_addr="127.0.0.1", advertise_addr=f"10.0.0.{i}",
-                          tombstone_ttl=60.0)
-        hub = WatchHub()
-        role = ServerRole(cfg, f"id-{name}", hub, clock=cluster.clock, raft_factory=cluster.factory)
-        role.membership.create_raft(f"10.0.0.{i}:8301", 8300, hub.notify)
-        roles[name] = role
-    assert cluster.start("10.0.0.1:8300") is not None
+    cluster, roles = three_servers(tombstone_ttl=60.0)
     yield cluster, roles
-    for role in roles.values():
-        raft = role.membership.raft
-        if raft is not None:
-            await raft.stop()
+    await stop_servers(roles)
 
 
 def _raw(msg_type: MessageType, body) -> bytes:
