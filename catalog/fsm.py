@@ -42,7 +42,7 @@ from .config_entries import (
 )
 from .discovery_chain import CHAIN_KINDS, chain_failures
 from .errors import CatalogError, FatalStateError, InvalidRequest
-from .kv import FAILED_TEXT, KVEntry, KVOverlay, TxnError, run_op
+from .kv import KVEntry, KVOverlay, TxnError, run_op, run_txn
 from .sessions import Session, invalidate_session, session_problem
 from .store import Store
 from .structs import (
@@ -55,6 +55,7 @@ from .structs import (
     Service,
     row_from_wire,
     row_to_wire,
+    with_index,
 )
 
 __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
@@ -347,23 +348,10 @@ class FSM:
         return ok
 
     def _txn(self, index: int, cmd: Command) -> Any:
-        """A /v1/txn: every op against the same view, all applied or none. Results in
-        Consul's shape: reads carry values, writes do not, deletes return nothing."""
+        """A /v1/txn: every op against the same view, all applied or none."""
         req: KVRequest = cmd.body
         view = self._kv_view(index, req.now)
-        results: list[dict[str, Any]] = []
-        errors: list[dict[str, Any]] = []
-        for position, op in enumerate(req.ops):
-            try:
-                ok, entries = run_op(view, op.verb, op.key, op.value, op.flags, op.index, op.session)
-            except TxnError as exc:
-                errors.append({"OpIndex": position, "What": str(exc)})
-                continue
-            if not ok:
-                errors.append({"OpIndex": position, "What": FAILED_TEXT[op.verb].format(key=op.key)})
-                continue
-            with_value = op.verb in ("get", "get-or-empty", "get-tree")
-            results.extend({"KV": e.to_api(with_value)} for e in entries)
+        results, errors = run_txn(view, req.ops)
         if errors:
             return {"Results": None, "Errors": errors}
         view.commit(self.store.touch)
@@ -377,7 +365,7 @@ class FSM:
         problem = session_problem(store, session)
         if problem:
             return {"Error": problem, "Server": True}
-        row = Session.from_wire([*session.to_wire()[:-2], index, index])
+        row = with_index(session, index, index)
         store.sessions[row.id] = row
         store.touch(index, "sessions", "session:" + row.id, "session-node:" + row.node.lower())
         return {"ID": row.id}

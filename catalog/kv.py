@@ -6,22 +6,23 @@ agree. Watch keys (agent/watch.py) are `kvs` for the table and `kv:<key>` per ke
 prefix read registers `kv*:<prefix>`, which the hub matches against the `kv:` keys an
 apply touched, so a blocking read wakes only for its own key or prefix.
 
-Indexes never go backwards for a reader (Consul's can, when tombstones are reaped):
-a read of a missing key answers the key's tombstone index, and every read is floored
-at `reaped_index`, the highest delete index ever reaped.
+Indexes never go backwards for a reader (Consul's can, when tombstones are reaped): a
+missing key and an empty prefix answer the table's index (as Consul's do), and a prefix
+read is floored at `reaped_index`, the highest delete index ever reaped.
 
 Writes go through `KVOverlay`: operations read through it and write into it, and only
 `commit` touches the table, so a transaction that fails at its tenth operation leaves
-nothing behind.
+nothing behind. `run_txn` is the one loop over a transaction's operations, for the
+state machine (writes) and for read-only transactions served as reads.
 """
 
 from __future__ import annotations
 
 import base64
 import bisect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 __all__ = [
     "KVEntry",
@@ -34,6 +35,7 @@ __all__ = [
     "kv_watch_key",
     "kv_prefix_watch_key",
     "run_op",
+    "run_txn",
 ]
 
 KV_WRITE_VERBS = ("set", "cas", "lock", "unlock", "delete", "delete-tree", "delete-cas")
@@ -327,6 +329,40 @@ def run_op(view: KVOverlay, verb: str, key: str, value: bytes = b"", flags: int 
             raise TxnError(f'key "{key}" exists')
         return True, []
     raise TxnError(f'unknown KV verb "{verb}"')
+
+
+class _Op(Protocol):
+    """What run_txn reads of an operation (catalog.commands.KVOp)."""
+
+    verb: str
+    key: str
+    value: bytes
+    flags: int
+    index: int
+    session: str
+
+
+_READS_WITH_VALUES = ("get", "get-or-empty", "get-tree")
+
+
+def run_txn(view: KVOverlay, ops: Iterable[_Op]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Every operation against the same view: (results, errors) in Consul's shape.
+    Reads carry values, writes do not, deletes return nothing; each failing operation
+    is named by its OpIndex. The caller commits the view only when errors is empty."""
+    results: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    for position, op in enumerate(ops):
+        try:
+            ok, entries = run_op(view, op.verb, op.key, op.value, op.flags, op.index, op.session)
+        except TxnError as exc:
+            errors.append({"OpIndex": position, "What": str(exc)})
+            continue
+        if not ok:
+            errors.append({"OpIndex": position, "What": FAILED_TEXT[op.verb].format(key=op.key)})
+            continue
+        with_value = op.verb in _READS_WITH_VALUES
+        results.extend({"KV": e.to_api(with_value)} for e in entries)
+    return results, errors
 
 
 # what a failed condition means inside a transaction (outside one it is a plain `false`)

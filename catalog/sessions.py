@@ -16,13 +16,17 @@ or nanoseconds, a number under 1000 meaning seconds; no `Checks` key means
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .durations import format_duration, parse_duration
 from .errors import InvalidRequest
+from .fields import Fields
 from .health import SERF_CHECK_ID
-from .kv import KVEntry, KVTable
+from .kv import KVEntry
 from .structs import CRITICAL
+
+if TYPE_CHECKING:  # the store imports this package's kv module; sessions only read it
+    from .store import Store
 
 __all__ = [
     "Session",
@@ -88,14 +92,6 @@ class Session:
         return cls(v[0], v[1], v[2], float(v[3]), v[4], v[5], tuple(v[6]), tuple(v[7]), int(v[8]), int(v[9]))
 
 
-def _lookup(body: dict[str, Any], name: str) -> tuple[bool, Any]:
-    """Request bodies are case-insensitive, as Consul decodes them."""
-    for key, value in body.items():
-        if key.lower() == name.lower():
-            return True, value
-    return False, None
-
-
 def _lock_delay(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float | str):
         raise InvalidRequest(f"Request decode failed: invalid LockDelay {value!r}")
@@ -120,7 +116,7 @@ def _check_ids(value: Any, what: str) -> list[str]:
     out = []
     for item in value:
         if isinstance(item, dict):  # ServiceChecks: [{"ID": ..., "Namespace": ...}]
-            _, item = _lookup(item, "ID")
+            item = Fields(item, what).raw("ID")
         if not isinstance(item, str) or not item:
             raise InvalidRequest(f"Request decode failed: {what} entries must be check IDs")
         out.append(item)
@@ -130,20 +126,12 @@ def _check_ids(value: Any, what: str) -> list[str]:
 def parse_session(body: Any, session_id: str, default_node: str, ttl_min: float = TTL_MIN) -> Session:
     """A /v1/session/create body (None: empty) as a Session with Consul's defaults;
     400 for what Consul refuses. `ttl_min` is the agent's session_ttl_min."""
-    body = {} if body is None else body
-    if not isinstance(body, dict):
-        raise InvalidRequest("Request decode failed: the body must be a JSON object")
-    _, name = _lookup(body, "Name")
-    _, node = _lookup(body, "Node")
-    has_delay, delay = _lookup(body, "LockDelay")
-    has_checks, checks = _lookup(body, "Checks")
-    _, node_checks = _lookup(body, "NodeChecks")
-    _, service_checks = _lookup(body, "ServiceChecks")
-    _, behavior = _lookup(body, "Behavior")
-    _, ttl = _lookup(body, "TTL")
-    for field_name, value in (("Name", name), ("Node", node), ("Behavior", behavior), ("TTL", ttl)):
-        if value is not None and not isinstance(value, str):
-            raise InvalidRequest(f"Request decode failed: {field_name} must be a string")
+    f = Fields({} if body is None else body, "Session")
+    name, node, behavior, ttl = (f.str(n) for n in ("Name", "Node", "Behavior", "TTL"))
+    delay = f.raw("LockDelay")
+    # Consul: a `Checks` key, even an empty list, replaces the default serfHealth
+    has_checks = isinstance(body, dict) and any(k.lower() == "checks" for k in body)
+    checks, node_checks, service_checks = (f.raw(n) for n in ("Checks", "NodeChecks", "ServiceChecks"))
     behavior = behavior or "release"
     if behavior not in BEHAVIORS:
         raise InvalidRequest(f"Invalid Behavior setting '{behavior}'")
@@ -155,7 +143,7 @@ def parse_session(body: Any, session_id: str, default_node: str, ttl_min: float 
             raise InvalidRequest(f"Session TTL '{ttl}' invalid: {exc}") from None
         if seconds != 0 and not ttl_min <= seconds <= TTL_MAX:
             raise InvalidRequest(f"Invalid Session TTL '{round(seconds * 1e9)}', must be between "
-                                 f"[{_go_duration(ttl_min)}=24h0m0s]")
+                                 f"[{format_duration(ttl_min)}={format_duration(TTL_MAX)}]")
         if seconds == 0:
             ttl = ""
     listed = _check_ids(checks, "Checks") if has_checks else [SERF_CHECK_ID]
@@ -164,7 +152,7 @@ def parse_session(body: Any, session_id: str, default_node: str, ttl_min: float 
         id=session_id,
         name=name or "",
         node=node or default_node,
-        lock_delay=_lock_delay(delay) if has_delay and delay is not None else DEFAULT_LOCK_DELAY,
+        lock_delay=_lock_delay(delay) if delay is not None else DEFAULT_LOCK_DELAY,
         behavior=behavior,
         ttl=ttl,
         node_checks=tuple(node_ids),
@@ -172,16 +160,7 @@ def parse_session(body: Any, session_id: str, default_node: str, ttl_min: float 
     )
 
 
-def _go_duration(seconds: float) -> str:
-    """Go's rendering of a whole-second duration, as Consul's message shows it."""
-    hours, rest = divmod(int(seconds), 3600)
-    minutes, secs = divmod(rest, 60)
-    if hours:
-        return f"{hours}h{minutes}m{secs}s"
-    return f"{minutes}m{secs}s" if minutes else f"{secs}s"
-
-
-def session_problem(store: Any, session: Session) -> str:
+def session_problem(store: Store, session: Session) -> str:
     """Why `session` may not hold locks ("" when it may): its node is gone, or one of
     its checks is missing or critical. Create refuses such a session with this text;
     the leader invalidates one that has become so."""
@@ -197,13 +176,13 @@ def session_problem(store: Any, session: Session) -> str:
     return ""
 
 
-def invalidate_session(store: Any, index: int, session_id: str, now: float) -> list[str]:
+def invalidate_session(store: Store, index: int, session_id: str, now: float) -> list[str]:
     """Delete the session; release or delete the keys it holds, each locked out for the
     lock delay from `now`. Returns the keys it held."""
     session = store.sessions.pop(session_id, None)
     if session is None:
         return []
-    kv: KVTable = store.kv
+    kv = store.kv
     held = sorted(kv.held_by(session_id))
     for key in held:
         entry = kv.get(key)

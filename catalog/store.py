@@ -17,6 +17,11 @@ mutation takes the Raft index it is applied at and records which watch keys it t
   every other entry. A change to the intention rows of destination D touches the
   service-intentions keys of D: those rows are that entry (catalog.config_intentions).
 
+- ``kvs``, ``kv:<key>`` (catalog.kv): the KV table and one key; a prefix read waits on
+  ``kv*:<prefix>``, which the watch hub matches against the touched ``kv:`` keys.
+- ``sessions``, ``session:<id>``, ``session-node:<node>`` (lower-case): the sessions
+  table, one session, one node's sessions.
+
 Names match case-insensitively, as in Consul (memdb lower-cases its indexes); rows keep
 the case they were registered with.
 """

@@ -22,9 +22,10 @@ from aiohttp import web
 from mesh.catalog import jsonbody
 from mesh.catalog.commands import KVOp, KVRequest, MessageType
 from mesh.catalog.errors import InvalidRequest
-from mesh.catalog.kv import KV_READ_VERBS, KV_WRITE_VERBS
+from mesh.catalog.fields import Fields
+from mesh.catalog.kv import KV_VERBS, KV_WRITE_VERBS
 
-from .query import json_response, read, read_response
+from .query import json_response, read, read_body, read_response
 
 __all__ = ["routes", "MAX_KEY_BYTES", "MAX_TXN_OPS", "validate_key"]
 
@@ -73,22 +74,6 @@ def _uint(request: web.Request, name: str) -> int:
 def _conflicting(request: web.Request, *names: str) -> None:
     if sum(1 for n in names if n in request.query) > 1:
         raise InvalidRequest(f"Conflicting flags: {urlencode(sorted(request.query.items()))}")
-
-
-async def _value(request: web.Request, limit: int) -> bytes:
-    def too_large(size: int) -> PayloadTooLarge:
-        return PayloadTooLarge(f"Request body({size} bytes) too large, max size: {limit} bytes. See {_LIMIT_DOC}.")
-
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large(request.content_length)
-    chunks: list[bytes] = []
-    total = 0
-    while chunk := await request.content.read(65536):
-        total += len(chunk)
-        if total > limit:
-            raise too_large(total)
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 async def _apply(request: web.Request, op: KVOp) -> Any:
@@ -144,7 +129,9 @@ async def kv_put(request: web.Request) -> web.Response:
         verb, session = "lock", request.query["acquire"]
     if "release" in request.query:
         verb, session = "unlock", request.query["release"]
-    value = await _value(request, request.app["agent"].cfg.kv_max_value_size)
+    limit = request.app["agent"].cfg.kv_max_value_size
+    value = await read_body(request, limit, lambda size: (
+        f"Request body({size} bytes) too large, max size: {limit} bytes. See {_LIMIT_DOC}."))
     ok = await _apply(request, KVOp(verb, key, value, flags, index, session))
     return json_response(request, True if verb == "set" else bool(ok))
 
@@ -163,13 +150,6 @@ async def kv_delete(request: web.Request) -> web.Response:
 
 
 # ---- /v1/txn ----------------------------------------------------------------------------
-def _field(obj: dict[str, Any], name: str) -> Any:
-    for key, value in obj.items():
-        if key.lower() == name.lower():
-            return value
-    return None
-
-
 def parse_txn(body: Any, max_value: int) -> list[KVOp]:
     """A /v1/txn body as KV operations; 400 (or 413) for what Consul refuses before
     running anything. Verbs are not checked here: an unknown one fails its op (409)."""
@@ -179,49 +159,38 @@ def parse_txn(body: Any, max_value: int) -> list[KVOp]:
         raise PayloadTooLarge(f"Transaction contains too many operations ({len(body)} > {MAX_TXN_OPS})")
     ops = []
     for position, item in enumerate(body):
-        kv = _field(item, "KV") if isinstance(item, dict) else None
-        if not isinstance(kv, dict):
-            other = [k for k in item if k.lower() in ("node", "service", "check")] if isinstance(item, dict) else []
-            if other:
-                raise InvalidRequest(f"Operation {position}: mesh transactions hold KV operations only, not {other[0]}")
-            raise InvalidRequest(f"Failed to parse body: operation {position} has no KV object")
-        verb, key, raw, session = (_field(kv, n) for n in ("Verb", "Key", "Value", "Session"))
-        flags, index = _field(kv, "Flags") or 0, _field(kv, "Index") or 0
-        for name, value in (("Verb", verb), ("Key", key), ("Session", session)):
-            if value is not None and not isinstance(value, str):
-                raise InvalidRequest(f"Failed to parse body: operation {position}: {name} must be a string")
-        for name, value in (("Flags", flags), ("Index", index)):
-            if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 1 << 64:
-                raise InvalidRequest(f"Failed to parse body: operation {position}: {name} must be an unsigned integer")
-        if raw is not None and not isinstance(raw, str):
-            raise InvalidRequest(f"Failed to parse body: operation {position}: unexpected value type")
         try:
-            value = base64.b64decode(raw, validate=True) if raw else b""
-        except (binascii.Error, ValueError) as exc:
-            raise InvalidRequest(f"Failed to parse body: failed to decode value: {exc}") from None
-        if len(value) > max_value:
-            raise PayloadTooLarge(f'Value for key "{key}" is too large ({len(value)} > {max_value} bytes)')
-        validate_key(key or "", allow_empty=verb in ("get-tree", "delete-tree") or verb not in KV_VERBS_KNOWN)
-        ops.append(KVOp(verb or "", key or "", value, flags, index, session or ""))
+            ops.append(_parse_op(item, max_value))
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"Failed to parse body: operation {position}: {exc}") from None
     return ops
 
 
-KV_VERBS_KNOWN = (*KV_WRITE_VERBS, *KV_READ_VERBS)
+def _parse_op(item: Any, max_value: int) -> KVOp:
+    op = Fields(item, "operation")
+    if not op.has("KV"):
+        other = [name for name in ("Node", "Service", "Check") if op.has(name)]
+        if other:
+            raise InvalidRequest(f"mesh transactions hold KV operations only, not {other[0]}")
+        raise InvalidRequest("no KV object")
+    kv = Fields(op.obj("KV"), "KV")
+    verb, key, session, raw = kv.str("Verb"), kv.str("Key"), kv.str("Session"), kv.str("Value")
+    flags, index = (kv.int(name, lo=0, hi=(1 << 64) - 1) for name in ("Flags", "Index"))
+    try:
+        value = base64.b64decode(raw, validate=True) if raw else b""
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidRequest(f"failed to decode value: {exc}") from None
+    if len(value) > max_value:
+        raise PayloadTooLarge(f'Value for key "{key}" is too large ({len(value)} > {max_value} bytes)')
+    validate_key(key, allow_empty=verb in ("get-tree", "delete-tree") or verb not in KV_VERBS)
+    return KVOp(verb, key, value, flags, index, session)
 
 
 @routes.put("/v1/txn")
 async def txn(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     limit = max(agent.cfg.txn_max_req_len, agent.cfg.kv_max_value_size)
-    if request.content_length is not None and request.content_length > limit:
-        raise PayloadTooLarge(f"Request body too large, max size: {limit} bytes")
-    chunks, total = [], 0
-    while chunk := await request.content.read(65536):
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"Request body too large, max size: {limit} bytes")
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await read_body(request, limit, lambda size: f"Request body too large, max size: {limit} bytes")
     if not raw.strip():
         raise InvalidRequest("Failed to parse body: empty body")
     ops = parse_txn(jsonbody.loads(raw), agent.cfg.kv_max_value_size)

@@ -151,20 +151,21 @@ def json_response(request: web.Request, body: Any, *, index: int | None = None, 
     return resp
 
 
-async def read_body(request: web.Request, limit: int) -> bytes:
-    """The whole body, refused with 413 past `limit` without reading the rest."""
-    def too_large() -> web.HTTPRequestEntityTooLarge:
-        return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=request.content_length or limit + 1,
-                                             text=f"Request body too large (limit {limit} bytes)")
+async def read_body(request: web.Request, limit: int, message: Callable[[int], str] | None = None) -> bytes:
+    """The whole body, refused with 413 past `limit` without reading the rest.
+    `message(size)` is the 413's text where Consul's has its own wording."""
+    def too_large(size: int) -> web.HTTPRequestEntityTooLarge:
+        text = message(size) if message else f"Request body too large (limit {limit} bytes)"
+        return web.HTTPRequestEntityTooLarge(max_size=limit, actual_size=size, text=text)
 
     if request.content_length is not None and request.content_length > limit:
-        raise too_large()
+        raise too_large(request.content_length)
     chunks: list[bytes] = []
     total = 0
     while chunk := await request.content.read(65536):
         total += len(chunk)
         if total > limit:
-            raise too_large()
+            raise too_large(total)
         chunks.append(chunk)
     return b"".join(chunks)
 

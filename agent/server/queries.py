@@ -13,6 +13,7 @@ from typing import Any
 
 from mesh.ca.manager import config_api, roots_api
 from mesh.catalog import health, query
+from mesh.catalog.commands import KVOp
 from mesh.catalog.config_entries import (
     PROXY_DEFAULTS,
     SERVICE_DEFAULTS,
@@ -26,14 +27,7 @@ from mesh.catalog.discovery_chain import CHAIN_KINDS, chain_to_api, compile_chai
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import compile_filter
 from mesh.catalog.intentions import decide, sort_intentions
-from mesh.catalog.kv import (
-    KV_READ_VERBS,
-    KVOverlay,
-    TxnError,
-    kv_prefix_watch_key,
-    kv_watch_key,
-    run_op,
-)
+from mesh.catalog.kv import KV_WRITE_VERBS, KVOverlay, kv_prefix_watch_key, kv_watch_key, run_txn
 from mesh.catalog.store import Store
 from mesh.catalog.structs import row_to_wire
 
@@ -178,22 +172,12 @@ def _kv_keys(store: Store, p: Params) -> tuple[int, Any]:
 
 
 def _kv_txn_read(store: Store, p: Params) -> tuple[int, Any]:
-    """A transaction of reads only: served like a read, through the same operations
-    as a write (catalog.kv.run_op) over a view that is never committed."""
-    view = KVOverlay(store.kv, 0, 0.0, lambda session: False)
-    results: list[dict[str, Any]] = []
-    errors: list[dict[str, Any]] = []
-    for position, (verb, key, index, session) in enumerate(p["ops"]):
-        if verb not in KV_READ_VERBS:
-            errors.append({"OpIndex": position, "What": f'unknown KV verb "{verb}"'})
-            continue
-        try:
-            _, entries = run_op(view, verb, key, index=index, session=session)
-        except TxnError as exc:
-            errors.append({"OpIndex": position, "What": str(exc)})
-            continue
-        with_value = verb in ("get", "get-or-empty", "get-tree")
-        results.extend({"KV": e.to_api(with_value)} for e in entries)
+    """A transaction of reads only: served like a read, through the same loop as a
+    write (catalog.kv.run_txn) over a view that is never committed."""
+    ops = [KVOp(verb, key, index=index, session=session) for verb, key, index, session in p["ops"]]
+    if any(op.verb in KV_WRITE_VERBS for op in ops):
+        raise InvalidRequest("kv.txn_read: a transaction with writes goes through Raft")
+    results, errors = run_txn(KVOverlay(store.kv, 0, 0.0, lambda session: False), ops)
     if errors:
         return store.index("kvs"), {"Results": None, "Errors": errors}
     return store.index("kvs"), {"Results": results, "Errors": None}

@@ -29,6 +29,8 @@ async def _woken(hub: WatchHub, keys: list[str], touched: list[str]) -> bool:
     (["kv*:"], ["kv:anything"], True),
     (["kv*:web/"], ["services", "service.web"], False),
     (["services"], ["kv:services"], False),
+    (["service.a*:b"], ["service.a*:b"], True),  # outside the prefix spaces, `*:` is part of a name
+    (["service.a*:b"], ["service.a:bc"], False),
 ])
 async def test_waiters_wake_for_their_own_keys_only(keys, touched, woken):
     hub = WatchHub()
