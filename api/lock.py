@@ -44,12 +44,13 @@ import structlog
 
 from mesh.catalog.durations import format_duration, parse_duration
 from mesh.catalog.errors import InvalidRequest
+from mesh.catalog.kv import KVEntry
 
 from .client import Client
 from .errors import APIError, DecodeError
 
 __all__ = [
-    "LOCK_FLAG", "SEMAPHORE_FLAG", "LOCK_KEY", "KVPair", "Lock", "Semaphore", "LockError", "LockConflict",
+    "LOCK_FLAG", "SEMAPHORE_FLAG", "LOCK_KEY", "Lock", "Semaphore", "LockError", "LockConflict",
     "LockInUse", "parse_pairs", "kv_path", "join_key", "lock_step", "SemaphoreStep", "semaphore_step",
     "decode_semaphore", "encode_semaphore", "prune_holders", "semaphore_holds", "find_pair",
 ]
@@ -83,19 +84,6 @@ class LockInUse(LockError):
 # ---------------------------------------------------------------------------- pure
 
 
-@dataclass(frozen=True)
-class KVPair:
-    """One entry of GET /v1/kv (Value decoded from base64)."""
-
-    key: str
-    value: bytes = b""
-    flags: int = 0
-    session: str = ""
-    create_index: int = 0
-    modify_index: int = 0
-    lock_index: int = 0
-
-
 def _int(entry: dict[str, Any], name: str) -> int:
     value = entry.get(name, 0)
     if value is None:
@@ -105,8 +93,8 @@ def _int(entry: dict[str, Any], name: str) -> int:
     return value
 
 
-def parse_pairs(body: Any) -> list[KVPair]:
-    """The JSON of GET /v1/kv/<key>[?recurse] as KVPairs (a 404 is no pairs: the caller's)."""
+def parse_pairs(body: Any) -> list[KVEntry]:
+    """The JSON of GET /v1/kv/<key>[?recurse] as KVEntry rows (a 404 is no pairs: the caller's)."""
     if body is None:
         return []
     if not isinstance(body, list):
@@ -128,8 +116,8 @@ def parse_pairs(body: Any) -> list[KVPair]:
         session = entry.get("Session") or ""
         if not isinstance(session, str):
             raise DecodeError(f"KV entry {entry['Key']!r} has a Session that is not a string")
-        out.append(KVPair(entry["Key"], value, _int(entry, "Flags"), session, _int(entry, "CreateIndex"),
-                          _int(entry, "ModifyIndex"), _int(entry, "LockIndex")))
+        out.append(KVEntry(entry["Key"], value, _int(entry, "Flags"), session, lock_index=_int(entry, "LockIndex"),
+                           create_index=_int(entry, "CreateIndex"), modify_index=_int(entry, "ModifyIndex")))
     return out
 
 
@@ -146,11 +134,11 @@ def join_key(prefix: str, name: str) -> str:
     return joined.lstrip("/")
 
 
-def find_pair(pairs: Iterable[KVPair], key: str) -> KVPair | None:
+def find_pair(pairs: Iterable[KVEntry], key: str) -> KVEntry | None:
     return next((p for p in pairs if p.key == key), None)
 
 
-def lock_step(pair: KVPair | None, session: str) -> Literal["conflict", "held", "wait", "acquire"]:
+def lock_step(pair: KVEntry | None, session: str) -> Literal["conflict", "held", "wait", "acquire"]:
     """What a contender does on reading the lock key: `conflict` (a key that is not a
     lock), `held` (ours already), `wait` (another session holds it: block on the key),
     `acquire` (free or absent: try to take it)."""
@@ -165,7 +153,7 @@ def lock_step(pair: KVPair | None, session: str) -> Literal["conflict", "held", 
     return "acquire"
 
 
-def decode_semaphore(pair: KVPair | None, limit: int) -> tuple[int, frozenset[str]]:
+def decode_semaphore(pair: KVEntry | None, limit: int) -> tuple[int, frozenset[str]]:
     """(Limit, Holders) of the `.lock` key; an absent or empty key is a fresh
     semaphore with our limit and no holders."""
     if pair is None or not pair.value:
@@ -190,7 +178,7 @@ def encode_semaphore(limit: int, holders: Iterable[str]) -> bytes:
                       separators=(",", ":")).encode()
 
 
-def prune_holders(holders: Iterable[str], pairs: Iterable[KVPair]) -> frozenset[str]:
+def prune_holders(holders: Iterable[str], pairs: Iterable[KVEntry]) -> frozenset[str]:
     """The holders still alive: those whose session holds some key under the prefix
     (its contender key; a session that is gone holds nothing)."""
     alive = {p.session for p in pairs if p.session}
@@ -210,7 +198,7 @@ class SemaphoreStep:
     cas: int = 0
 
 
-def semaphore_step(pairs: list[KVPair], prefix: str, limit: int, session: str) -> SemaphoreStep:
+def semaphore_step(pairs: list[KVEntry], prefix: str, limit: int, session: str) -> SemaphoreStep:
     lock_pair = find_pair(pairs, join_key(prefix, LOCK_KEY))
     if lock_pair is not None and lock_pair.flags != SEMAPHORE_FLAG:
         return SemaphoreStep("conflict")
@@ -227,7 +215,7 @@ def semaphore_step(pairs: list[KVPair], prefix: str, limit: int, session: str) -
                          lock_pair.modify_index if lock_pair is not None else 0)
 
 
-def semaphore_holds(pairs: list[KVPair], prefix: str, session: str) -> bool:
+def semaphore_holds(pairs: list[KVEntry], prefix: str, session: str) -> bool:
     """Whether `session` is a live holder of the semaphore at `prefix` (the monitor's test)."""
     lock_pair = find_pair(pairs, join_key(prefix, LOCK_KEY))
     try:
@@ -245,7 +233,7 @@ def _retryable(exc: APIError) -> bool:
 
 
 async def _kv_read(client: Client, key: str, *, recurse: bool = False, index: int = 0, wait: float = WAIT,
-                   consistent: bool = False) -> tuple[list[KVPair], int]:
+                   consistent: bool = False) -> tuple[list[KVEntry], int]:
     """The pairs at `key` (under it, with recurse) and the X-Consul-Index; a 404 is no
     pairs and index 0 (the client keeps no headers of an error answer)."""
     params: list[tuple[str, str]] = []

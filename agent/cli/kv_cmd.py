@@ -17,7 +17,8 @@ from typing import Any
 
 from mesh.api.client import APIError, Client
 from mesh.api.errors import DecodeError
-from mesh.api.lock import KVPair, kv_path, parse_pairs
+from mesh.api.lock import kv_path, parse_pairs
+from mesh.catalog.kv import KVEntry
 
 from .flags import UsageError
 from .flags import client_for as _client
@@ -81,7 +82,7 @@ async def _get_pairs(c: Client, key: str, **params: Any) -> tuple[Any, bool]:
     return value, True
 
 
-def _detailed(pair: KVPair, b64: bool) -> bytes:
+def _detailed(pair: KVEntry, b64: bool) -> bytes:
     """Consul's `-detailed` table (its tabwriter pads the names to 17 columns)."""
     rows = [("CreateIndex", str(pair.create_index)), ("Flags", str(pair.flags)), ("Key", pair.key),
             ("LockIndex", str(pair.lock_index)), ("ModifyIndex", str(pair.modify_index)),
@@ -231,7 +232,7 @@ async def _delete(argv: list[str]) -> int:
     return 0
 
 
-def export_json(pairs: list[KVPair]) -> str:
+def export_json(pairs: list[KVEntry]) -> str:
     """Consul's export document: Go's json.MarshalIndent with a tab, HTML characters
     escaped as Go escapes them."""
     entries = [{"key": p.key, "flags": p.flags, "value": base64.b64encode(p.value).decode()} for p in pairs]

@@ -17,7 +17,6 @@ from mesh.api.errors import DecodeError
 from mesh.api.lock import (
     LOCK_FLAG,
     SEMAPHORE_FLAG,
-    KVPair,
     Lock,
     LockConflict,
     LockError,
@@ -32,6 +31,7 @@ from mesh.api.lock import (
     semaphore_holds,
     semaphore_step,
 )
+from mesh.catalog.kv import KVEntry
 
 A, B, C = "aaaaaaaa-0000-0000-0000-000000000001", "bbbbbbbb-0000-0000-0000-000000000002", \
     "cccccccc-0000-0000-0000-000000000003"
@@ -60,7 +60,8 @@ def test_parse_pairs():
     body = [{"Key": "k", "Value": base64.b64encode(b"\x00hi").decode(), "Flags": 7, "Session": A,
              "CreateIndex": 3, "ModifyIndex": 9, "LockIndex": 1},
             {"Key": "empty", "Value": None, "Flags": 0, "CreateIndex": 4, "ModifyIndex": 4, "LockIndex": 0}]
-    assert parse_pairs(body) == [KVPair("k", b"\x00hi", 7, A, 3, 9, 1), KVPair("empty", b"", 0, "", 4, 4, 0)]
+    assert parse_pairs(body) == [KVEntry("k", b"\x00hi", 7, A, lock_index=1, create_index=3, modify_index=9),
+                                 KVEntry("empty", b"", 0, "", lock_index=0, create_index=4, modify_index=4)]
     assert parse_pairs(None) == []
     for bad in ({"Key": "k"}, [{"Value": "aGk="}], [{"Key": "k", "Value": "not base64!"}],
                 [{"Key": "k", "Flags": -1}], [{"Key": "k", "Flags": "7"}], [{"Key": "k", "Session": 3}]):
@@ -70,40 +71,40 @@ def test_parse_pairs():
 
 def test_lock_step():
     assert lock_step(None, A) == "acquire"
-    assert lock_step(KVPair("k", flags=LOCK_FLAG), A) == "acquire"
-    assert lock_step(KVPair("k", flags=LOCK_FLAG, session=A), A) == "held"
-    assert lock_step(KVPair("k", flags=LOCK_FLAG, session=B), A) == "wait"
-    assert lock_step(KVPair("k", flags=0, session=""), A) == "conflict"
-    assert lock_step(KVPair("k", flags=SEMAPHORE_FLAG, session=B), A) == "conflict"
+    assert lock_step(KVEntry("k", flags=LOCK_FLAG), A) == "acquire"
+    assert lock_step(KVEntry("k", flags=LOCK_FLAG, session=A), A) == "held"
+    assert lock_step(KVEntry("k", flags=LOCK_FLAG, session=B), A) == "wait"
+    assert lock_step(KVEntry("k", flags=0, session=""), A) == "conflict"
+    assert lock_step(KVEntry("k", flags=SEMAPHORE_FLAG, session=B), A) == "conflict"
 
 
 def test_semaphore_encoding_round_trips_as_go_writes_it():
     value = encode_semaphore(2, {B, A})
     assert value == b'{"Limit":2,"Holders":{"' + A.encode() + b'":true,"' + B.encode() + b'":true}}'
-    assert decode_semaphore(KVPair(".lock", value, SEMAPHORE_FLAG), 5) == (2, frozenset({A, B}))
+    assert decode_semaphore(KVEntry(".lock", value, SEMAPHORE_FLAG), 5) == (2, frozenset({A, B}))
     assert decode_semaphore(None, 3) == (3, frozenset())
-    assert decode_semaphore(KVPair(".lock", b""), 3) == (3, frozenset())
+    assert decode_semaphore(KVEntry(".lock", b""), 3) == (3, frozenset())
     # Go's decoder takes a null Holders (a nil map) and false entries are no holders
-    assert decode_semaphore(KVPair(".lock", b'{"Limit":1,"Holders":null}'), 3) == (1, frozenset())
-    assert decode_semaphore(KVPair(".lock", b'{"Limit":1,"Holders":{"x":false}}'), 3) == (1, frozenset())
+    assert decode_semaphore(KVEntry(".lock", b'{"Limit":1,"Holders":null}'), 3) == (1, frozenset())
+    assert decode_semaphore(KVEntry(".lock", b'{"Limit":1,"Holders":{"x":false}}'), 3) == (1, frozenset())
     for bad in (b"nope", b"[1]", b'{"Limit":"2"}', b'{"Limit":2,"Holders":[]}'):
         with pytest.raises(LockError):
-            decode_semaphore(KVPair(".lock", bad), 2)
+            decode_semaphore(KVEntry(".lock", bad), 2)
 
 
-def _contender(prefix: str, session: str) -> KVPair:
-    return KVPair(f"{prefix}/{session}", b"", SEMAPHORE_FLAG, session)
+def _contender(prefix: str, session: str) -> KVEntry:
+    return KVEntry(f"{prefix}/{session}", b"", SEMAPHORE_FLAG, session)
 
 
 def test_prune_holders_drops_sessions_without_a_key():
-    pairs = [_contender("p", A), _contender("p", B), KVPair("p/.lock", b"", SEMAPHORE_FLAG)]
+    pairs = [_contender("p", A), _contender("p", B), KVEntry("p/.lock", b"", SEMAPHORE_FLAG)]
     assert prune_holders({A, B, C}, pairs) == {A, B}
     assert prune_holders({C}, pairs) == frozenset()
     assert prune_holders(set(), pairs) == frozenset()
 
 
-def _lock_pair(limit: int, holders: set[str], index: int = 10) -> KVPair:
-    return KVPair("p/.lock", encode_semaphore(limit, holders), SEMAPHORE_FLAG, "", 5, index)
+def _lock_pair(limit: int, holders: set[str], index: int = 10) -> KVEntry:
+    return KVEntry("p/.lock", encode_semaphore(limit, holders), SEMAPHORE_FLAG, "", create_index=5, modify_index=index)
 
 
 def test_semaphore_step_acquires_a_free_slot_by_cas():
@@ -126,7 +127,7 @@ def test_semaphore_step_waits_when_full_and_prunes_the_dead():
 
 
 def test_semaphore_step_conflicts():
-    assert semaphore_step([KVPair("p/.lock", b"{}", LOCK_FLAG, A)], "p", 2, A).kind == "conflict"
+    assert semaphore_step([KVEntry("p/.lock", b"{}", LOCK_FLAG, A)], "p", 2, A).kind == "conflict"
     step = semaphore_step([_lock_pair(3, set()), _contender("p", A)], "p", 2, A)
     assert step.kind == "limit" and step.limit == 3
     assert semaphore_step([_lock_pair(2, {A}), _contender("p", A)], "p", 2, A).kind == "held"
@@ -137,7 +138,7 @@ def test_semaphore_holds():
     assert semaphore_holds(pairs, "p", A)
     assert not semaphore_holds(pairs, "p", B)  # listed, but its session holds no key any more
     assert not semaphore_holds([_contender("p", A)], "p", A)  # the .lock key is gone
-    assert not semaphore_holds([KVPair("p/.lock", b"garbage", SEMAPHORE_FLAG), _contender("p", A)], "p", A)
+    assert not semaphore_holds([KVEntry("p/.lock", b"garbage", SEMAPHORE_FLAG), _contender("p", A)], "p", A)
 
 
 # ------------------------------------------------------------------ a tiny agent
