@@ -162,7 +162,7 @@ def parse_txn(body: Any, max_value: int) -> list[KVOp]:
         try:
             ops.append(_parse_op(item, max_value))
         except InvalidRequest as exc:
-            raise InvalidRequest(f"Failed to parse body: operation {position}: {exc}") from None
+            raise InvalidRequest(f"Failed to parse body: {exc} (operation {position})") from None
     return ops
 
 

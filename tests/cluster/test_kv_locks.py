@@ -19,6 +19,7 @@ import threading
 import time
 from typing import Any
 
+import consul
 import pytest
 
 from tests.harness.cluster import Agent, Cluster, HTTPError, retry
@@ -232,10 +233,23 @@ def test_a_leader_killed_under_a_renewed_session_loses_no_lock(cluster, tmp_path
     _locker(cluster, b, out_b, LEADER_KEY)
     watch = HolderWatch([b, a], LEADER_KEY)
     session_a = _acquired(out_a)[0]["session"]
+    # a real client across the failover too: py-consul's blocking get and session renew
+    pc = consul.Consul(host="127.0.0.1", port=b.http_port)
+    pc.kv.put("cfg/failover", "before")
+    index, _ = pc.kv.get("cfg/failover")
+    py_session = pc.session.create(name="py", ttl=10, lock_delay=0, checks=[])
+    blocked: dict[str, Any] = {}
+    waiter = threading.Thread(target=lambda: blocked.update(r=pc.kv.get("cfg/failover", index=index, wait="30s")))
+    waiter.start()
     leader = next(s for s in cluster.agents if s.rpc == cluster.agents[0].leader())
     leader.kill()
     survivors = [s for s in cluster.agents if s is not leader]
     cluster.wait_leader(among=survivors)
+    assert retry(lambda: pc.session.renew(py_session), 10, 0.2, "py-consul renews after the failover")["ID"] == py_session
+    assert waiter.is_alive(), blocked  # the blocking get rode out the failover, still waiting
+    pc.kv.put("cfg/failover", "after")
+    waiter.join(15)
+    assert blocked["r"][1]["Value"] == b"after" and blocked["r"][0] > index
     # past the TTL-expiry window (2 x TTL) after the failover: a TTL cut short would show by now
     deadline = time.monotonic() + 3 * TTL
     while time.monotonic() < deadline:
