@@ -12,23 +12,32 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import os
 import random
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
 from mesh.catalog.commands import MessageType, encode
 from mesh.catalog.connect import may_hold_identity
-from mesh.catalog.errors import FatalStateError, InvalidRequest, MeshError, NotFound
+from mesh.catalog.errors import (
+    FatalStateError,
+    InvalidRequest,
+    MeshError,
+    NotFound,
+    PermissionDenied,
+)
 from mesh.catalog.structs import Check, Node, Service
 from mesh.dns.answer import AnswerPolicy
 from mesh.dns.names import label_problem, name_problem
 from mesh.dns.recursor import parse_recursor
 from mesh.dns.server import DNSServer
 
+from .acl import REQUEST_TOKEN, AgentACLs
 from .backend import Backend, LocalBackend, RemoteBackend, ServerOperations, ServerPool
 from .central_config import CentralConfigWatch
 from .config import AgentConfig, ConfigError, reload_config
@@ -80,6 +89,25 @@ def _probe_bind(host: str, port: int) -> None:
         s.listen(1)
 
 
+def _load_tokens(path: str) -> dict[str, str]:
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in saved.items() if isinstance(k, str) and isinstance(v, str)} if isinstance(saved, dict) else {}
+
+
+def _with_persisted_tokens(cfg: AgentConfig) -> AgentConfig:
+    """Tokens set through the API and persisted (acl.enable_token_persistence) win over
+    the config file's."""
+    if not (cfg.acl_enable_token_persistence and cfg.data_dir and not cfg.dev):
+        return cfg
+    saved = _load_tokens(os.path.join(cfg.data_dir, "acl-tokens.json"))
+    known = {f.name for f in dataclasses.fields(AgentConfig) if f.name.startswith("acl_") and f.name.endswith("_token")}
+    return dataclasses.replace(cfg, **{k: v for k, v in saved.items() if k in known})
+
+
 def _load_node_id(cfg: AgentConfig) -> str:
     if cfg.node_id:
         try:
@@ -106,7 +134,8 @@ def _proxy_settings(cfg: AgentConfig) -> SupervisorSettings:
     -dev or no data-dir the proxies' files go to a temporary directory."""
     return SupervisorSettings(enabled=cfg.supervise_proxies and cfg.http_port >= 0,
                               directory="" if cfg.dev or not cfg.data_dir else os.path.join(cfg.data_dir, "proxies"),
-                              policy=Policy(drain_timeout=cfg.proxy_drain_timeout))
+                              policy=Policy(drain_timeout=cfg.proxy_drain_timeout),
+                              default_token=cfg.acl_default_token)
 
 
 def _loopback_for(client_addr: str, port: int) -> str:
@@ -134,6 +163,7 @@ class Agent:
                 raise StartupError(f"-data-dir {cfg.data_dir} is not a directory")
             tighten(cfg.data_dir)
         self.node_id = _load_node_id(cfg)
+        cfg = self.cfg = _with_persisted_tokens(cfg)
         problem = name_problem(cfg.node_name)
         if problem is not None:  # as in Consul: a warning, the name stays
             log.warning("node_not_discoverable_via_dns", node=cfg.node_name, problem=problem)
@@ -144,12 +174,13 @@ class Agent:
         self.server_ops: ServerOperations | None = None  # what only a server answers, on servers
         if cfg.server:
             self.server = ServerRole(cfg, self.node_id, self.watch, raft_factory=raft_factory)
-            local = LocalBackend(self.server)
+            local = LocalBackend(self.server, cfg.acl_agent_token)
             self.backend, self.server_ops = local, local
         else:
             self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt, ssl_context=rpc_contexts(cfg)[1],
                                    state_file=os.path.join(cfg.data_dir, "servers.json") if cfg.data_dir else None)
-            self.backend = RemoteBackend(self.pool)
+            self.backend = RemoteBackend(self.pool, cfg.acl_agent_token)
+        self.acls = AgentACLs(cfg, self.backend)
         self.ports: dict[str, int] = {"http": cfg.http_port, "dns": cfg.dns_port, "server": cfg.server_port,
                                       "raft": cfg.raft_port}
         self.leaves = LeafCache(self.backend, cfg.datacenter, cfg.node_name, self._owns_service, self._sync_now,
@@ -158,7 +189,7 @@ class Agent:
         self.proxies = ProxySupervisor(_proxy_settings(cfg), self._wanted_proxies)
         self.local = LocalState(self._node_row(), None if cfg.dev else cfg.data_dir, self._local_changed)
         self.checks = CheckManager(self)
-        self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval)
+        self.ae = AntiEntropy(self.backend, self._ae_view, cfg.ae_interval, service_token=self._service_token)
         self.intentions = IntentionCache(self.backend, cfg.default_intention_policy == "allow")
         self.central = CentralConfigWatch(self.backend, self.local.set_central)
         self.local_changed = asyncio.Event()
@@ -175,6 +206,10 @@ class Agent:
         return Node(node=self.cfg.node_name, address=address, id=self.node_id, datacenter=self.cfg.datacenter,
                     tagged_addresses={"lan": address, "lan_ipv4": address, "wan": address, "wan_ipv4": address},
                     meta=self.cfg.node_meta_map())
+
+    def _service_token(self, service_id: str) -> str:
+        local = self.local.services.get(service_id)
+        return local.token if local is not None else ""
 
     def _ae_view(self) -> tuple[Node, dict[str, Service], dict[str, Check]]:
         return self.local.node, self.local.service_rows(), self.local.check_rows()
@@ -330,11 +365,14 @@ class Agent:
     def _sidecar_range(self) -> tuple[int, int]:
         return self.cfg.sidecar_min_port, self.cfg.sidecar_max_port
 
-    def register_service(self, raw: Any, source: str = "api", replace_checks: bool = False) -> ServiceDefinition:
+    def register_service(self, raw: Any, source: str = "api", replace_checks: bool = False,
+                         authorize: Callable[[list[Any]], None] | None = None) -> ServiceDefinition:
         """A service and the sidecar its sidecar_service defines, checked whole before
-        either is added."""
+        either is added; `authorize` sees every registration first (ACLs)."""
         defn = parse_service_definition(raw)
         registrations = sidecar.for_registration(defn, self.local, self._sidecar_range())
+        if authorize is not None:
+            authorize(list(registrations))
         for reg in registrations:
             for c in reg.checks:
                 self.checks.validate(c)
@@ -345,8 +383,10 @@ class Agent:
         self.checks.sync()
         return defn
 
-    def register_check(self, raw: Any, source: str = "api") -> Any:
+    def register_check(self, raw: Any, source: str = "api", authorize: Callable[[Any], None] | None = None) -> Any:
         defn = parse_check(raw, what="check")
+        if authorize is not None:
+            authorize(defn)
         if defn.service_id and defn.service_id not in self.local.services:
             raise InvalidRequest(f"ServiceID {defn.service_id!r} does not exist")
         if defn.service_id:
@@ -355,6 +395,32 @@ class Agent:
         self.local.add_check(defn, source, raw if source == "api" else None)
         self.checks.sync()
         return defn
+
+    # ---- ACL tokens set at run time (PUT /v1/agent/token/:kind) ---------------------------
+    _TOKEN_FIELDS = {"default": "acl_default_token", "agent": "acl_agent_token",
+                     "agent_recovery": "acl_agent_recovery_token",
+                     "acl_token": "acl_default_token", "acl_agent_token": "acl_agent_token",
+                     "acl_agent_master_token": "acl_agent_recovery_token", "agent_master": "acl_agent_recovery_token"}
+
+    def set_token(self, kind: str, token: str) -> None:
+        """Replace one of this agent's tokens; with acl.enable_token_persistence it is
+        kept in the data-dir (owner-only) and wins over the config file at start, as in
+        Consul."""
+        field_name = self._TOKEN_FIELDS.get(kind)
+        if field_name is None:
+            raise NotFound(f"Token {kind!r} is unknown")
+        self.cfg = dataclasses.replace(self.cfg, **{field_name: token})
+        self.acls = AgentACLs(self.cfg, self.backend)
+        if field_name == "acl_agent_token":
+            for backend in (self.backend,):
+                if isinstance(backend, LocalBackend | RemoteBackend):
+                    backend.agent_token = token
+        if self.cfg.acl_enable_token_persistence and self.cfg.data_dir and not self.cfg.dev:
+            path = os.path.join(self.cfg.data_dir, "acl-tokens.json")
+            saved = _load_tokens(path)
+            saved[field_name] = token
+            write_private(path, json.dumps(saved).encode())
+        log.info("acl_token_set", kind=kind)
 
     # ---- liveness ------------------------------------------------------------------------
     def heartbeat_info(self) -> dict[str, Any]:
@@ -429,10 +495,13 @@ class Agent:
             raise MeshError("No path to datacenter")
 
     async def apply(self, msg_type: MessageType, body: Any) -> Any:
-        """Commit a catalog command through whichever backend this agent has."""
+        """Commit a catalog command through whichever backend this agent has, with the
+        current HTTP request's token (the agent's own token outside a request)."""
         raw = encode(msg_type, body, uuid.uuid4().bytes)
-        result = await self.backend.apply(raw)
+        result = await self.backend.apply(raw, REQUEST_TOKEN.get())
         if isinstance(result, dict) and "Error" in result:
+            if result.get("Forbidden"):
+                raise PermissionDenied(str(result["Error"]))
             if result.get("NotFound"):
                 raise NotFound(str(result["Error"]))
             if result.get("Server"):  # Consul answers these with a 500 (e.g. "invalid session")
@@ -491,8 +560,8 @@ class Agent:
     async def status_peers(self) -> list[str]:
         return await self.backend.status_peers()
 
-    async def raft_configuration(self) -> dict[str, Any]:
-        return await self.backend.raft_configuration()
+    async def raft_configuration(self, token: str | None = None) -> dict[str, Any]:
+        return await self.backend.raft_configuration(token)
 
     async def members(self) -> list[dict[str, Any]]:
         """Every agent the servers know, from the catalog's serfHealth and the leader's

@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, PermissionDenied, RateLimited
 
 from .data_dir import write_private
 from .errors import NoLeader
@@ -45,15 +45,24 @@ BAD_SERVER_SECONDS = 10.0  # a server that refused, reset or timed out is tried 
 
 class Backend(Protocol):
     """How the local agent reaches the replicated state. Every call may raise MeshError
-    (NoLeader, InvalidRequest, NotFound, RateLimited, or NO_SERVERS on a client that
-    reaches no server)."""
+    (NoLeader, InvalidRequest, NotFound, RateLimited, PermissionDenied, or NO_SERVERS
+    on a client that reaches no server).
 
-    async def apply(self, raw: bytes) -> Any:
+    Calls that take a `token` run with that ACL token ("" is the anonymous token); with
+    None they are the agent's own traffic and carry its `agent` token."""
+
+    async def apply(self, raw: bytes, token: str | None = None) -> Any:
         """Commit one encoded command (catalog.commands.encode); the FSM's result."""
         ...
 
-    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions,
+                   token: str | None = None) -> ReadResult:
         """Run the named query (agent/server/queries.py), blocking per `opts`."""
+        ...
+
+    async def resolve_token(self, token: str) -> dict[str, Any]:
+        """What `token` stands for (agent/server/acl.py's ACL.Resolve answer); raises
+        PermissionDenied("ACL not found") for an unknown one."""
         ...
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
@@ -72,11 +81,11 @@ class Backend(Protocol):
         """A leaf certificate for `args["csr"]` of `args["service"]` on `args["node"]`."""
         ...
 
-    async def ca_configure(self, body: Any) -> bool:
+    async def ca_configure(self, body: Any, token: str | None = None) -> bool:
         """PUT /v1/connect/ca/configuration."""
         ...
 
-    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
+    async def session_renew(self, session_id: str, token: str | None = None) -> dict[str, Any] | None:
         """Restart a session's TTL on the leader: its entry, or None when it is gone."""
         ...
 
@@ -88,7 +97,7 @@ class Backend(Protocol):
         """The voters' RPC addresses."""
         ...
 
-    async def raft_configuration(self) -> dict[str, Any]:
+    async def raft_configuration(self, token: str | None = None) -> dict[str, Any]:
         """/v1/operator/raft/configuration."""
         ...
 
@@ -111,32 +120,40 @@ class ServerOperations(Protocol):
 class LocalBackend:
     """The contract served in this process, by this agent's server role."""
 
-    def __init__(self, server: ServerRole) -> None:
+    def __init__(self, server: ServerRole, agent_token: str = "") -> None:
         self.server = server
+        self.agent_token = agent_token
 
-    async def apply(self, raw: bytes) -> Any:
-        return await self.server.apply_raw(raw)
+    def _token(self, token: str | None) -> str:
+        return self.agent_token if token is None else token
 
-    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
-        return await self.server.read(name, params, opts)
+    async def apply(self, raw: bytes, token: str | None = None) -> Any:
+        return await self.server.apply_raw(raw, self._token(token))
+
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions,
+                   token: str | None = None) -> ReadResult:
+        return await self.server.read(name, params, opts, self._token(token))
+
+    async def resolve_token(self, token: str) -> dict[str, Any]:
+        return self.server.resolve_token(token)
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
-        return await self.server.heartbeat(info)
+        return await self.server.heartbeat(dict(info, token=self.agent_token))
 
     async def leave(self, info: dict[str, Any]) -> None:
-        await self.server.node_leave(info)
+        await self.server.node_leave(dict(info, token=self.agent_token))
 
     async def members(self) -> list[dict[str, Any]]:
         return await self.server.members()
 
     async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
-        return await self.server.sign(args)
+        return await self.server.sign(dict(args, token=self._token(args.get("token"))))
 
-    async def ca_configure(self, body: Any) -> bool:
-        return await self.server.ca_configure(body)
+    async def ca_configure(self, body: Any, token: str | None = None) -> bool:
+        return await self.server.ca_configure(body, self._token(token))
 
-    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
-        return await self.server.session_renew(session_id)
+    async def session_renew(self, session_id: str, token: str | None = None) -> dict[str, Any] | None:
+        return await self.server.session_renew(session_id, self._token(token))
 
     async def status_leader(self) -> str:
         return self.server.leader_rpc_address()
@@ -144,8 +161,8 @@ class LocalBackend:
     async def status_peers(self) -> list[str]:
         return self.server.status_peers()
 
-    async def raft_configuration(self) -> dict[str, Any]:
-        return self.server.raft_configuration()
+    async def raft_configuration(self, token: str | None = None) -> dict[str, Any]:
+        return self.server.raft_configuration(self._token(token))
 
     # ---- ServerOperations ----------------------------------------------------------
     def raft_state(self) -> dict[str, Any]:
@@ -233,6 +250,8 @@ class ServerPool:
                         raise NotFound(text) from None
                     if exc.kind == "ratelimit":
                         raise RateLimited(text) from None
+                    if exc.kind == "denied":
+                        raise PermissionDenied(text) from None
                     if exc.kind == "noleader":
                         last = NoLeader(text)  # another server may know a leader
                         continue
@@ -299,39 +318,51 @@ class ServerPool:
 class RemoteBackend:
     """The contract served by the cluster's servers over RPC, through a ServerPool."""
 
-    def __init__(self, pool: ServerPool) -> None:
+    def __init__(self, pool: ServerPool, agent_token: str = "") -> None:
         self.pool = pool
+        self.agent_token = agent_token
 
-    async def apply(self, raw: bytes) -> Any:
+    def _token(self, token: str | None) -> str:
+        return self.agent_token if token is None else token
+
+    async def apply(self, raw: bytes, token: str | None = None) -> Any:
         # the request ID inside `raw` makes a retry through another server safe
-        return await self.pool.call("Catalog.Apply", {"raw": raw}, timeout=10, deadline=10)
+        return await self.pool.call("Catalog.Apply", {"raw": raw, "token": self._token(token)}, timeout=10, deadline=10)
 
-    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions,
+                   token: str | None = None) -> ReadResult:
         wait = opts.wait + opts.wait / 16 + 5 if opts.min_index else 10
-        reply = await self.pool.call("Read", {"q": name, "p": params, "o": opts.to_wire()}, timeout=wait, deadline=wait)
-        return ReadResult(int(reply["i"]), reply["r"], bool(reply["kl"]), int(reply["lc"]))
+        reply = await self.pool.call("Read", {"q": name, "p": params, "o": opts.to_wire(), "token": self._token(token)},
+                                     timeout=wait, deadline=wait)
+        return ReadResult.from_wire(reply)
+
+    async def resolve_token(self, token: str) -> dict[str, Any]:
+        return dict(await self.pool.call("ACL.Resolve", {"token": token}, timeout=5, deadline=5))
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
-        reply = await self.pool.call("Node.Heartbeat", dict(info, v=2), timeout=3, deadline=3)
+        reply = await self.pool.call("Node.Heartbeat", dict(info, v=2, token=self.agent_token), timeout=3, deadline=3)
         if isinstance(reply, dict):  # v2: the interval and the cluster's current servers
             self.pool.learn(reply.get("servers"))
             return float(reply.get("interval") or 1.0)
         return float(reply or 1.0)
 
     async def leave(self, info: dict[str, Any]) -> None:
-        await self.pool.call("Node.Leave", info, timeout=5, deadline=10)
+        await self.pool.call("Node.Leave", dict(info, token=self.agent_token), timeout=5, deadline=10)
 
     async def members(self) -> list[dict[str, Any]]:
         return list(await self.pool.call("Internal.Members", {}, timeout=5, deadline=5))
 
     async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
-        return dict(await self.pool.call("ConnectCA.Sign", args, timeout=15, deadline=15))
+        signing = dict(args, token=self._token(args.get("token")))
+        return dict(await self.pool.call("ConnectCA.Sign", signing, timeout=15, deadline=15))
 
-    async def ca_configure(self, body: Any) -> bool:
-        return bool(await self.pool.call("ConnectCA.Configure", {"body": body}, timeout=30, deadline=30))
+    async def ca_configure(self, body: Any, token: str | None = None) -> bool:
+        return bool(await self.pool.call("ConnectCA.Configure", {"body": body, "token": self._token(token)},
+                                         timeout=30, deadline=30))
 
-    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
-        reply = await self.pool.call("Session.Renew", {"id": session_id}, timeout=10, deadline=10)
+    async def session_renew(self, session_id: str, token: str | None = None) -> dict[str, Any] | None:
+        reply = await self.pool.call("Session.Renew", {"id": session_id, "token": self._token(token)},
+                                     timeout=10, deadline=10)
         return dict(reply) if reply else None
 
     async def status_leader(self) -> str:
@@ -340,6 +371,6 @@ class RemoteBackend:
     async def status_peers(self) -> list[str]:
         return list(await self.pool.call("Server.List", {}, timeout=3, deadline=5))
 
-    async def raft_configuration(self) -> dict[str, Any]:
-        return dict(await self.pool.call("Operator.Raft", {}, timeout=3, deadline=5))
+    async def raft_configuration(self, token: str | None = None) -> dict[str, Any]:
+        return dict(await self.pool.call("Operator.Raft", {"token": self._token(token)}, timeout=3, deadline=5))
 

@@ -77,6 +77,18 @@ class AgentConfig:
     dns_udp_max_payload: int = DEFAULT_UDP_MAX_PAYLOAD
     recursors: tuple[str, ...] = ()
     default_intention_policy: str = "allow"
+    # acl { ... } (Consul's keys): with ACLs on, every HTTP request and server call is
+    # checked against its token, and the default intention decision follows
+    # default_policy
+    acl_enabled: bool = False
+    acl_default_policy: str = "allow"
+    acl_down_policy: str = "extend-cache"
+    acl_token_ttl: float = 30.0
+    acl_enable_token_persistence: bool = False
+    acl_initial_management_token: str = field(default="", repr=False)
+    acl_agent_token: str = field(default="", repr=False)
+    acl_default_token: str = field(default="", repr=False)
+    acl_agent_recovery_token: str = field(default="", repr=False)
     # connect { ca_config { ... } }: the CA's configuration when the cluster first
     # creates it (API field names); afterwards only the API changes it, as in Consul
     ca_config: tuple[tuple[str, Any], ...] = ()
@@ -192,7 +204,7 @@ _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": 
            "tombstone_ttl": "duration", "session_ttl_min": "duration"}
 _BOOL_WORDS = {"true": True, "1": True, "t": True, "false": False, "0": False, "f": False}
 # keys other issues own: accepted in files so one file can serve every version, not used yet
-_ACCEPTED_LATER = {"ui", "ui_config", "telemetry", "acl",
+_ACCEPTED_LATER = {"ui", "ui_config", "telemetry",
                    "leave_on_terminate", "skip_leave_on_interrupt", "performance", "addresses",
                    "primary_datacenter", "disable_host_node_id"}
 # service and check definitions: kept raw here, parsed by agent.local.definitions
@@ -360,6 +372,9 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
         if key == "connect":
             _apply_connect(values, value, path)
             continue
+        if key == "acl":
+            _apply_acl(values, value, path)
+            continue
         if key == "limits":
             _apply_limits(values, value, path)
             continue
@@ -430,6 +445,58 @@ def _apply_tls(values: dict[str, Any], block: Any, path: str) -> None:
     for key in ("ca_file", "cert_file", "key_file"):
         if key in defaults:
             values[key] = _coerce(key, "str", defaults[key], f"{path}: tls.{key}")
+
+
+_ACL_POLICIES = ("allow", "deny")
+_DOWN_POLICIES = ("allow", "deny", "extend-cache", "async-cache")
+# acl.tokens keys, with Consul's older names for them
+_ACL_TOKENS = {"initial_management": "acl_initial_management_token", "master": "acl_initial_management_token",
+               "agent": "acl_agent_token", "default": "acl_default_token",
+               "agent_recovery": "acl_agent_recovery_token", "agent_master": "acl_agent_recovery_token"}
+# tokens Consul has that mesh has no use for yet: accepted, ignored
+_ACL_TOKENS_IGNORED = {"replication", "config_file_service_registration", "dns"}
+
+
+def _apply_acl(values: dict[str, Any], block: Any, path: str) -> None:
+    """Consul's `acl { enabled default_policy down_policy token_ttl
+    enable_token_persistence tokens { initial_management agent default agent_recovery } }`."""
+    block = _one(block)
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: acl must be an object")
+    for key, value in block.items():
+        where = f"{path}: acl.{key}"
+        if key == "enabled":
+            values["acl_enabled"] = _coerce(key, "bool", value, where)
+        elif key == "default_policy":
+            if value not in _ACL_POLICIES:
+                raise ConfigError(f"{where}: must be allow or deny, not {value!r}")
+            values["acl_default_policy"] = value
+        elif key == "down_policy":
+            if value not in _DOWN_POLICIES:
+                raise ConfigError(f"{where}: must be one of {', '.join(_DOWN_POLICIES)}, not {value!r}")
+            values["acl_down_policy"] = value
+        elif key in ("token_ttl", "policy_ttl", "role_ttl"):
+            if key == "token_ttl":
+                values["acl_token_ttl"] = _coerce(key, "duration", value, where)
+        elif key == "enable_token_persistence":
+            values["acl_enable_token_persistence"] = _coerce(key, "bool", value, where)
+        elif key == "tokens":
+            tokens = _one(value)
+            if not isinstance(tokens, dict):
+                raise ConfigError(f"{where}: must be an object")
+            for name, token in tokens.items():
+                if name in _ACL_TOKENS_IGNORED:
+                    continue
+                if name not in _ACL_TOKENS:
+                    raise ConfigError(f"{where}: unknown token {name!r}")
+                values[_ACL_TOKENS[name]] = _coerce(name, "str", token, f"{where}.{name}")
+        elif key in ("enable_key_list_policy", "enable_token_replication"):
+            continue  # accepted for compatibility; mesh's behaviour is documented
+        else:
+            raise ConfigError(f"{where}: unknown acl key")
+    if values.get("acl_enabled"):
+        # Consul: with ACLs on, an intention-less connection follows acl.default_policy
+        values["default_intention_policy"] = values.get("acl_default_policy", "allow")
 
 
 _CA_CONFIG_KEYS = {"leaf_cert_ttl": "LeafCertTTL", "root_cert_ttl": "RootCertTTL",

@@ -91,6 +91,9 @@ class LeafCache:
         self._owns = owns
         self._rng = rng or random.Random()
         self._leaves: dict[str, _Leaf] = {}
+        # the token the last request for each leaf came with: its signing and renewals
+        # use it, so the servers sign only for a token that may write the service
+        self._tokens: dict[str, str] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._renewers: dict[str, asyncio.Task[None]] = {}
         self._leaf_changed: dict[str, asyncio.Event] = {}  # set (and dropped) when the service's leaf is replaced
@@ -114,9 +117,13 @@ class LeafCache:
             "ModifyIndex": leaf.index, "LastError": leaf.last_error,
         } for service, leaf in sorted(self._leaves.items())]
 
-    async def get(self, service: str, min_index: int = 0, wait: float = 0.0) -> tuple[dict[str, Any], int]:
+    async def get(self, service: str, min_index: int = 0, wait: float = 0.0,
+                  token: str | None = None) -> tuple[dict[str, Any], int]:
         """(leaf, index). With `min_index`, waits up to `wait` seconds for a leaf newer
-        than that index (a renewal), then answers with the current one."""
+        than that index (a renewal), then answers with the current one. `token` signs
+        it (None: the agent's own)."""
+        if token is not None:
+            self._tokens[service] = token
         leaf = self._leaves.get(service)
         if leaf is None:
             leaf = await self._first(service)
@@ -197,7 +204,10 @@ class LeafCache:
         # the leaf's key follows the CA's key type, as Consul's do
         key_type, bits = str(active.get("PrivateKeyType") or "ec"), int(active.get("PrivateKeyBits") or 256)
         key_pem, csr_pem = await asyncio.to_thread(certs.make_csr, uri, key_type, bits)
-        signed = await self._backend.sign({"csr": csr_pem, "service": service, "node": self._node_name})
+        request = {"csr": csr_pem, "service": service, "node": self._node_name}
+        if service in self._tokens:
+            request["token"] = self._tokens[service]
+        signed = await self._backend.sign(request)
         # The lifetime counts from now, not from ValidAfter: that is backdated for
         # clock skew and would pull the renewal point before the leaf is even issued.
         issued, expires = _now(), parse_time(signed["ValidBefore"])
@@ -253,6 +263,7 @@ class LeafCache:
         self._renewers.pop(service, None)
         self._locks.pop(service, None)
         self._leaves.pop(service, None)
+        self._tokens.pop(service, None)
         _forget(CA.leaf_expiry, service)
         waiting = self._leaf_changed.pop(service, None)
         if waiting is not None:

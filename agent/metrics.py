@@ -11,7 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-__all__ = ["REGISTRY", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "INTENTIONS", "CENTRAL", "CA", "render_prometheus", "render_json"]
+__all__ = ["REGISTRY", "ACL_METRICS", "RAFT", "HTTP", "RPC", "AGENT", "AE", "LEADER", "DNS", "INTENTIONS", "CENTRAL", "CA", "render_prometheus", "render_json"]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
@@ -161,6 +161,16 @@ class _CA:
         self.checks = Counter("mesh_ca_metrics_runs_total", "Roots watch results (CA expiry metrics refreshed)", registry=REGISTRY)
 
 
+class _ACL:
+    def __init__(self) -> None:
+        self.cache = Counter("mesh_acl_token_cache_total",
+                             "Token resolutions on this agent: hit, miss, not_found, down (servers unreachable)",
+                             ["result"], registry=REGISTRY)
+        self.denied = Counter("mesh_acl_denied_total", "Requests answered 403 by ACLs, by route", ["route"],
+                              registry=REGISTRY)
+
+
+ACL_METRICS = _ACL()
 AGENT = _Agent()
 CA = _CA()
 INTENTIONS = _Intentions()

@@ -41,3 +41,13 @@ class ReadResult:
     value: Any
     known_leader: bool
     last_contact_ms: int
+    # rows the token may not read were left out (X-Consul-Results-Filtered-By-ACLs)
+    filtered: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"i": self.index, "r": self.value, "kl": self.known_leader, "lc": self.last_contact_ms,
+                "f": self.filtered}
+
+    @classmethod
+    def from_wire(cls, reply: dict[str, Any]) -> ReadResult:
+        return cls(int(reply["i"]), reply["r"], bool(reply["kl"]), int(reply["lc"]), bool(reply.get("f")))

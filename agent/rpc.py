@@ -38,7 +38,7 @@ from typing import Any
 
 import msgpack
 
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, PermissionDenied, RateLimited
 
 from .conn_limits import ConnLimiter
 from .logging import get_logger, per_peer_limiter
@@ -60,7 +60,7 @@ Handler = Callable[[dict[str, Any]], Awaitable[Any]]
 
 class RPCError(MeshError):
     """A failed call. `kind` says what the server answered: "invalid" (bad input),
-    "notfound", "noleader", "ratelimit", "error" (other server-side failure), or "transport" when
+    "notfound", "noleader", "ratelimit", "denied" (ACLs), "error" (other server-side failure), or "transport" when
     the server could not be reached at all (then another server may be tried)."""
 
     def __init__(self, message: str, kind: str = "transport") -> None:
@@ -75,6 +75,8 @@ def _kind(exc: MeshError) -> str:
         return "notfound"
     if isinstance(exc, RateLimited):
         return "ratelimit"
+    if isinstance(exc, PermissionDenied):
+        return "denied"
     if type(exc).__name__ == "NoLeader":
         return "noleader"
     return "error"

@@ -15,6 +15,7 @@ from typing import Any
 
 import msgpack
 
+from .acl_state import ACLWrite
 from .errors import FatalStateError
 from .sessions import Session
 from .structs import (
@@ -69,11 +70,13 @@ class MessageType(enum.IntEnum):
     SESSION_CREATE = 14
     SESSION_DESTROY = 15
     KV_REAP = 16
+    ACL = 17  # catalog.acl_state.ACLWrite: tokens, policies, roles, bootstrap
 
 
 # commands whose `now` the receiving server sets (agent/server/catalog_rpc.py): lock
 # delays compare wall times, and an agent's clock is not trusted with them
-TIMED = frozenset({MessageType.KV_APPLY, MessageType.TXN, MessageType.SESSION_DESTROY})
+# (and token expiry and CreateTime)
+TIMED = frozenset({MessageType.KV_APPLY, MessageType.TXN, MessageType.SESSION_DESTROY, MessageType.ACL})
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,7 +224,7 @@ class Command:
 
 def _body_to_wire(msg_type: int, body: Any) -> Any:
     if isinstance(body, RegisterRequest | DeregisterRequest | ConfigSetRequest | ConfigDeleteRequest | KVRequest
-                  | SessionDestroyRequest | Session):
+                  | SessionDestroyRequest | Session | ACLWrite):
         return body.to_wire()
     if msg_type == MessageType.INTENTION_UPSERT:
         intention, mode = body
@@ -250,6 +253,8 @@ def _body_from_wire(msg_type: int, body: Any) -> Any:
         return Session.from_wire(body)
     if msg_type == MessageType.SESSION_DESTROY:
         return SessionDestroyRequest.from_wire(body)
+    if msg_type == MessageType.ACL:
+        return ACLWrite.from_wire(body)
     return body
 
 

@@ -2,6 +2,7 @@
 
     MeshError
     ├── RateLimited          a server refused for load (CSRMaxPerSecond): retry later, 429
+    ├── PermissionDenied     the token may not do this (or is unknown: "ACL not found"): 403
     └── CatalogError
         ├── InvalidRequest   bad input: the HTTP layer answers 400 with the message
         ├── NotFound         unknown object: 404
@@ -10,7 +11,8 @@
 
 from __future__ import annotations
 
-__all__ = ["MeshError", "CatalogError", "InvalidRequest", "NotFound", "FatalStateError", "RateLimited"]
+__all__ = ["MeshError", "CatalogError", "InvalidRequest", "NotFound", "FatalStateError", "RateLimited",
+           "PermissionDenied"]
 
 
 class MeshError(Exception):
@@ -35,3 +37,8 @@ class NotFound(CatalogError):
 
 class FatalStateError(CatalogError):
     pass
+
+
+class PermissionDenied(MeshError):
+    """Consul's 403: `Permission denied: token with AccessorID '...' lacks permission
+    '...'`, or `ACL not found` for a token that does not exist (or has expired)."""

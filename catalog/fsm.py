@@ -20,6 +20,7 @@ from typing import Any, BinaryIO
 
 import msgpack
 
+from .acl_state import ACLWrite
 from .commands import (
     IGNORE_UNKNOWN,
     Command,
@@ -60,9 +61,10 @@ from .structs import (
 
 __all__ = ["FSM", "SNAPSHOT_VERSION", "DEDUPE_LIMIT"]
 
-SNAPSHOT_VERSION = 4
-# versions this one reads: 2 is 3 without config entries, 3 is 4 without KV and sessions
-_READABLE_VERSIONS = (2, 3, 4)
+SNAPSHOT_VERSION = 5
+# versions this one reads: 2 is 3 without config entries, 3 is 4 without KV and
+# sessions, 4 is 5 without ACLs
+_READABLE_VERSIONS = (2, 3, 4, 5)
 DEDUPE_LIMIT = 16384
 # A Raft entry carries a batch of commands (at most 4096, see agent/server/raft/protocol.py), so a CA
 # serial is the entry's index times this plus the command's place in the batch.
@@ -98,6 +100,7 @@ class FSM:
             MessageType.SESSION_CREATE: self._session_create,
             MessageType.SESSION_DESTROY: self._session_destroy,
             MessageType.KV_REAP: self._kv_reap,
+            MessageType.ACL: self._acl,
         }
         self._position = 0  # the command's place in the entry being applied
 
@@ -380,6 +383,37 @@ class FSM:
     def _kv_reap(self, index: int, cmd: Command) -> Any:
         return self.store.kv.reap(int(cmd.body))
 
+    def _acl(self, index: int, cmd: Command) -> Any:
+        """Tokens, policies, roles and the one-time bootstrap (catalog.acl_state)."""
+        req: ACLWrite = cmd.body
+        table, body = self.store.acl, req.body
+        if req.op == "bootstrap":
+            if table.bootstrap_index:
+                return {"Error": f"ACL bootstrap no longer allowed (reset index: {table.bootstrap_index})",
+                        "Forbidden": True}
+            result: Any = table.bootstrap(index, body["accessor_id"], body["secret_id"], req.now,
+                                          description=body["description"]).to_api(table)
+        elif req.op in ("token-create", "token-update"):
+            result = table.put_token(index, body, req.now, create=req.op == "token-create").to_api(table)
+        elif req.op == "token-delete":
+            result = table.delete_token(body["id"])
+        elif req.op == "policy-set":
+            if body.get("update") and body["id"] not in table.policies:
+                raise InvalidRequest(f"Cannot find policy {body['id']}")
+            result = table.put_policy(index, body).to_api()
+        elif req.op == "policy-delete":
+            result = table.delete_policy(body["id"])
+        elif req.op == "role-set":
+            if body.get("update") and body["id"] not in table.roles:
+                raise InvalidRequest(f"Cannot find role {body['id']}")
+            result = table.put_role(index, body).to_api(table)
+        elif req.op == "role-delete":
+            result = table.delete_role(body["id"])
+        else:
+            raise InvalidRequest(f"unknown ACL operation {req.op!r}")
+        self.store.touch(index, "acl")
+        return result
+
     def _restore_command(self, index: int, cmd: Command) -> Any:
         """A user's snapshot restore: replace the catalog, keep the Raft bookkeeping.
 
@@ -434,6 +468,8 @@ class FSM:
             out.write(packer.pack(("kr", kv.reaped_index)))
         for session in store.sessions.values():
             out.write(packer.pack(("se", session.to_wire())))
+        for record in store.acl.rows():
+            out.write(packer.pack(record))
         for key, (index, result) in dedupe.items():
             out.write(packer.pack(("d", (key, index, result))))
         out.write(packer.pack(("end", None)))
@@ -494,6 +530,8 @@ class FSM:
                 elif kind == "se":
                     session = Session.from_wire(values)
                     store.sessions[session.id] = session
+                elif kind in ("ap", "ar", "at", "ab"):
+                    store.acl.restore_row(kind, values)
                 elif kind == "d":
                     key_, index, result = values
                     fsm.dedupe[bytes(key_)] = (index, result)

@@ -21,6 +21,7 @@ mutation takes the Raft index it is applied at and records which watch keys it t
   ``kv*:<prefix>``, which the watch hub matches against the touched ``kv:`` keys.
 - ``sessions``, ``session:<id>``, ``session-node:<node>`` (lower-case): the sessions
   table, one session, one node's sessions.
+- ``acl``: tokens, policies and roles (catalog.acl_state), one key: ACL writes are rare.
 
 Names match case-insensitively, as in Consul (memdb lower-cases its indexes); rows keep
 the case they were registered with.
@@ -31,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from .acl_state import ACLTable
 from .config_entries import SERVICE_INTENTIONS, watch_key
 from .connect import connect_names
 from .errors import InvalidRequest
@@ -66,6 +68,7 @@ class Store:
         self.ca: dict[str, Any] = {}
         self.config: dict[tuple[str, str], ConfigEntry] = {}  # (kind, lower-cased name) -> row
         self.kv = KVTable()
+        self.acl = ACLTable()
         self.sessions: dict[str, Any] = {}  # ID -> catalog.sessions.Session
         self.indexes: dict[str, int] = {}
         self.touched: set[str] = set()
@@ -425,6 +428,7 @@ class Store:
         other.ca = self.ca
         other.config = dict(self.config)
         other.kv = self.kv.copy()
+        other.acl = self.acl.copy()
         other.sessions = dict(self.sessions)
         other.indexes = dict(self.indexes)
         return other

@@ -7,10 +7,12 @@ IDs may contain `/` and `:` (routes match the rest of the path).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
 
+from mesh.catalog.acl_enforce import Access
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest, NotFound
 from mesh.catalog.filter import compile_filter
@@ -18,6 +20,8 @@ from mesh.catalog.health import MAINTENANCE, aggregate_status
 from mesh.catalog.requests import Fields
 from mesh.catalog.structs import CRITICAL, HEALTH_STATES, PASSING, WARNING
 
+from ..acl import REQUEST_TOKEN
+from .permissions import access_of
 from .query import flag, json_response, read_json
 
 __all__ = ["routes"]
@@ -45,11 +49,23 @@ def _filtered(request: web.Request, rows: dict[str, dict[str, Any]]) -> dict[str
     return {k: v for k, v in rows.items() if pred is None or pred(v)}
 
 
+def _visible(request: web.Request, rows: dict[str, dict[str, Any]],
+             allowed: Callable[[Access, dict[str, Any]], bool]) -> web.Response:
+    """The rows the request's token may read (ACLs), then `?filter`; says when ACLs
+    left some out, as Consul does."""
+    access = access_of(request)
+    kept = {k: v for k, v in rows.items() if allowed(access, v)}
+    resp = json_response(request, _filtered(request, kept))
+    if len(kept) != len(rows) and not access.anonymous:
+        resp.headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
+    return resp
+
+
 @routes.get("/v1/agent/services")
 async def services(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     rows = {sid: _agent_service(agent, sid) for sid in sorted(agent.local.services)}
-    return json_response(request, _filtered(request, rows))
+    return _visible(request, rows, lambda access, row: access.can("service", row["Service"], "read"))
 
 
 @routes.get("/v1/agent/service/{id:.+}")
@@ -82,7 +98,19 @@ async def service(request: web.Request) -> web.Response:
 async def service_register(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     body = await read_json(request)
-    agent.register_service(body, source="api", replace_checks=flag(request, "replace-existing-checks"))
+    token = REQUEST_TOKEN.get()
+    if isinstance(body, dict) and token and not Fields(body, "service").has("Token"):
+        body = dict(body, Token=token)  # Consul: the service syncs with its registration's token
+    access = access_of(request)
+
+    def authorize(registrations: list[Any]) -> None:
+        for reg in registrations:
+            access.require("service", reg.service.service, "write")
+            destination = str((reg.service.proxy or {}).get("DestinationServiceName") or "")
+            if reg.service.kind == "connect-proxy" and destination:
+                access.require("service", destination, "write")
+    agent.register_service(body, source="api", replace_checks=flag(request, "replace-existing-checks"),
+                           authorize=authorize)
     return json_response(request, None)
 
 
@@ -125,13 +153,25 @@ async def node_maintenance(request: web.Request) -> web.Response:
 async def checks(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     rows = {cid: _agent_check(row) for cid, row in sorted(agent.local.check_rows().items())}
-    return json_response(request, _filtered(request, rows))
+
+    def allowed(access: Access, row: dict[str, Any]) -> bool:
+        service = row.get("ServiceName") or ""
+        return access.can("service", service, "read") if service else access.can("node", row["Node"], "read")
+    return _visible(request, rows, allowed)
 
 
 @routes.put("/v1/agent/check/register")
 async def check_register(request: web.Request) -> web.Response:
     agent = request.app["agent"]
-    agent.register_check(await read_json(request), source="api")
+    access = access_of(request)
+
+    def authorize(defn: Any) -> None:
+        local = agent.local.services.get(defn.service_id) if defn.service_id else None
+        if local is not None:
+            access.require("service", local.service.service, "write")
+        else:
+            access.require("node", agent.cfg.node_name, "write")
+    agent.register_check(await read_json(request), source="api", authorize=authorize)
     return json_response(request, None)
 
 
@@ -217,6 +257,17 @@ async def health_by_id(request: web.Request) -> web.Response:
 async def join(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     await agent.join(request.match_info["address"])
+    return json_response(request, None)
+
+
+@routes.put("/v1/agent/token/{kind}")
+async def set_token(request: web.Request) -> web.Response:
+    """Consul's `consul acl set-agent-token`: replace one of this agent's tokens."""
+    agent = request.app["agent"]
+    if not agent.cfg.acl_enabled:
+        raise web.HTTPUnauthorized(text="ACL support disabled")
+    f = Fields(await read_json(request), "body")
+    agent.set_token(request.match_info["kind"], f.str("Token"))
     return json_response(request, None)
 
 

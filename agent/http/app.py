@@ -1,6 +1,7 @@
 """The aiohttp application: routes, Consul's error conventions, common headers.
 
-Errors are text/plain with Consul's status codes: 400 bad input, 404 unknown object
+Errors are text/plain with Consul's status codes: 400 bad input, 401 ACLs disabled (on
+the ACL endpoints), 403 denied by ACLs (agent/http/permissions.py), 404 unknown object
 or path, 405 wrong method, 413 oversized body, 500 "No cluster leader" and other
 server-side failures. An unexpected exception is logged (with its traceback, rate-
 limited) and answered with a 500; it never takes the listener down. Bad input is a
@@ -15,12 +16,13 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, RateLimited
+from mesh.catalog.errors import InvalidRequest, MeshError, NotFound, PermissionDenied, RateLimited
 
 from ..errors import NoLeader, RaftError
 from ..logging import RateLimiter, get_logger, log_limited
-from ..metrics import HTTP
+from ..metrics import ACL_METRICS, HTTP
 from . import (
+    acl,
     agent_api,
     catalog,
     config,
@@ -33,6 +35,7 @@ from . import (
     sessions,
     system,
 )
+from .permissions import acl_guard
 
 __all__ = ["build_app"]
 
@@ -59,6 +62,9 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         resp = _text(404, str(exc))
     except RateLimited as exc:
         resp = _text(429, str(exc))
+    except PermissionDenied as exc:
+        ACL_METRICS.denied.labels(route).inc()
+        resp = _text(403, str(exc))
     except NoLeader as exc:
         resp = _text(500, str(exc))
     except RaftError as exc:
@@ -93,7 +99,7 @@ async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 
 def build_app(agent: Any) -> web.Application:
-    app = web.Application(middlewares=[errors], client_max_size=1 << 20, handler_args={"max_field_size": 16384})
+    app = web.Application(middlewares=[errors, acl_guard], client_max_size=1 << 20, handler_args={"max_field_size": 16384})
     app["agent"] = agent
     app.add_routes(catalog.routes)
     app.add_routes(health.routes)
@@ -106,4 +112,5 @@ def build_app(agent: Any) -> web.Application:
     app.add_routes(proxies.routes)
     app.add_routes(kv.routes)
     app.add_routes(sessions.routes)
+    app.add_routes(acl.routes)
     return app

@@ -8,6 +8,7 @@ from aiohttp import web
 
 from mesh.catalog.errors import MeshError
 
+from ..acl import REQUEST_TOKEN
 from .query import flag, json_response, parse_options, read, read_json, read_response
 
 __all__ = ["routes"]
@@ -60,7 +61,7 @@ async def get_configuration(request: web.Request) -> web.Response:
 async def set_configuration(request: web.Request) -> web.Response:
     """Validated (400 with the reason, nothing changed); a new key type, size or root
     lifetime rotates the root with cross-signing."""
-    await request.app["agent"].backend.ca_configure(await read_json(request))
+    await request.app["agent"].backend.ca_configure(await read_json(request), REQUEST_TOKEN.get())
     return json_response(request, None)
 
 
@@ -69,7 +70,8 @@ async def leaf(request: web.Request) -> web.Response:
     """The key is generated on this agent; only the CSR goes to a server. `?index`
     blocks until the agent has renewed the leaf (X-Consul-Index is its ModifyIndex)."""
     opts = parse_options(request)
-    body, index = await request.app["agent"].leaves.get(request.match_info["service"], opts.min_index, opts.wait)
+    body, index = await request.app["agent"].leaves.get(request.match_info["service"], opts.min_index, opts.wait,
+                                                        REQUEST_TOKEN.get())
     return json_response(request, body, index=max(1, index))
 
 

@@ -19,6 +19,7 @@ from mesh.catalog.errors import InvalidRequest, NotFound
 from mesh.catalog.intentions import parse_intention
 from mesh.catalog.requests import Fields
 
+from .permissions import access_of
 from .query import json_response, read, read_json, read_response
 
 __all__ = ["routes"]
@@ -151,5 +152,6 @@ async def authorize(request: web.Request) -> web.Response:
     if not uri:
         raise InvalidRequest("ClientCertURI must be specified")
     source = parse_service_id(uri)  # 400 with the reason for anything malformed
+    access_of(request).require("service", target, "write")  # Consul: the target's service:write
     decision = agent.intentions.decide(source.service, target)
     return json_response(request, {"Authorized": decision.allowed, "Reason": decision.reason})

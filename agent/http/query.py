@@ -24,6 +24,7 @@ from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.filter import Predicate, compile_filter
 
+from ..acl import REQUEST_TOKEN
 from ..metrics import HTTP
 from ..reads import ReadOptions, ReadResult
 from .listener import on_disconnect
@@ -117,7 +118,7 @@ async def read(request: web.Request, name: str, params: dict[str, Any] | None = 
         HTTP.blocking.inc()
     try:
         return await agent.backend.read(  # type: ignore[no-any-return]
-            name, full, ReadOptions(opts.min_index, opts.wait, opts.stale, opts.consistent))
+            name, full, ReadOptions(opts.min_index, opts.wait, opts.stale, opts.consistent), REQUEST_TOKEN.get())
     finally:
         if blocking:
             unwatch()
@@ -133,6 +134,8 @@ def read_response(request: web.Request, result: ReadResult, body: Any = _SAME, s
     resp = json_response(request, result.value if body is _SAME else body, status=status)
     request.app["agent"].set_read_headers(resp, result.index, consistency(request), result.known_leader,
                                           result.last_contact_ms)
+    if result.filtered:
+        resp.headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
     return resp
 
 

@@ -15,6 +15,7 @@ from mesh.catalog.commands import MessageType, SessionDestroyRequest
 from mesh.catalog.errors import InvalidRequest
 from mesh.catalog.sessions import parse_session
 
+from ..acl import REQUEST_TOKEN
 from .query import json_response, read, read_json, read_response
 
 __all__ = ["routes", "session_id"]
@@ -60,7 +61,7 @@ async def renew(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     agent.check_datacenter(request.query.get("dc", ""))
     sid = session_id(request)
-    entry = await agent.backend.session_renew(sid)
+    entry = await agent.backend.session_renew(sid, REQUEST_TOKEN.get())
     if entry is None:
         return web.Response(status=404, text=f"Session id '{sid}' not found", content_type="text/plain")
     return json_response(request, [entry])

@@ -13,8 +13,10 @@ from mesh import __version__
 from mesh.catalog.errors import InvalidRequest, MeshError
 from mesh.catalog.fsm import FSM
 
+from ..acl import REQUEST_TOKEN
 from ..backend import ServerOperations
 from ..metrics import render_json, render_prometheus
+from .permissions import access_of
 from .query import json_response, parse_options, read_body
 
 __all__ = ["routes", "SNAPSHOT_MAGIC"]
@@ -58,7 +60,7 @@ async def raft_configuration(request: web.Request) -> web.Response:
     agent = request.app["agent"]
     opts = parse_options(request)
     agent.check_datacenter(opts.datacenter)
-    conf = await agent.raft_configuration()
+    conf = await agent.raft_configuration(REQUEST_TOKEN.get())
     resp = json_response(request, conf)
     agent.set_read_headers(resp, conf["Index"], "", True, 0)
     return resp
@@ -181,7 +183,13 @@ async def agent_self(request: web.Request) -> web.Response:
 
 @routes.get("/v1/agent/members")
 async def agent_members(request: web.Request) -> web.Response:
-    return json_response(request, await request.app["agent"].members())
+    access = access_of(request)
+    members = await request.app["agent"].members()
+    visible = [m for m in members if access.can("node", str(m.get("Name", "")), "read")]
+    resp = json_response(request, visible)
+    if len(visible) != len(members) and not access.anonymous:
+        resp.headers["X-Consul-Results-Filtered-By-ACLs"] = "true"
+    return resp
 
 
 @routes.put("/v1/agent/leave")

@@ -119,9 +119,13 @@ class AntiEntropy:
         view: Callable[[], tuple[Node, dict[str, Service], dict[str, Check]]],
         interval: float,
         rng: random.Random | None = None,
+        service_token: Callable[[str], str] = lambda service_id: "",
     ) -> None:
+        """`service_token(id)`: the token a local service was registered with; its
+        writes carry it (as Consul's agents do), and the agent's own token when none."""
         self._backend = backend
         self._view = view
+        self._service_token = service_token
         self._interval = interval
         self._rng = rng or random.Random()
         self._trigger = asyncio.Event()
@@ -160,23 +164,26 @@ class AntiEntropy:
         plan = plan_sync(node, services, checks, remote)
         if plan.empty:
             return plan
-        writes: list[bytes] = []
+        writes: list[tuple[bytes, str | None]] = []
         service_checks = {cid: c for cid, c in checks.items() if c.service_id}
         done_checks: set[str] = set()
         for sid in plan.services:
             own = tuple(c for c in service_checks.values() if c.service_id == sid)
             done_checks.update(c.check_id for c in own)
-            writes.append(_register(node, services[sid], own))
+            writes.append((_register(node, services[sid], own), self._service_token(sid) or None))
         rest = tuple(checks[cid] for cid in plan.checks if cid not in done_checks)
         if plan.add_serf_check:
             rest += (serf_check(PASSING),)
         if rest or (plan.register_node and not plan.services):
-            writes.append(_register(node, None, rest))
+            writes.append((_register(node, None, rest), None))
         for sid in plan.deregister_services:
-            writes.append(encode(MessageType.DEREGISTER, DeregisterRequest(node.node, service_id=sid), _rid(self._rng)))
+            writes.append((encode(MessageType.DEREGISTER, DeregisterRequest(node.node, service_id=sid),
+                                  _rid(self._rng)), None))
         for cid in plan.deregister_checks:
-            writes.append(encode(MessageType.DEREGISTER, DeregisterRequest(node.node, check_id=cid), _rid(self._rng)))
-        results = await asyncio.gather(*(self._backend.apply(raw) for raw in writes), return_exceptions=True)
+            writes.append((encode(MessageType.DEREGISTER, DeregisterRequest(node.node, check_id=cid),
+                                  _rid(self._rng)), None))
+        results = await asyncio.gather(*(self._backend.apply(raw, token) for raw, token in writes),
+                                       return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException) or (isinstance(r, dict) and "Error" in r)]
         AE.writes.inc(len(writes))
         if errors:

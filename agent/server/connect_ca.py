@@ -27,6 +27,7 @@ from ..logging import get_logger
 from ..metrics import CA, LEADER
 from ..rpc import Handler
 from . import rpc_args
+from .acl import ServerACLs
 from .clock import Clock, utc_now
 from .csr_limit import CSRLimiter
 from .membership import Membership
@@ -38,8 +39,9 @@ log = get_logger("server")
 
 
 class ConnectCA:
-    def __init__(self, cfg: AgentConfig, membership: Membership, fsm: FSM, clock: Clock) -> None:
+    def __init__(self, cfg: AgentConfig, membership: Membership, fsm: FSM, clock: Clock, acls: ServerACLs) -> None:
         self.cfg = cfg
+        self.acls = acls
         self.membership = membership
         self.fsm = fsm
         self.clock = clock
@@ -55,6 +57,8 @@ class ConnectCA:
         by a connect-proxy registered there)."""
         raft = self.membership.require_raft()
         service, node, csr = str(args.get("service", "")), str(args.get("node", "")), str(args.get("csr", ""))
+        # Consul: a leaf is signed only for a token that may write the service
+        self.acls.access(args.get("token")).require("service", service, "write")
         with raft.lock:
             store = self.fsm.store
             state = store.ca
@@ -87,6 +91,7 @@ class ConnectCA:
     async def _rpc_sign(self, args: dict[str, Any]) -> dict[str, Any]:
         for key in ("service", "node", "csr"):
             rpc_args.string(args, key, "ConnectCA.Sign")
+        rpc_args.string(args, "token", "ConnectCA.Sign")
         return await self.sign(args)
 
     async def configure(self, body: Any) -> bool:
@@ -109,6 +114,7 @@ class ConnectCA:
         return True
 
     async def _rpc_configure(self, args: dict[str, Any]) -> bool:
+        self.acls.access(rpc_args.string(args, "token", "ConnectCA.Configure")).require("operator", None, "write")
         return await self.configure(args.get("body"))
 
     # ---- the leader's duty -----------------------------------------------------------------

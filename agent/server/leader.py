@@ -12,7 +12,9 @@ liveness decisions.
 from __future__ import annotations
 
 import asyncio
+import uuid
 
+from mesh.catalog.acl_state import MANAGEMENT_POLICY_ID, ACLWrite
 from mesh.catalog.commands import DeregisterRequest, MessageType, RegisterRequest
 from mesh.catalog.errors import MeshError
 from mesh.catalog.fsm import FSM
@@ -85,6 +87,7 @@ class LeaderDuties:
             unregistered = reconcile.servers_to_register(store, raft.voters())
         for info in unregistered:
             await self._register_server(raft, info)
+        await self._initial_management(raft)
         for node, status in changes:
             if status == CRITICAL:
                 nodes.failed_since.setdefault(node.lower(), now)
@@ -108,6 +111,31 @@ class LeaderDuties:
                 nodes.forget(node.lower())
             except MeshError as exc:
                 log.warning("reap_failed", node=node, error=str(exc))
+
+    async def _initial_management(self, raft: Raft) -> None:
+        """acl.tokens.initial_management: the leader creates that management token
+        once, as Consul's does, which also spends the one bootstrap."""
+        secret = self.cfg.acl_initial_management_token
+        if not (self.cfg.acl_enabled and secret):
+            return
+        with raft.lock:
+            table = self.fsm.store.acl
+            if table.token_by_secret(secret) is not None:
+                return
+            bootstrapped = bool(table.bootstrap_index)
+        body = {"accessor_id": str(uuid.uuid4()), "secret_id": secret, "description": "Initial Management Token"}
+        if bootstrapped:
+            body.update(policies=[[MANAGEMENT_POLICY_ID, ""]], roles=[], service_identities=[], node_identities=[],
+                        local=False, expiration_ttl=0.0, expiration_time=0.0)
+        try:
+            result = await raft.apply(MessageType.ACL, ACLWrite("token-create" if bootstrapped else "bootstrap", body,
+                                                                self.clock.time()))
+            if isinstance(result, dict) and "Error" in result:
+                log.warning("acl_initial_management_failed", error=str(result["Error"]))
+            else:
+                log.info("acl_initial_management_created")
+        except MeshError as exc:
+            log.warning("acl_initial_management_failed", error=str(exc))
 
     async def _register_server(self, raft: Raft, info: ServerInfo) -> None:
         """A server's node, its `consul` service and serfHealth, written by the leader

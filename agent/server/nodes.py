@@ -20,6 +20,7 @@ from mesh.catalog.structs import PASSING, Node
 from ..config import AgentConfig
 from ..rpc import Handler, RPCError
 from . import rpc_args
+from .acl import ServerACLs
 from .clock import Clock
 from .liveness import HEARTBEAT_BUDGET
 from .membership import Membership
@@ -28,8 +29,9 @@ __all__ = ["NodeLiveness"]
 
 
 class NodeLiveness:
-    def __init__(self, cfg: AgentConfig, membership: Membership, fsm: FSM, clock: Clock) -> None:
+    def __init__(self, cfg: AgentConfig, membership: Membership, fsm: FSM, clock: Clock, acls: ServerACLs) -> None:
         self.cfg = cfg
+        self.acls = acls
         self.membership = membership
         self.fsm = fsm
         self.clock = clock
@@ -62,6 +64,8 @@ class NodeLiveness:
         """A node is alive: remember it (on the leader) and make its serfHealth passing.
         Returns the interval the agent should use for its next heartbeat."""
         raft = self.membership.require_raft()
+        # an agent keeps its own node alive with its agent token (node:write)
+        self.acls.access(info.get("token")).require("node", str(info.get("node", "")), "write")
         if not raft.is_leader:
             forwarded = {k: v for k, v in info.items() if k != "v"}  # the leader answers with a plain interval
             return float(await self.membership.forward("Node.Heartbeat", forwarded) or self.cfg.heartbeat_interval)
@@ -100,7 +104,7 @@ class NodeLiveness:
         return self.heartbeat_interval()
 
     async def _rpc_heartbeat(self, args: dict[str, Any]) -> Any:
-        for key in ("node", "address", "id"):
+        for key in ("node", "address", "id", "token"):
             rpc_args.string(args, key, "Node.Heartbeat")
         rpc_args.str_map(args, "tagged", "Node.Heartbeat")
         rpc_args.str_map(args, "meta", "Node.Heartbeat")
@@ -113,6 +117,7 @@ class NodeLiveness:
     async def node_leave(self, info: dict[str, Any]) -> None:
         """A client agent leaves gracefully: deregister its node at once."""
         raft = self.membership.require_raft()
+        self.acls.access(info.get("token")).require("node", str(info.get("node", "")), "write")
         if not raft.is_leader:
             await self.membership.forward("Node.Leave", info)
             return
@@ -124,7 +129,7 @@ class NodeLiveness:
         await raft.apply(MessageType.DEREGISTER, DeregisterRequest(node=name))
 
     async def _rpc_node_leave(self, args: dict[str, Any]) -> bool:
-        for key in ("node", "address", "id", "role"):
+        for key in ("node", "address", "id", "role", "token"):
             rpc_args.string(args, key, "Node.Leave")
         await self.node_leave(args)
         return True

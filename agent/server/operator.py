@@ -16,14 +16,16 @@ from mesh.catalog.fsm import FSM
 
 from ..errors import MembershipError
 from ..rpc import Handler
+from .acl import ServerACLs
 from .membership import Membership
 
 __all__ = ["Operator"]
 
 
 class Operator:
-    def __init__(self, membership: Membership, fsm: FSM) -> None:
+    def __init__(self, membership: Membership, fsm: FSM, acls: ServerACLs) -> None:
         self.membership = membership
+        self.acls = acls
         self.fsm = fsm
 
     def rpc_methods(self) -> dict[str, Handler]:
@@ -37,6 +39,7 @@ class Operator:
         return self.membership.leader_rpc_address()
 
     async def _rpc_operator_raft(self, args: dict[str, Any]) -> dict[str, Any]:
+        self.acls.access(args.get("token")).require("operator", None, "read")
         return self.raft_configuration()
 
     def raft_configuration(self) -> dict[str, Any]:

@@ -13,6 +13,7 @@ from typing import Any
 
 from mesh.ca.manager import config_api, roots_api
 from mesh.catalog import health, query
+from mesh.catalog.acl_state import ANONYMOUS_SECRET
 from mesh.catalog.commands import KVOp
 from mesh.catalog.config_entries import (
     PROXY_DEFAULTS,
@@ -183,6 +184,45 @@ def _kv_txn_read(store: Store, p: Params) -> tuple[int, Any]:
     return store.index("kvs"), {"Results": results, "Errors": None}
 
 
+def _acl_token(store: Store, p: Params) -> tuple[int, Any]:
+    table = store.acl
+    token = table.tokens.get(p["id"]) if "id" in p else table.token_by_secret(p.get("secret") or ANONYMOUS_SECRET)
+    return store.index("acl"), token.to_api(table) if token else None
+
+
+def _acl_tokens(store: Store, p: Params) -> tuple[int, Any]:
+    table = store.acl
+    policy, role = p.get("policy") or "", p.get("role") or ""
+    rows = [t.to_api(table) for t in sorted(table.tokens.values(), key=lambda t: (t.create_index, t.accessor_id))
+            if (not policy or policy in t.policies) and (not role or role in t.roles)]
+    return store.index("acl"), rows
+
+
+def _acl_policy(store: Store, p: Params) -> tuple[int, Any]:
+    table = store.acl
+    policy_id = p["id"] if "id" in p else table.policy_names.get(p["name"], "")
+    row = table.policies.get(policy_id)
+    return store.index("acl"), row.to_api() if row else None
+
+
+def _acl_role(store: Store, p: Params) -> tuple[int, Any]:
+    table = store.acl
+    role_id = p["id"] if "id" in p else table.role_names.get(p["name"], "")
+    row = table.roles.get(role_id)
+    return store.index("acl"), row.to_api(table) if row else None
+
+
+def _acl_policies(store: Store, p: Params) -> tuple[int, Any]:
+    rows = sorted(store.acl.policies.values(), key=lambda r: (r.create_index, r.id))
+    return store.index("acl"), [r.to_list_api() for r in rows]
+
+
+def _acl_roles(store: Store, p: Params) -> tuple[int, Any]:
+    policy = p.get("policy") or ""
+    rows = sorted(store.acl.roles.values(), key=lambda r: (r.create_index, r.id))
+    return store.index("acl"), [r.to_api(store.acl) for r in rows if not policy or policy in r.policies]
+
+
 def _sessions(rows: Any) -> list[dict[str, Any]]:
     return [s.to_api() for s in sorted(rows, key=lambda s: (s.create_index, s.id))]
 
@@ -208,6 +248,14 @@ QUERIES: dict[str, ReadQuery] = {
     "session.node": ReadQuery(lambda p: ["session-node:" + p["node"].lower()], _session_node),
     "session.list": ReadQuery(lambda p: ["sessions"],
                               lambda s, p: (s.index("sessions"), _sessions(s.sessions.values()))),
+    # ACLs: one watch key, the table (writes are rare); agent/http/acl.py serves them
+    "acl.token": ReadQuery(lambda p: ["acl"], _acl_token),
+    "acl.token_self": ReadQuery(lambda p: ["acl"], _acl_token),
+    "acl.tokens": ReadQuery(lambda p: ["acl"], _acl_tokens),
+    "acl.policy": ReadQuery(lambda p: ["acl"], _acl_policy),
+    "acl.policies": ReadQuery(lambda p: ["acl"], _acl_policies),
+    "acl.role": ReadQuery(lambda p: ["acl"], _acl_role),
+    "acl.roles": ReadQuery(lambda p: ["acl"], _acl_roles),
     "ca.roots": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), roots_api(s.ca, s.index("ca")))),
     "ca.config": ReadQuery(lambda p: ["ca"], lambda s, p: (s.index("ca"), config_api(s.ca))),
     "intentions.list": ReadQuery(lambda p: ["intentions"], _intention_list),

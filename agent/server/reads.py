@@ -19,7 +19,8 @@ import random
 from collections import OrderedDict
 from typing import Any
 
-from mesh.catalog.errors import InvalidRequest
+from mesh.catalog.acl_enforce import READ_FILTERS
+from mesh.catalog.errors import InvalidRequest, PermissionDenied
 from mesh.catalog.fsm import FSM
 
 from ..errors import NoLeader
@@ -27,6 +28,7 @@ from ..metrics import LEADER
 from ..reads import ReadOptions, ReadResult
 from ..rpc import RPCError
 from ..watch import WatchHub
+from .acl import ServerACLs
 from .membership import Membership
 from .queries import QUERIES
 
@@ -36,18 +38,23 @@ READ_CACHE_SIZE = 64
 
 
 class ReadEngine:
-    def __init__(self, membership: Membership, fsm: FSM, hub: WatchHub, rng: random.Random | None = None) -> None:
+    def __init__(self, membership: Membership, fsm: FSM, hub: WatchHub, acls: ServerACLs,
+                 rng: random.Random | None = None) -> None:
         self.membership = membership
+        self.acls = acls
         self.fsm = fsm
         self.hub = hub
         self._rng = rng or random.Random()
         self._cache: OrderedDict[tuple[str, str], tuple[Any, int, Any]] = OrderedDict()
 
-    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
-        """A named query against this server's state, blocking per `opts`."""
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions, token: str = "") -> ReadResult:
+        """A named query against this server's state, blocking per `opts`, showing what
+        `token` may read (catalog.acl_enforce.READ_FILTERS)."""
         q = QUERIES.get(name)
         if q is None:
             raise InvalidRequest(f"unknown query {name!r}")
+        access = self.acls.access(token)
+        visible = READ_FILTERS[name]
         raft = self.membership.require_raft()
         if opts.consistent:
             await raft.barrier()
@@ -55,7 +62,7 @@ class ReadEngine:
             if not raft.has_leader():
                 raise NoLeader()
             if not raft.is_leader and not raft.caught_up():
-                return await self._read_on_leader(name, params, opts)
+                return await self._read_on_leader(name, params, opts, token)
         keys = q.keys(params)
         cache_key = (name, json.dumps(params, sort_keys=True, default=str))
 
@@ -91,20 +98,26 @@ class ReadEngine:
                 await self.hub.wait(keys, remaining)
                 index, value = once()
         contact = raft.last_contact()
-        return ReadResult(index, value, raft.has_leader(), int(contact * 1000) if contact != float("inf") else 0)
+        filtered = False
+        if self.acls.enabled:
+            value, filtered = visible(access, params, value)
+        return ReadResult(index, value, raft.has_leader(), int(contact * 1000) if contact != float("inf") else 0,
+                          filtered and not access.anonymous)
 
-    async def _read_on_leader(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
+    async def _read_on_leader(self, name: str, params: dict[str, Any], opts: ReadOptions, token: str) -> ReadResult:
         """A default read this follower cannot serve within the lease: the leader's answer."""
         leader = self.membership.leader_rpc_address()
         if not leader or leader == self.membership.rpc_address:
             raise NoLeader()
         wait = opts.wait + opts.wait / 16 + 5 if opts.min_index else 10
         try:
-            reply = await self.membership.client.call(leader, "Read", {"q": name, "p": params, "o": opts.to_wire()},
-                                                      timeout=wait)
+            reply = await self.membership.client.call(
+                leader, "Read", {"q": name, "p": params, "o": opts.to_wire(), "token": token}, timeout=wait)
         except RPCError as exc:
             if exc.kind == "invalid":
                 raise InvalidRequest(str(exc)) from None
+            if exc.kind == "denied":
+                raise PermissionDenied(str(exc)) from None
             raise NoLeader(f"No cluster leader (the leader did not answer: {exc})") from None
         LEADER.reads_forwarded.inc()
-        return ReadResult(int(reply["i"]), reply["r"], bool(reply["kl"]), int(reply["lc"]))
+        return ReadResult.from_wire(reply)

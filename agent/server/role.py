@@ -28,6 +28,7 @@ from ..rpc import RPCClient, RPCServer
 from ..tasks import cancel_all
 from ..tls import rpc_contexts
 from ..watch import WatchHub
+from .acl import ServerACLs
 from .catalog_rpc import CatalogEndpoints
 from .clock import Clock, SystemClock
 from .connect_ca import ConnectCA
@@ -56,15 +57,16 @@ class ServerRole:
                              max_conns_per_client=cfg.rpc_max_conns_per_client)
         self.client = RPCClient(cfg.encrypt, ssl_context=client_tls)
         self.membership = Membership(cfg, node_id, self.fsm, self.client, raft_factory)
-        self.reads = ReadEngine(self.membership, self.fsm, hub)
-        self.catalog = CatalogEndpoints(cfg, self.membership, self.reads, self.clock)
-        self.nodes = NodeLiveness(cfg, self.membership, self.fsm, self.clock)
-        self.ca = ConnectCA(cfg, self.membership, self.fsm, self.clock)
-        self.operator = Operator(self.membership, self.fsm)
+        self.acls = ServerACLs(cfg, self.membership, self.fsm, self.clock)
+        self.reads = ReadEngine(self.membership, self.fsm, hub, self.acls)
+        self.catalog = CatalogEndpoints(cfg, self.membership, self.reads, self.clock, self.acls)
+        self.nodes = NodeLiveness(cfg, self.membership, self.fsm, self.clock, self.acls)
+        self.ca = ConnectCA(cfg, self.membership, self.fsm, self.clock, self.acls)
+        self.operator = Operator(self.membership, self.fsm, self.acls)
         self.duties = LeaderDuties(cfg, self.membership, self.fsm, hub, self.nodes, self.ca, self.clock)
-        self.sessions = SessionUpkeep(cfg, self.membership, self.fsm, hub, self.clock)
+        self.sessions = SessionUpkeep(cfg, self.membership, self.fsm, hub, self.clock, self.acls)
         self._tasks: list[asyncio.Task[None]] = []
-        for area in (self.membership, self.catalog, self.nodes, self.ca, self.operator, self.sessions):
+        for area in (self.membership, self.catalog, self.nodes, self.ca, self.operator, self.sessions, self.acls):
             for method, handler in area.rpc_methods().items():
                 self.rpc.register(method, handler)
 
@@ -127,7 +129,8 @@ class ServerRole:
     def status_peers(self) -> list[str]:
         return self.membership.peer_rpc_addresses()
 
-    def raft_configuration(self) -> dict[str, Any]:
+    def raft_configuration(self, token: str = "") -> dict[str, Any]:
+        self.acls.access(token).require("operator", None, "read")
         return self.operator.raft_configuration()
 
     def raft_state(self) -> dict[str, Any]:
@@ -149,11 +152,11 @@ class ServerRole:
         await self.membership.join(address)
 
     # ---- what the local backend calls ---------------------------------------------------------
-    async def apply_raw(self, raw: bytes) -> Any:
-        return await self.catalog.apply_raw(raw)
+    async def apply_raw(self, raw: bytes, token: str = "") -> Any:
+        return await self.catalog.apply_raw(raw, token)
 
-    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions) -> ReadResult:
-        return await self.reads.read(name, params, opts)
+    async def read(self, name: str, params: dict[str, Any], opts: ReadOptions, token: str = "") -> ReadResult:
+        return await self.reads.read(name, params, opts, token)
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
         return await self.nodes.heartbeat(info)
@@ -167,8 +170,12 @@ class ServerRole:
     async def sign(self, args: dict[str, Any]) -> dict[str, Any]:
         return await self.ca.sign(args)
 
-    async def ca_configure(self, body: Any) -> bool:
+    async def ca_configure(self, body: Any, token: str = "") -> bool:
+        self.acls.access(token).require("operator", None, "write")
         return await self.ca.configure(body)
 
-    async def session_renew(self, session_id: str) -> dict[str, Any] | None:
-        return await self.sessions.renew(session_id)
+    async def session_renew(self, session_id: str, token: str = "") -> dict[str, Any] | None:
+        return await self.sessions.renew(session_id, token)
+
+    def resolve_token(self, token: str) -> dict[str, Any]:
+        return self.acls.resolve_wire(token)

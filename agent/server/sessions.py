@@ -33,6 +33,7 @@ from ..metrics import LEADER
 from ..rpc import Handler
 from ..watch import WatchHub
 from . import rpc_args
+from .acl import ServerACLs
 from .clock import Clock
 from .membership import Membership
 
@@ -109,8 +110,10 @@ class TombstoneClock:
 class SessionUpkeep:
     """`Session.Renew`, and the leader's session and tombstone duty."""
 
-    def __init__(self, cfg: AgentConfig, membership: Membership, fsm: FSM, hub: WatchHub, clock: Clock) -> None:
+    def __init__(self, cfg: AgentConfig, membership: Membership, fsm: FSM, hub: WatchHub, clock: Clock,
+                 acls: ServerACLs) -> None:
         self.cfg = cfg
+        self.acls = acls
         self.membership = membership
         self.fsm = fsm
         self.hub = hub
@@ -123,15 +126,18 @@ class SessionUpkeep:
     def rpc_methods(self) -> dict[str, Handler]:
         return {"Session.Renew": self._rpc_renew}
 
-    async def renew(self, session_id: str) -> dict[str, Any] | None:
+    async def renew(self, session_id: str, token: str = "") -> dict[str, Any] | None:
         """Restart the session's TTL clock on the leader; its entry, or None when it
-        does not exist."""
+        does not exist (session:write on its node needed)."""
         raft = self.membership.require_raft()
-        if not raft.is_leader:
-            reply = await self.membership.forward("Session.Renew", {"id": session_id})
-            return dict(reply) if reply else None
+        access = self.acls.access(token)
         with raft.lock:
             session = self.fsm.store.sessions.get(session_id)
+        if session is not None:
+            access.require("session", session.node, "write")
+        if not raft.is_leader:
+            reply = await self.membership.forward("Session.Renew", {"id": session_id, "token": token})
+            return dict(reply) if reply else None
         if session is None:
             return None
         self.timers.reset(session_id, session.ttl_seconds, self.clock.monotonic())
@@ -142,7 +148,7 @@ class SessionUpkeep:
         session_id = rpc_args.string(args, "id", "Session.Renew")
         if not session_id:
             raise InvalidRequest("Session.Renew needs a session ID")
-        return await self.renew(session_id)
+        return await self.renew(session_id, rpc_args.string(args, "token", "Session.Renew"))
 
     # ---- the leader's duty ---------------------------------------------------------
     async def run(self) -> None:
