@@ -61,7 +61,7 @@ from .proxies.plan import Policy
 from .proxies.supervisor import ProxySupervisor, SidecarInfo, SupervisorSettings
 from .server import RaftFactory, ServerRole
 from .tasks import cancel_all
-from .tls import rpc_contexts
+from .tls import https_context, rpc_contexts
 from .watch import WatchHub
 
 __all__ = ["Agent", "StartupError"]
@@ -138,6 +138,11 @@ def _proxy_settings(cfg: AgentConfig) -> SupervisorSettings:
                               default_token=cfg.acl_default_token)
 
 
+def _listen_address(client_addr: str, port: int) -> str:
+    """host:port for the start-up log, "" for a listener that is off."""
+    return f"{client_addr}:{port}" if port >= 0 else ""
+
+
 def _loopback_for(client_addr: str, port: int) -> str:
     """host:port a local process reaches the HTTP API at: the -client address, or
     loopback when it is a wildcard."""
@@ -181,7 +186,8 @@ class Agent:
                                    state_file=os.path.join(cfg.data_dir, "servers.json") if cfg.data_dir else None)
             self.backend = RemoteBackend(self.pool, cfg.acl_agent_token)
         self.acls = AgentACLs(cfg, self.backend)
-        self.ports: dict[str, int] = {"http": cfg.http_port, "dns": cfg.dns_port, "server": cfg.server_port,
+        self.ports: dict[str, int] = {"http": cfg.http_port, "https": cfg.https_port, "dns": cfg.dns_port,
+                                      "server": cfg.server_port,
                                       "raft": cfg.raft_port}
         self.leaves = LeafCache(self.backend, cfg.datacenter, cfg.node_name, self._owns_service, self._sync_now,
                                 files=LeafFiles(None if cfg.dev else cfg.data_dir))
@@ -250,16 +256,10 @@ class Agent:
             self.ports["server"] = -1
             self.ports["raft"] = -1
         self.load_definitions(initial=True)
-        if cfg.http_port >= 0:
-            self._http = HTTPServer(build_app(self), cfg.http_idle_timeout)
-            limits = ListenerLimits(cfg.http_max_conns_per_client, cfg.http_header_timeout)
-            try:
-                self.ports["http"] = await self._http.start(cfg.client_addr, cfg.http_port, limits)
-            except OSError as exc:
-                raise StartupError(f"cannot bind the HTTP port {cfg.client_addr}:{cfg.http_port}: {exc.strerror}") from None
+        await self._start_http()
         if cfg.dns_port >= 0:
             await self._start_dns()
-        if self._http is not None:  # last: nothing after it can fail and leave proxies behind
+        if self.ports["http"] >= 0:  # last: nothing after it can fail and leave proxies behind
             await self.proxies.start(_loopback_for(cfg.client_addr, self.ports["http"]))
         self._tasks.append(loop.create_task(self.ae.run(), name="anti-entropy"))
         self._tasks.append(loop.create_task(self._heartbeat_loop(), name="heartbeat"))
@@ -269,9 +269,31 @@ class Agent:
         if self.pool is not None:
             self._tasks.append(loop.create_task(self._refresh_servers_loop(), name="server-refresh"))
         log.info("agent_started", node=cfg.node_name, node_id=self.node_id, datacenter=cfg.datacenter,
-                 server=cfg.server, dev=cfg.dev, http=f"{cfg.client_addr}:{self.ports['http']}",
+                 server=cfg.server, dev=cfg.dev, http=_listen_address(cfg.client_addr, self.ports["http"]),
+                 https=_listen_address(cfg.client_addr, self.ports["https"]),
                  rpc=self.server.rpc_address if self.server else "", raft=self.server.raft_address if self.server else "",
                  services=len(self.local.services))
+
+    async def _start_http(self) -> None:
+        """The HTTP and HTTPS listeners (either may be off) of one application."""
+        cfg = self.cfg
+        tls = https_context(cfg)
+        if cfg.http_port < 0 and tls is None:
+            return
+        self._http = HTTPServer(build_app(self), cfg.http_idle_timeout)
+        for name, port, context in (("HTTP", cfg.http_port, None), ("HTTPS", cfg.https_port, tls)):
+            if port < 0:
+                continue
+            limits = ListenerLimits(cfg.http_max_conns_per_client, cfg.http_header_timeout)
+            try:
+                self.ports[name.lower()] = await self._http.start(cfg.client_addr, port, limits, context,
+                                                                  cfg.https_handshake_timeout)
+            except OSError as exc:
+                raise StartupError(f"cannot bind the {name} port {cfg.client_addr}:{port}: {exc.strerror}") from None
+        if cfg.http_port < 0 and cfg.supervise_proxies:
+            # the proxies read their configuration from the plain HTTP API
+            log.warning("proxy_supervision_off", reason="supervised sidecar proxies need the HTTP port; with "
+                        "-http-port -1 (HTTPS only) they are not supported yet: run them yourself")
 
     async def _start_dns(self) -> None:
         cfg = self.cfg

@@ -24,6 +24,8 @@ from mesh.dns.answer import DEFAULT_UDP_MAX_PAYLOAD
 from mesh.dns.names import name_problem
 from mesh.dns.recursor import parse_recursor
 
+from .tls_settings import INTERFACES, KEYS, MIN_VERSIONS, TLSSettings, merge
+
 __all__ = ["ConfigError", "AgentConfig", "parse_args", "reload_config", "load_file", "FLAGS", "KEY_HINT"]
 
 KEY_HINT = "generate a key with 'mesh keygen'"
@@ -49,6 +51,7 @@ class AgentConfig:
     advertise_addr: str = ""
     client_addr: str = "127.0.0.1"
     http_port: int = 8500
+    https_port: int = -1  # Consul's default: off (8501 is the conventional port)
     dns_port: int = 8600
     server_port: int = 8300
     raft_port: int = 8301
@@ -92,9 +95,16 @@ class AgentConfig:
     # connect { ca_config { ... } }: the CA's configuration when the cluster first
     # creates it (API field names); afterwards only the API changes it, as in Consul
     ca_config: tuple[tuple[str, Any], ...] = ()
+    # tls { defaults { ca_file ca_path cert_file key_file } } (and the -ca-file ... flags);
+    # the other keys of `defaults` and the `https`/`internal_rpc` blocks as set, as
+    # (key, value) pairs: agent.tls_settings merges them per interface (tls_for)
     ca_file: str = ""
+    ca_path: str = ""
     cert_file: str = ""
     key_file: str = ""
+    tls_defaults: tuple[tuple[str, Any], ...] = ()
+    tls_https: tuple[tuple[str, Any], ...] = ()
+    tls_internal_rpc: tuple[tuple[str, Any], ...] = ()
     recursor_timeout: float = 2.0
     liveness_timeout: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
@@ -108,6 +118,7 @@ class AgentConfig:
     max_query_time: float = 600.0
     # limits { ... }: what one client may hold of the listeners (agent.conn_limits)
     rpc_handshake_timeout: float = 5.0
+    https_handshake_timeout: float = 5.0
     rpc_max_conns_per_client: int = 100
     http_max_conns_per_client: int = 200
     # limits { kv_max_value_size txn_max_req_len }: Consul's defaults (512 KiB each)
@@ -134,6 +145,12 @@ class AgentConfig:
     def advertise(self) -> str:
         return self.advertise_addr or self.bind_addr
 
+    def tls_for(self, interface: str) -> TLSSettings:
+        """The TLS settings of "https" or "internal_rpc": its own block over `defaults`."""
+        defaults = {"ca_file": self.ca_file, "ca_path": self.ca_path, "cert_file": self.cert_file,
+                    "key_file": self.key_file, **dict(self.tls_defaults)}
+        return merge(defaults, dict(getattr(self, f"tls_{interface}")))
+
 
 # flag name -> (config key, kind). Kinds: str, int, bool, list, duration, port, files
 FLAGS: dict[str, tuple[str, str]] = {
@@ -149,6 +166,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "advertise": ("advertise_addr", "str"),
     "client": ("client_addr", "str"),
     "http-port": ("http_port", "port"),
+    "https-port": ("https_port", "port"),
     "dns-port": ("dns_port", "port"),
     "server-port": ("server_port", "port"),
     "raft-port": ("raft_port", "port"),
@@ -170,6 +188,7 @@ FLAGS: dict[str, tuple[str, str]] = {
     "recursor": ("recursors", "list"),
     "default-intention-policy": ("default_intention_policy", "str"),
     "ca-file": ("ca_file", "str"),
+    "ca-path": ("ca_path", "str"),
     "cert-file": ("cert_file", "str"),
     "key-file": ("key_file", "str"),
     "default-query-time": ("default_query_time", "duration"),
@@ -192,11 +211,12 @@ FLAGS: dict[str, tuple[str, str]] = {
 # config-file key -> config key, for keys whose names differ from ours
 _FILE_KEYS = {"bind": "bind_addr", "client": "client_addr", "node": "node_name", "advertise": "advertise_addr",
               "start_join": "retry_join", "join": "retry_join"}
-_PORT_KEYS = {"http": "http_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port",
+_PORT_KEYS = {"http": "http_port", "https": "https_port", "dns": "dns_port", "server": "server_port", "raft": "raft_port",
               "sidecar_min_port": "sidecar_min_port", "sidecar_max_port": "sidecar_max_port"}
 _KINDS = {"recursors": "list", "recursor_timeout": "duration", "dns_max_stale": "duration", "node_meta": "meta", "liveness_timeout": "duration", "reconnect_timeout": "duration", "heartbeat_interval": "duration",
           "ae_interval": "duration", "retry_interval": "duration", "raft_snapshot_interval": "duration", "raft_snapshot_threshold": "int", "default_query_time": "duration", "max_query_time": "duration",
-          "retry_join": "list", "http_port": "port", "dns_port": "port", "server_port": "port",
+          "retry_join": "list", "http_port": "port", "https_port": "port", "https_handshake_timeout": "duration",
+          "dns_port": "port", "server_port": "port",
            "raft_port": "port", "sidecar_min_port": "port", "sidecar_max_port": "port", "bootstrap_expect": "int", "retry_max": "int", "check_output_max_size": "int",
            "rpc_handshake_timeout": "duration", "rpc_max_conns_per_client": "int", "http_max_conns_per_client": "int",
            "http_header_timeout": "duration", "http_idle_timeout": "duration",
@@ -431,20 +451,40 @@ def _apply_dns_config(values: dict[str, Any], block: Any, path: str) -> None:
             values[target] = coerced
 
 
+_TLS_PATH_KEYS = ("ca_file", "ca_path", "cert_file", "key_file")
+
+
 def _apply_tls(values: dict[str, Any], block: Any, path: str) -> None:
-    """Consul's `tls { defaults { ca_file cert_file key_file } }` (or the keys directly)."""
-    if isinstance(block, list) and len(block) == 1:
-        block = block[0]
+    """Consul's `tls { defaults {...} https {...} internal_rpc {...} }` (each with the
+    keys of agent.tls_settings.KEYS; `grpc` accepted and unused). The path keys of
+    `defaults` are the -ca-file/-ca-path/-cert-file/-key-file settings; a later file
+    overrides an earlier one key by key."""
+    block = _one(block)
     if not isinstance(block, dict):
         raise ConfigError(f"{path}: tls must be an object")
-    defaults = block.get("defaults", block)
-    if isinstance(defaults, list) and len(defaults) == 1:
-        defaults = defaults[0]
-    if not isinstance(defaults, dict):
-        raise ConfigError(f"{path}: tls.defaults must be an object")
-    for key in ("ca_file", "cert_file", "key_file"):
-        if key in defaults:
-            values[key] = _coerce(key, "str", defaults[key], f"{path}: tls.{key}")
+    unknown = set(block) - {"defaults", "grpc", *INTERFACES}
+    if unknown:
+        raise ConfigError(f"{path}: unknown tls key {sorted(unknown)[0]!r} (use defaults, https or internal_rpc)")
+    for section in ("defaults", *INTERFACES):
+        if section not in block:
+            continue
+        raw = _one(block[section])
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: tls.{section} must be an object")
+        settings: dict[str, Any] = {}
+        for key, value in raw.items():
+            where = f"{path}: tls.{section}.{key}"
+            if key not in KEYS:
+                raise ConfigError(f"{path}: unknown tls.{section} key {key!r}")
+            settings[key] = _coerce(key, KEYS[key], value, where)
+            if key == "tls_min_version" and settings[key] not in MIN_VERSIONS:
+                raise ConfigError(f"{where}: {value!r} is not supported (use TLSv1_2 or TLSv1_3)")
+        if section == "defaults":
+            for key in _TLS_PATH_KEYS:
+                if key in settings:
+                    values[key] = settings.pop(key)
+        field_name = f"tls_{section}"
+        values[field_name] = tuple({**dict(values.get(field_name, ())), **settings}.items())
 
 
 _ACL_POLICIES = ("allow", "deny")
@@ -535,10 +575,10 @@ def _apply_connect(values: dict[str, Any], block: Any, path: str) -> None:
     values["ca_config"] = tuple(sorted(validated.items()))
 
 
-_LIMIT_KEYS = ("rpc_handshake_timeout", "rpc_max_conns_per_client", "http_max_conns_per_client",
+_LIMIT_KEYS = ("rpc_handshake_timeout", "https_handshake_timeout", "rpc_max_conns_per_client", "http_max_conns_per_client",
                "http_header_timeout", "http_idle_timeout", "kv_max_value_size", "txn_max_req_len")
 # Consul limits mesh has no use for yet: accepted so one file serves both
-_LIMITS_LATER = {"https_handshake_timeout", "request_limits", "rpc_client_timeout", "rpc_rate", "rpc_max_burst"}
+_LIMITS_LATER = {"request_limits", "rpc_client_timeout", "rpc_rate", "rpc_max_burst"}
 
 
 def _apply_limits(values: dict[str, Any], block: Any, path: str) -> None:
@@ -632,6 +672,17 @@ def _default_bind() -> str:
     return "127.0.0.1"
 
 
+def _check_tls(cfg: AgentConfig) -> None:
+    """What HTTPS needs (Consul refuses to start without a certificate for it too)."""
+    if cfg.https_port < 0:
+        return
+    https = cfg.tls_for("https")
+    if not (https.cert_file and https.key_file):
+        raise ConfigError("ports.https (-https-port) needs tls.https.cert_file and key_file (or tls.defaults)")
+    if https.verify_incoming and not https.has_ca:
+        raise ConfigError("tls.https.verify_incoming needs tls.https.ca_file or ca_path (or tls.defaults)")
+
+
 def _finish(cfg: AgentConfig) -> AgentConfig:
     if cfg.dev:
         cfg = replace(
@@ -695,7 +746,8 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
         raise ConfigError("-raft-snapshot-interval must be positive")
     if cfg.default_query_time <= 0 or cfg.max_query_time <= 0:
         raise ConfigError("query times must be positive")
-    for key in ("rpc_handshake_timeout", "http_header_timeout", "http_idle_timeout"):
+    _check_tls(cfg)
+    for key in ("rpc_handshake_timeout", "https_handshake_timeout", "http_header_timeout", "http_idle_timeout"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"limits.{key} must be positive")
     if cfg.proxy_drain_timeout <= 0:

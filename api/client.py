@@ -16,6 +16,7 @@ answer came), see api.errors.
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Generic, TypeVar
@@ -23,7 +24,9 @@ from typing import Any, Generic, TypeVar
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
+from .config import TLSOptions
 from .errors import APIError, DecodeError
+from .tls import client_context
 
 __all__ = ["APIError", "Client", "Result", "blocking_timeout", "go_duration", "MAX_RESPONSE"]
 
@@ -84,13 +87,21 @@ def _query(params: Mapping[str, Any] | Iterable[tuple[str, Any]] | None) -> list
 
 class Client:
     """The agent at `address` (host:port or http(s)://host:port), with `token` sent as
-    X-Consul-Token. `timeout` bounds every non-blocking request."""
+    X-Consul-Token. `timeout` bounds every non-blocking request. `tls` applies to an
+    https:// address (its files are read here: api.config.ConfigError when unusable);
+    without it, https verifies the agent against the system's CAs."""
 
     def __init__(self, address: str, token: str = "", *, timeout: float = 30.0,
-                 max_response: int = MAX_RESPONSE, max_connections: int = MAX_CONNECTIONS) -> None:
+                 max_response: int = MAX_RESPONSE, max_connections: int = MAX_CONNECTIONS,
+                 tls: TLSOptions | None = None) -> None:
         if "://" not in address:
             address = "http://" + address
         self.base = address.rstrip("/")
+        self._ssl: ssl.SSLContext | None = None
+        self._server_name = ""
+        if tls is not None and self.base.lower().startswith("https://"):
+            self._ssl = client_context(tls)
+            self._server_name = tls.server_name
         self.token = token
         self.timeout = timeout
         self.max_response = max_response
@@ -111,7 +122,8 @@ class Client:
     def _sess(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             headers = {"X-Consul-Token": self.token} if self.token else {}
-            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections)
+            connector = aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections,
+                                             ssl=self._ssl if self._ssl is not None else True)
             self._session = aiohttp.ClientSession(connector=connector, headers=headers,
                                                   timeout=aiohttp.ClientTimeout(total=None))
         return self._session
@@ -121,6 +133,8 @@ class Client:
         """(status 200, headers, value): JSON decoded, other content types as bytes."""
         kwargs: dict[str, Any] = {"params": _query(params),
                                   "timeout": aiohttp.ClientTimeout(total=timeout, sock_connect=min(timeout, 10.0))}
+        if self._server_name:
+            kwargs["server_hostname"] = self._server_name
         if body is not None:
             kwargs["data"] = json.dumps(body)
         elif data is not None:

@@ -1,9 +1,10 @@
 """`mesh`: one command with Consul's subcommands and single-dash flags.
 
-Every subcommand but `agent`, `keygen` and `version` talks to an agent's HTTP API at
+Every subcommand but `agent`, `tls`, `keygen` and `version` talks to an agent's HTTP API at
 -http-addr (default 127.0.0.1:8500, or CONSUL_HTTP_ADDR / MESH_HTTP_ADDR) with -token or
 -token-file (or MESH_HTTP_TOKEN / CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE), resolved
-by mesh.api.config.
+by mesh.api.config, over HTTPS with Consul's TLS flags (-ca-file, -ca-path,
+-client-cert, -client-key, -tls-server-name) and variables (CONSUL_HTTP_SSL, ...).
 Exit 0 on success, 1 on error with one line on stderr.
 """
 
@@ -51,6 +52,8 @@ Commands:
   connect ca get-config|set-config|status        the Connect CA
   connect proxy -sidecar-for ID                  run a sidecar proxy (mTLS, intentions)
   connect proxies                                this agent's sidecar proxy processes
+  tls ca create              create the agent TLS CA (consul-agent-ca.pem and its key)
+  tls cert create -server|-client|-cli           a certificate signed by that CA
   keygen                     print a new cluster key for -encrypt
   version                    print the version
 """
@@ -502,6 +505,12 @@ def _run_agent(argv: list[str]) -> int:
         return asyncio.run(run())
 
 
+def _tls(argv: list[str]) -> int:
+    from .tls_cmd import run_tls
+
+    return run_tls(argv)
+
+
 def _keygen(argv: list[str]) -> int:
     print(base64.b64encode(os.urandom(32)).decode())
     return 0
@@ -527,7 +536,8 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "kv": _kv,
     "lock": _lock,
 }
-_SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "keygen": _keygen, "version": _version}
+_SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "tls": _tls, "keygen": _keygen,
+                                                "version": _version}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,7 @@ import sys
 from typing import Any
 
 from mesh.api.client import Client
-from mesh.api.config import ConfigError, resolve
+from mesh.api.config import ConfigError, resolve, resolve_tls
 from mesh.api.errors import APIError
 from mesh.proxy.app import Proxy, ProxyOptions, StartError
 from mesh.proxy.config import ConfigError as ProxyConfigError
@@ -126,7 +126,7 @@ def _install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-async def _serve(options: ProxyOptions, address: str, token: str, log: Any) -> int:
+async def _serve(options: ProxyOptions, client: Client, log: Any) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -137,7 +137,7 @@ async def _serve(options: ProxyOptions, address: str, token: str, log: Any) -> i
         log_limited(log, "info", event, key=(event, fields.get("reason"), fields.get("peer")), limiter=limiter,
                     **fields)
 
-    async with Client(address, token) as client:
+    async with client:
         proxy = Proxy(client, options, log=log, refused=refused)
         try:
             await proxy.run(stop)
@@ -154,6 +154,8 @@ def run_proxy(argv: list[str]) -> int:
         options, flags = parse_proxy_flags(argv, env)
         address, token = resolve(flags.get("http-addr"), flags.get("token"), env,
                                  flags_token_file=flags.get("token-file"))
+        # an https:// agent: Consul's client TLS flags and CONSUL_CACERT ... apply
+        client = Client(address, token, tls=resolve_tls(flags, env))
     except (UsageError, ConfigError) as exc:
         print(f"Error: {exc}", file=sys.stderr)
         return 1
@@ -164,7 +166,7 @@ def run_proxy(argv: list[str]) -> int:
     _install_loop()
     _tune_gc()
     try:
-        return asyncio.run(_serve(options, address, token, log))
+        return asyncio.run(_serve(options, client, log))
     except APIError as exc:
         print(f"Error: {exc.message}", file=sys.stderr)
         return 1

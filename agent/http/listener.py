@@ -22,9 +22,10 @@ The wrapper only watches bytes and forwards every protocol call to aiohttp's han
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -156,32 +157,50 @@ def on_disconnect(request: web.BaseRequest, callback: Callable[[], None]) -> Cal
     return lambda: None
 
 
-async def serve(runner: web.AppRunner, host: str, port: int, limits: ListenerLimits) -> asyncio.Server:
-    """Listen on host:port for `runner`'s application behind `limits`. The caller
-    closes the returned server before cleaning the runner up."""
+async def serve(runner: web.AppRunner, host: str, port: int, limits: ListenerLimits,
+                ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = 5.0) -> asyncio.Server:
+    """Listen on host:port for `runner`'s application behind `limits` (over TLS with
+    `ssl_context`). The caller closes the returned server before cleaning the runner up.
+
+    With TLS the handshake comes first and is bounded by `handshake_timeout`; aiohttp's
+    protocol and the limits above see only connections that completed it. A failed or
+    stalled handshake closes that connection alone, and asyncio reports it at debug
+    level only (ssl.SSLError and the timeout are OSErrors), so a port scanner cannot
+    fill the log."""
     factory = runner.server
     assert factory is not None, "runner.setup() first"
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: _GuardedProtocol(factory(), limits), host, port, reuse_address=True)
+    extra: dict[str, Any] = {"ssl": ssl_context, "ssl_handshake_timeout": handshake_timeout} if ssl_context else {}
+    return await loop.create_server(lambda: _GuardedProtocol(factory(), limits), host, port, reuse_address=True,
+                                    **extra)
 
 
 class HTTPServer:
-    """The agent's HTTP API: aiohttp's runner for `app` behind ListenerLimits. The only
-    place an aiohttp server is run (DESIGN.md principle 3)."""
+    """The agent's HTTP API: aiohttp's runner for `app` behind ListenerLimits, on one or
+    more listeners (HTTP, HTTPS) sharing the application. The only place an aiohttp
+    server is run (DESIGN.md principle 3)."""
 
     def __init__(self, app: web.Application, idle_timeout: float) -> None:
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, keepalive_timeout=idle_timeout)
-        self._server: asyncio.Server | None = None
+        self._servers: list[asyncio.Server] = []
+        self._ready = False
 
-    async def start(self, host: str, port: int, limits: ListenerLimits) -> int:
-        """Bind and listen; the port bound (port 0 picks one). OSError when it cannot."""
-        await self._runner.setup()
-        self._server = await serve(self._runner, host, port, limits)
-        return int(self._server.sockets[0].getsockname()[1])
+    async def start(self, host: str, port: int, limits: ListenerLimits,
+                    ssl_context: ssl.SSLContext | None = None, handshake_timeout: float = 5.0) -> int:
+        """Bind and listen (call again for another listener); the port bound (port 0
+        picks one). OSError when it cannot."""
+        if not self._ready:
+            await self._runner.setup()
+            self._ready = True
+        server = await serve(self._runner, host, port, limits, ssl_context, handshake_timeout)
+        self._servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
         """Stop accepting, then let aiohttp finish in-flight requests (its shutdown timeout)."""
-        if self._server is not None:
-            self._server.close()
-            self._server = None
-        await self._runner.cleanup()
+        servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
+        if self._ready:
+            await self._runner.cleanup()
+            self._ready = False

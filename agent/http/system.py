@@ -166,6 +166,7 @@ async def agent_self(request: web.Request) -> web.Response:
             "DevMode": cfg.dev,
             "NodeName": cfg.node_name,
             "HTTPPort": agent.ports["http"],
+            "HTTPSPort": agent.ports["https"],
             "DNSPort": agent.ports["dns"],
             "ServerPort": agent.ports["server"],
             "RaftPort": agent.ports["raft"],

@@ -69,9 +69,10 @@ __all__ = ["SidecarInfo", "SupervisorSettings", "ProxySupervisor", "ReportReject
 
 log = get_logger("proxies")
 
-# inherited variables that would point a proxy elsewhere than this agent
+# inherited variables that would point a proxy elsewhere than this agent, or (the
+# client TLS ones) make it speak HTTPS to the plain HTTP address it is given
 _SCRUBBED = ("MESH_HTTP_ADDR", "MESH_HTTP_TOKEN", "CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONNECT_PROXY_ID",
-             "CONNECT_SIDECAR_FOR")
+             "CONNECT_SIDECAR_FOR", "MESH_HTTP_SSL", "CONSUL_HTTP_SSL")
 
 
 @dataclass(frozen=True)
