@@ -10,7 +10,9 @@ for `acl.token_ttl`, as Consul's agents do:
 - within the TTL the cached answer is used without asking;
 - when no server answers, `acl.down_policy` decides: `extend-cache` (and
   `async-cache`) keep using what is cached, however old, and deny tokens never seen;
-  `allow` allows everything, `deny` denies everything.
+  `allow` allows everything, `deny` denies everything. For DOWN_RETRY seconds after
+  a failed resolution the agent does not ask again, so requests during an outage are
+  answered at once rather than each waiting out a server timeout.
 
 The agent's own calls to the servers carry its `agent` token (agent/backend.py). The
 `agent_recovery` token works on this agent's own endpoints even with every server
@@ -47,6 +49,10 @@ log = get_logger("acl")
 # the current HTTP request's token; None outside a request (the agent's own traffic)
 REQUEST_TOKEN: contextvars.ContextVar[str | None] = contextvars.ContextVar("mesh_request_token", default=None)
 _CACHE_LIMIT = 4096
+DOWN_RETRY = 5.0
+# "ACL not found" is remembered briefly: a token created a moment ago (a new cluster's
+# initial management token, a token another agent just made) works within a second
+NOT_FOUND_TTL = 1.0
 _RECOVERY_RULES = 'agent_prefix "" { policy = "write" } node_prefix "" { policy = "read" }'
 
 
@@ -77,6 +83,7 @@ class AgentACLs:
         self._clock = clock
         self._wall = wall
         self._cache: dict[str, _Cached] = {}
+        self._down_until = 0.0
         self._recovery = (Access("agent-recovery", Authorizer.from_rules([parse_rules(_RECOVERY_RULES)], "deny"))
                           if cfg.acl_agent_recovery_token else None)
 
@@ -95,9 +102,12 @@ class AgentACLs:
             return self._recovery
         now = self._clock()
         cached = self._cache.get(token)
-        if cached is not None and now - cached.fetched < self.cfg.acl_token_ttl:
+        ttl = self.cfg.acl_token_ttl if cached is None or cached.access is not None else NOT_FOUND_TTL
+        if cached is not None and now - cached.fetched < ttl:
             ACL_METRICS.cache.labels("hit").inc()
             return self._answer(cached)
+        if now < self._down_until:
+            return self._server_down(token, cached, None)
         try:
             wire = await self._backend.resolve_token(token)
         except PermissionDenied:
@@ -105,6 +115,8 @@ class AgentACLs:
             self._remember(token, _Cached(None, now, 0.0))
             raise PermissionDenied(ACL_NOT_FOUND) from None
         except MeshError as exc:
+            self._down_until = self._clock() + DOWN_RETRY
+            log.warning("acl_servers_unreachable", down_policy=self.cfg.acl_down_policy, error=str(exc))
             return self._server_down(token, cached, exc)
         ACL_METRICS.cache.labels("miss").inc()
         if not wire.get("enabled", True):
@@ -119,10 +131,9 @@ class AgentACLs:
             raise PermissionDenied(ACL_NOT_FOUND)
         return cached.access
 
-    def _server_down(self, token: str, cached: _Cached | None, exc: MeshError) -> Access:
+    def _server_down(self, token: str, cached: _Cached | None, exc: MeshError | None) -> Access:
         policy = self.cfg.acl_down_policy
         ACL_METRICS.cache.labels("down").inc()
-        log.debug("acl_servers_unreachable", down_policy=policy, error=str(exc))
         if policy == "allow":
             return ALLOW_ALL
         if policy in ("extend-cache", "async-cache") and cached is not None:

@@ -139,8 +139,8 @@ def _proxy_settings(cfg: AgentConfig) -> SupervisorSettings:
 
 
 def _listen_address(client_addr: str, port: int) -> str:
-    """host:port for the start-up log, "" for a listener that is off."""
-    return f"{client_addr}:{port}" if port >= 0 else ""
+    """host:port for the start-up log (port -1: that listener is off)."""
+    return f"{client_addr}:{port}"
 
 
 def _loopback_for(client_addr: str, port: int) -> str:
@@ -297,7 +297,8 @@ class Agent:
 
     async def _start_dns(self) -> None:
         cfg = self.cfg
-        self.dns_view = CatalogDNSView(self.backend, cfg.dns_max_stale)
+        self.dns_view = CatalogDNSView(self.backend, cfg.dns_max_stale,
+                                       token=cfg.acl_dns_token or cfg.acl_default_token if cfg.acl_enabled else None)
         policy = AnswerPolicy(datacenter=cfg.datacenter, only_passing=cfg.dns_only_passing,
                               enable_truncate=cfg.dns_enable_truncate, node_ttl=int(cfg.dns_node_ttl),
                               service_ttl={k: int(v) for k, v in cfg.dns_service_ttl},

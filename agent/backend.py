@@ -337,7 +337,7 @@ class RemoteBackend:
         return ReadResult.from_wire(reply)
 
     async def resolve_token(self, token: str) -> dict[str, Any]:
-        return dict(await self.pool.call("ACL.Resolve", {"token": token}, timeout=5, deadline=5))
+        return dict(await self.pool.call("ACL.Resolve", {"token": token}, timeout=3, deadline=3))
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
         reply = await self.pool.call("Node.Heartbeat", dict(info, v=2, token=self.agent_token), timeout=3, deadline=3)

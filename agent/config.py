@@ -92,6 +92,7 @@ class AgentConfig:
     acl_agent_token: str = field(default="", repr=False)
     acl_default_token: str = field(default="", repr=False)
     acl_agent_recovery_token: str = field(default="", repr=False)
+    acl_dns_token: str = field(default="", repr=False)
     # connect { ca_config { ... } }: the CA's configuration when the cluster first
     # creates it (API field names); afterwards only the API changes it, as in Consul
     ca_config: tuple[tuple[str, Any], ...] = ()
@@ -492,9 +493,10 @@ _DOWN_POLICIES = ("allow", "deny", "extend-cache", "async-cache")
 # acl.tokens keys, with Consul's older names for them
 _ACL_TOKENS = {"initial_management": "acl_initial_management_token", "master": "acl_initial_management_token",
                "agent": "acl_agent_token", "default": "acl_default_token",
-               "agent_recovery": "acl_agent_recovery_token", "agent_master": "acl_agent_recovery_token"}
+               "agent_recovery": "acl_agent_recovery_token", "agent_master": "acl_agent_recovery_token",
+               "dns": "acl_dns_token"}
 # tokens Consul has that mesh has no use for yet: accepted, ignored
-_ACL_TOKENS_IGNORED = {"replication", "config_file_service_registration", "dns"}
+_ACL_TOKENS_IGNORED = {"replication", "config_file_service_registration"}
 
 
 def _apply_acl(values: dict[str, Any], block: Any, path: str) -> None:

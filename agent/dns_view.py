@@ -43,8 +43,12 @@ class _Slot:
 
 
 class CatalogDNSView:
-    def __init__(self, backend: Backend, max_stale: float, first_load_timeout: float = 2.0) -> None:
+    def __init__(self, backend: Backend, max_stale: float, first_load_timeout: float = 2.0,
+                 token: str | None = None) -> None:
+        """`token`: what DNS answers may show (Consul: acl.tokens.dns, else the default
+        token; None is the agent's own)."""
         self._backend = backend
+        self._token = token
         self._max_stale = max_stale
         self._first_load_timeout = first_load_timeout
         self._slots: dict[tuple[str, str], _Slot] = {}
@@ -153,7 +157,7 @@ class CatalogDNSView:
                 return
             try:
                 result = await self._backend.read(
-                    slot.query, slot.params, ReadOptions(min_index=slot.index, wait=60.0, stale=True))
+                    slot.query, slot.params, ReadOptions(min_index=slot.index, wait=60.0, stale=True), self._token)
             except MeshError as exc:
                 log.debug("dns_view_refresh_failed", query=slot.query, error=str(exc))
                 await asyncio.sleep(backoff)

@@ -204,7 +204,8 @@ def route_key(request: web.Request) -> tuple[str, str] | None:
     resource = request.match_info.route.resource
     if resource is None:
         return None
-    return request.method, template(resource.canonical)
+    # aiohttp answers HEAD for every GET route: the GET's rule applies
+    return "GET" if request.method == "HEAD" else request.method, template(resource.canonical)
 
 
 def template(canonical: str) -> str:

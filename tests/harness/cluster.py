@@ -138,9 +138,10 @@ class Agent:
             return ""
 
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None,
-                timeout: float = 15) -> tuple[Any, dict[str, str]]:
+                timeout: float = 15, token: str = "") -> tuple[Any, dict[str, str]]:
         data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
-        req = urllib.request.Request(f"http://{self.http}{path}", data=data, method=method)
+        req = urllib.request.Request(f"http://{self.http}{path}", data=data, method=method,
+                                     headers={"X-Consul-Token": token} if token else {})
         try:
             with urllib.request.urlopen(req, timeout=timeout) as resp:
                 payload = resp.read()

@@ -16,11 +16,12 @@ from mesh.agent.server.raft.memory import MemoryCluster
 from mesh.agent.watch import WatchHub
 
 
-async def one_server(policy: str = "allow") -> tuple[MemoryCluster, Agent, TestClient]:
-    """A leader with its HTTP client; the caller closes the client and stops the rafts."""
+async def one_server(policy: str = "allow", **overrides: Any) -> tuple[MemoryCluster, Agent, TestClient]:
+    """A leader with its HTTP client; the caller closes the client and stops the rafts.
+    `overrides` are AgentConfig fields (ACLs on, for instance)."""
     cluster = MemoryCluster(lease=2.0, write_timeout=0.5)
     cfg = AgentConfig(node_name="s1", server=True, dev=True, bind_addr="127.0.0.1", advertise_addr="10.0.0.1",
-                      client_addr="127.0.0.1", default_intention_policy=policy)
+                      client_addr="127.0.0.1", default_intention_policy=policy, **overrides)
     agent = Agent(cfg, raft_factory=cluster.factory)
     assert agent.server is not None
     agent.server.membership.create_raft("10.0.0.1:8301", 8300, agent.watch.notify)

@@ -15,7 +15,7 @@ class InstantBackend:
     def __init__(self) -> None:
         self.reads = 0
 
-    async def read(self, name, params, opts):
+    async def read(self, name, params, opts, token=None):
         self.reads += 1
         return ReadResult(0, [], True, 0)
 
@@ -44,7 +44,7 @@ class Store:
         self.value = [{"Node": {"Node": "n1", "Address": "10.0.0.1"}, "Service": {"Service": "web"}, "Checks": []}]
         self.changed = asyncio.Event()
 
-    async def read(self, name, params, opts):
+    async def read(self, name, params, opts, token=None):
         if opts.min_index >= self.index:
             self.changed.clear()
             try:
