@@ -48,6 +48,7 @@ Commands:
   intention create|get|delete|list|check|match   service-to-service access rules
   config write|read|list|delete                  central config entries (/v1/config)
   kv put|get|delete|export|import                the key/value store (/v1/kv)
+  acl bootstrap|set-agent-token|token|policy|role  ACL tokens, policies and roles (/v1/acl)
   lock [-n N] [-timeout D] PREFIX COMMAND...     run a command while holding a lock or semaphore
   connect ca get-config|set-config|status        the Connect CA
   connect proxy -sidecar-for ID                  run a sidecar proxy (mTLS, intentions)
@@ -322,6 +323,12 @@ async def _kv(argv: list[str]) -> int:
     return await run_kv(argv)
 
 
+async def _acl(argv: list[str]) -> int:
+    from .acl_cmd import run_acl
+
+    return await run_acl(argv)
+
+
 async def _lock(argv: list[str]) -> int:
     from .lock_cmd import run_lock
 
@@ -535,6 +542,7 @@ _ASYNC: dict[str, Callable[[list[str]], Awaitable[int]]] = {
     "connect": _connect,
     "kv": _kv,
     "lock": _lock,
+    "acl": _acl,
 }
 _SYNC: dict[str, Callable[[list[str]], int]] = {"agent": _run_agent, "tls": _tls, "keygen": _keygen,
                                                 "version": _version}
