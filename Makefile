@@ -44,7 +44,7 @@ cluster: $(STAMP)
 
 # the fault suite: hosts in network namespaces (needs root and iproute2), a seeded nemesis,
 # a checked workload; `make chaos SEED=123 CHAOS_SECONDS=600` replays or lengthens a run.
-# `make test` runs a bounded version (tests/chaos/test_chaos.py, CHAOS_TEST_SECONDS=45).
+# `make test` runs a bounded version (tests/chaos/test_chaos.py, CHAOS_TEST_SECONDS=36).
 CHAOS_SECONDS ?= 300
 chaos: $(STAMP)
 	$(BIN)/python -m tests.chaos.run --seconds $(CHAOS_SECONDS) $(if $(SEED),--seed $(SEED)) $(if $(CHAOS_SERVERS),--servers $(CHAOS_SERVERS))

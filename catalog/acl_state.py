@@ -243,6 +243,38 @@ def _node_identities(fields: Fields, what: str) -> tuple[Identity, ...]:
     return tuple(out)
 
 
+# Consul 1.17's templated policies that are identities under another name
+_TEMPLATES = {"builtin/service": "service", "builtin/node": "node"}
+
+
+def _templated(fields: Fields, what: str) -> tuple[list[Identity], list[Identity]]:
+    """`TemplatedPolicies: [{TemplateName, TemplateVariables: {Name, Datacenter?}}]` as
+    the service and node identities they stand for; any other template is a 400 rather
+    than a grant silently dropped."""
+    raw = fields.raw("TemplatedPolicies")
+    services: list[Identity] = []
+    nodes: list[Identity] = []
+    if raw is None:
+        return services, nodes
+    if not isinstance(raw, list) or len(raw) > MAX_LINKS:
+        raise InvalidRequest(f"{what}.TemplatedPolicies must be a list")
+    for item in raw:
+        f = Fields(item, f"{what}.TemplatedPolicies[]")
+        name = f.str("TemplateName")
+        variables = Fields(f.raw("TemplateVariables") or {}, f"{what}.TemplatedPolicies[].TemplateVariables")
+        if name not in _TEMPLATES:
+            raise InvalidRequest(f"templated policy {name!r} is not supported (mesh knows builtin/service and "
+                                 "builtin/node)")
+        target = variables.str("Name")
+        if not target:
+            raise InvalidRequest(f"templated policy {name!r} needs TemplateVariables.Name")
+        if _TEMPLATES[name] == "service":
+            services.append((target, ()))
+        else:
+            nodes.append((target, (variables.str("Datacenter") or "dc1",)))
+    return services, nodes
+
+
 def parse_policy(body: Any, policy_id: str) -> dict[str, Any]:
     """A policy create/update body as the ACLWrite payload (rules checked by the caller
     with catalog.acl_rules, which knows the language)."""
@@ -259,10 +291,11 @@ def parse_policy(body: Any, policy_id: str) -> dict[str, Any]:
 
 def parse_role(body: Any, role_id: str) -> dict[str, Any]:
     f = Fields(body, "role")
+    services, nodes = _templated(f, "role")
     return {"id": role_id, "name": _check_name(f.str("Name"), "Role"), "description": f.str("Description"),
             "policies": [list(x) for x in _links(f, "Policies", "role")],
-            "service_identities": [[n, list(d)] for n, d in _service_identities(f, "role")],
-            "node_identities": [[n, list(d)] for n, d in _node_identities(f, "role")]}
+            "service_identities": [[n, list(d)] for n, d in (*_service_identities(f, "role"), *services)],
+            "node_identities": [[n, list(d)] for n, d in (*_node_identities(f, "role"), *nodes)]}
 
 
 def parse_token(body: Any, accessor_id: str, secret_id: str) -> dict[str, Any]:
@@ -278,11 +311,12 @@ def parse_token(body: Any, accessor_id: str, secret_id: str) -> dict[str, Any]:
     expires = _parse_rfc3339(f.str("ExpirationTime"), "ExpirationTime") if f.has("ExpirationTime") else 0.0
     if ttl and expires:
         raise InvalidRequest("Expiration TTL and Expiration Time cannot both be set")
+    services, nodes = _templated(f, "token")
     return {"accessor_id": accessor_id, "secret_id": secret_id, "description": f.str("Description"),
             "policies": [list(x) for x in _links(f, "Policies", "token")],
             "roles": [list(x) for x in _links(f, "Roles", "token")],
-            "service_identities": [[n, list(d)] for n, d in _service_identities(f, "token")],
-            "node_identities": [[n, list(d)] for n, d in _node_identities(f, "token")],
+            "service_identities": [[n, list(d)] for n, d in (*_service_identities(f, "token"), *services)],
+            "node_identities": [[n, list(d)] for n, d in (*_node_identities(f, "token"), *nodes)],
             "local": f.bool("Local"), "expiration_ttl": ttl, "expiration_time": expires}
 
 

@@ -66,7 +66,12 @@ async def _found(request: web.Request, name: str, params: dict[str, Any]) -> web
 # ---- bootstrap ------------------------------------------------------------------------
 @routes.put("/v1/acl/bootstrap")
 async def bootstrap(request: web.Request) -> web.Response:
-    result = await _write(request, "bootstrap", {"accessor_id": str(uuid.uuid4()), "secret_id": str(uuid.uuid4()),
+    """`{"BootstrapSecret": "<uuid>"}` (Consul 1.15+) chooses the token's secret."""
+    _enabled(request)
+    body = await read_json(request, optional=True)
+    chosen = Fields(body, "bootstrap").str("BootstrapSecret") if body is not None else ""
+    secret = _uuid(chosen, "BootstrapSecret") if chosen else str(uuid.uuid4())
+    result = await _write(request, "bootstrap", {"accessor_id": str(uuid.uuid4()), "secret_id": secret,
                                                  "description": "Bootstrap Token (Global Management)"})
     return json_response(request, result)
 
@@ -126,7 +131,7 @@ async def token_delete(request: web.Request) -> web.Response:
 @routes.get("/v1/acl/tokens")
 async def token_list(request: web.Request) -> web.Response:
     _enabled(request)
-    params = {"policy": request.query.get("policy", ""), "role": request.query.get("role", "")}
+    params = {key: request.query.get(key, "") for key in ("policy", "role", "servicename", "authmethod")}
     return read_response(request, await read(request, "acl.tokens", params))
 
 

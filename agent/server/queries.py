@@ -192,9 +192,12 @@ def _acl_token(store: Store, p: Params) -> tuple[int, Any]:
 
 def _acl_tokens(store: Store, p: Params) -> tuple[int, Any]:
     table = store.acl
-    policy, role = p.get("policy") or "", p.get("role") or ""
+    policy, role, service = p.get("policy") or "", p.get("role") or "", p.get("servicename") or ""
+    if p.get("authmethod"):
+        return store.index("acl"), []  # no auth methods in mesh: no token came from one
     rows = [t.to_api(table) for t in sorted(table.tokens.values(), key=lambda t: (t.create_index, t.accessor_id))
-            if (not policy or policy in t.policies) and (not role or role in t.roles)]
+            if (not policy or policy in t.policies) and (not role or role in t.roles)
+            and (not service or any(name == service for name, _ in t.service_identities))]
     return store.index("acl"), rows
 
 

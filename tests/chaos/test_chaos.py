@@ -1,4 +1,4 @@
-"""A bounded chaos run inside `make test` (45 s of faults, about a minute in all), or longer
+"""A bounded chaos run inside `make test` (36 s of faults, under a minute in all), or longer
 with CHAOS_TEST_SECONDS; `make chaos` runs 300 s.
 
 One run, shared by the tests below (module fixture), so each promise fails on its own
@@ -17,7 +17,7 @@ from tests.chaos.run import Report, run_chaos
 
 pytestmark = [pytest.mark.cluster, pytest.mark.chaos, pytest.mark.timeout(900)]
 
-SECONDS = float(os.environ.get("CHAOS_TEST_SECONDS") or 45)
+SECONDS = float(os.environ.get("CHAOS_TEST_SECONDS") or 36)
 
 
 @pytest.fixture(scope="module")

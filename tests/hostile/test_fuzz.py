@@ -33,7 +33,7 @@ from tests.harness.cluster import Agent, dev_agent, retry, rss_kib
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLES = 100  # per listener and test (make test's budget; raise it for a longer hunt)
+EXAMPLES = 80  # per listener and test (make test's budget; raise it for a longer hunt)
 # derandomized (a failure replays as it is), no shrinking (it would redo slow socket work
 # for minutes): the failing input is reported as generated
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
@@ -56,6 +56,10 @@ PATHS = [
     "/v1/status/leader", "/v1/status/peers", "/v1/nonexistent/{x}",
     "/v1/kv/{x}", "/v1/kv/", "/v1/txn", "/v1/session/create", "/v1/session/destroy/{x}", "/v1/session/renew/{x}",
     "/v1/session/info/{x}", "/v1/session/node/{x}", "/v1/session/list",
+    "/v1/acl/bootstrap", "/v1/acl/token", "/v1/acl/token/self", "/v1/acl/token/{x}", "/v1/acl/token/{x}/clone",
+    "/v1/acl/tokens", "/v1/acl/policy", "/v1/acl/policy/{x}", "/v1/acl/policy/name/{x}", "/v1/acl/policies",
+    "/v1/acl/role", "/v1/acl/role/{x}", "/v1/acl/role/name/{x}", "/v1/acl/roles", "/v1/agent/token/{x}",
+    "/v1/config", "/v1/config/{x}", "/v1/discovery-chain/{x}",
 ]
 # left out: /v1/agent/leave (stops the agent), /v1/agent/reload, /v1/agent/join and
 # DELETE /v1/operator/raft/peer (change membership on purpose), PUT /v1/snapshot with a
@@ -67,7 +71,10 @@ METHODS = ["GET", "PUT", "POST", "DELETE", "HEAD", "OPTIONS", "PATCH"]
 FIELDS = ["Name", "ID", "Port", "Address", "Tags", "Meta", "Check", "Checks", "Weights", "TTL", "Interval",
           "Args", "HTTP", "TCP", "Node", "Service", "SourceName", "DestinationName", "Action", "Config",
           "Provider", "LeafCertTTL", "RootCertTTL", "OutputMaxSize", "Status", "Connect", "Proxy", "Kind",
-          "LockDelay", "Behavior", "NodeChecks", "ServiceChecks", "KV", "Verb", "Key", "Value", "Session", "Index"]
+          "LockDelay", "Behavior", "NodeChecks", "ServiceChecks", "KV", "Verb", "Key", "Value", "Session", "Index",
+          "Rules", "Policies", "Roles", "ServiceIdentities", "NodeIdentities", "TemplatedPolicies",
+          "ExpirationTTL", "ExpirationTime", "AccessorID", "SecretID", "BootstrapSecret", "Description", "Token"]
+MGMT = "0f0f0f0f-1111-4222-8333-444444444444"  # the ACL agent's initial management token
 # the 500s Consul documents for bad sessions (KV acquire, session create): an answer, not a failure
 DOCUMENTED_500 = (b"invalid session", b"Missing node registration", b"Missing check", b"Check '")
 
@@ -84,7 +91,7 @@ msgpack_value = _values(st.integers(-2**63, 2**64 - 1))  # what msgpack can carr
 
 
 @st.composite
-def http_requests(draw) -> bytes:
+def http_requests(draw, tokens: tuple[str, ...] = ()) -> bytes:
     method = draw(st.sampled_from(METHODS))
     path = draw(st.sampled_from(PATHS)).replace(
         "{x}", urllib.parse.quote(draw(st.text(min_size=1, max_size=30)), safe=""))
@@ -106,6 +113,8 @@ def http_requests(draw) -> bytes:
                                                     "Accept-Encoding", "Transfer-Encoding", "X-Forwarded-For"]),
                                    st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=40),
                                    max_size=3))
+    if tokens:  # a real token most of the time, so the handlers behind the ACL checks are reached
+        headers["X-Consul-Token"] = draw(st.sampled_from(tokens))
     head = f"{method} {path}{'?' + query if query else ''} HTTP/1.1\r\nHost: fuzz\r\n"
     head += "".join(f"{k}: {v}\r\n" for k, v in headers.items() if k != "Transfer-Encoding")
     head += f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
@@ -205,10 +214,39 @@ def _exchange(port: int, raw: bytes, timeout: float = 5.0, source: str = "127.0.
 
 
 def test_http(target, canary):
+    _fuzz_http(target, http_requests())
+
+
+@pytest.fixture(scope="module")
+def acl_target(tmp_path_factory):
+    """A second dev agent with ACLs on (default deny) for the same fuzz with tokens."""
+    tmp = tmp_path_factory.mktemp("fuzzacl")
+    conf = tmp / "acl.hcl"
+    conf.write_text(f'acl {{\n enabled = true\n default_policy = "deny"\n'
+                    f' tokens {{\n  initial_management = "{MGMT}"\n  agent = "{MGMT}"\n }}\n}}\n')
+    agent = dev_agent(tmp, name="fuzzacl", extra=["-config-file", str(conf), "-supervise-proxies=false"])
+    try:
+        retry(lambda: agent.request("GET", "/v1/acl/token/self", token=MGMT), 20, 0.1, "management token")
+        yield agent
+        assert agent.alive(), agent.log_tail()
+        with open(agent.log_path, "rb") as f:
+            log = f.read().decode("utf-8", "replace")
+        assert "Traceback" not in log and "Unhandled exception" not in log, log[-3000:]
+    finally:
+        agent.kill()
+
+
+def test_http_with_acls(acl_target):
+    """ACL checks in front of every route: no 5xx, no traceback, whatever the token."""
+    _fuzz_http(acl_target, http_requests(tokens=(MGMT, MGMT, "", "6b1b1b1b-0000-4000-8000-000000000000")),
+               examples=EXAMPLES // 2)
+
+
+def _fuzz_http(target: Agent, requests: st.SearchStrategy[bytes], examples: int = EXAMPLES) -> None:
     seen: dict[int, int] = {}
 
-    @FUZZ
-    @given(http_requests())
+    @settings(FUZZ, max_examples=examples)
+    @given(requests)
     def one(raw):
         out = _exchange(target.http_port, raw)
         m = re.match(rb"HTTP/1\.[01] (\d{3})", out)
@@ -219,7 +257,7 @@ def test_http(target, canary):
             assert status < 500 or (status == 500 and body.startswith(DOCUMENTED_500)), (raw[:300], out[:400])
 
     one()
-    assert seen.get(400, 0) > 0 and sum(seen.values()) > EXAMPLES // 2
+    assert seen.get(400, 0) > 0 and sum(seen.values()) > examples // 2
 
 
 def _dns_queries() -> st.SearchStrategy[bytes]:
