@@ -56,9 +56,10 @@ class Issued:
     trust_domain: str
     valid_after: datetime.datetime
     valid_before: datetime.datetime
+    received: datetime.datetime
 
 
-def parse_reply(reply: Any, key_pem: str) -> Issued:
+def parse_reply(reply: Any, key_pem: str, received: datetime.datetime) -> Issued:
     """The AutoEncrypt.Sign answer, checked for shape; MeshError when it is not one."""
     if not isinstance(reply, dict):
         raise MeshError("AutoEncrypt.Sign answered with something other than a map")
@@ -69,14 +70,17 @@ def parse_reply(reply: Any, key_pem: str) -> Issued:
         after, before = parse_time(str(reply.get("valid_after"))), parse_time(str(reply.get("valid_before")))
     except ValueError:
         raise MeshError("AutoEncrypt.Sign answered with an unreadable validity period") from None
-    return Issued(cert_pem, key_pem, trust_domain, after, before)
+    return Issued(cert_pem, key_pem, trust_domain, after, before, received)
 
 
 def renew_delay(issued: Issued, now: datetime.datetime, rng: random.Random) -> float:
     """Seconds until the renewal: about RENEW_AT of the lifetime (a little jitter so a
-    fleet started together does not renew together), at least one second."""
-    lifetime = (issued.valid_before - issued.valid_after).total_seconds()
-    due = issued.valid_after + datetime.timedelta(seconds=lifetime * (RENEW_AT + rng.uniform(-0.05, 0.05)))
+    fleet started together does not renew together), at least one second. The
+    lifetime counts from when the certificate arrived: its NotBefore is set back a
+    minute for clock skew, which would make a short-lived one look half spent."""
+    start = max(issued.valid_after, issued.received)
+    lifetime = (issued.valid_before - start).total_seconds()
+    due = start + datetime.timedelta(seconds=lifetime * (RENEW_AT + rng.uniform(-0.05, 0.05)))
     return max(1.0, (due - now).total_seconds())
 
 
@@ -107,7 +111,7 @@ class AutoEncryptClient:
         return await asyncio.to_thread(certs.make_agent_csr, uri, dns, ips)
 
     def _install(self, reply: Any, key_pem: str) -> ssl.SSLContext:
-        issued = parse_reply(reply, key_pem)
+        issued = parse_reply(reply, key_pem, self._now())
         try:
             context = auto_encrypt_client_context(self.cfg, issued.cert_pem, issued.key_pem)
         except ConfigError as exc:

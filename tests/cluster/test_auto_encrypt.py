@@ -58,8 +58,10 @@ async def _call(server: str, context: ssl.SSLContext, method: str, args: dict) -
 
 def test_auto_encrypt(tmp_path):
     files = _files(tmp_path)
+    # short leaves, so the client's certificate renews (at about half of 10 s) during the test
     server_cfg = _json(tmp_path, "server.json", {"auto_encrypt": {"allow_tls": True},
-                                                  "tls": {"internal_rpc": {"verify_incoming": True}}})
+                                                  "tls": {"internal_rpc": {"verify_incoming": True}},
+                                                  "connect": {"ca_config": {"leaf_cert_ttl": "10s"}}})
     cluster = Cluster(tmp_path / "c", 1, extra_args=["-ca-file", files["ca"], "-cert-file", files["cert"],
                                                       "-key-file", files["key"], "-config-file", server_cfg])
     try:
@@ -114,6 +116,11 @@ def test_auto_encrypt(tmp_path):
         leaf_ctx.load_cert_chain(tmp_path / "leaf.pem", tmp_path / "leaf.key")
         kind, _ = asyncio.run(_call(server.rpc, leaf_ctx, "Status.Ping", {}))
         assert kind == "transport"
+
+        # renewed at about half its life; new connections use the new certificate
+        retry(lambda: client.log_tail(400).count("auto_encrypt_certificate") >= 2, 15, 0.2, "a renewal")
+        client.put("/v1/agent/service/register", {"Name": "aeweb2", "Port": 81})
+        retry(lambda: server.get("/v1/catalog/service/aeweb2"), 15, 0.1, "registration after the renewal")
     except BaseException:
         print(cluster.logs())
         raise

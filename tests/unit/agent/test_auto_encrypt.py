@@ -61,7 +61,7 @@ def test_one_line_errors(tmp_path, flags, block, message):
 
 def _issued(hours: float = 72) -> Issued:
     start = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-    return Issued("cert", "key", "td", start, start + datetime.timedelta(hours=hours))
+    return Issued("cert", "key", "td", start, start + datetime.timedelta(hours=hours), start)
 
 
 def test_renews_at_about_half_life():
@@ -72,17 +72,25 @@ def test_renews_at_about_half_life():
     assert renew_delay(issued, late, random.Random(1)) == 1.0  # overdue: at once (floor of a second)
 
 
+def test_backdated_not_before_does_not_hurry_the_renewal():
+    received = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
+    issued = Issued("c", "k", "td", received - datetime.timedelta(minutes=1),
+                    received + datetime.timedelta(seconds=10), received)
+    assert 4.5 <= renew_delay(issued, received, random.Random(3)) <= 5.5
+
+
 @pytest.mark.parametrize("reply", [None, [], {"cert_pem": 1}, {"cert_pem": "x", "trust_domain": "t"},
                                    {"cert_pem": "-----BEGIN CERTIFICATE-----", "trust_domain": "t",
                                     "valid_after": "yesterday", "valid_before": "2030-01-01T00:00:00Z"}])
 def test_malformed_replies(reply):
     with pytest.raises(MeshError):
-        parse_reply(reply, "key")
+        parse_reply(reply, "key", datetime.datetime.now(datetime.UTC))
 
 
 def test_reply_parsed():
     issued = parse_reply({"cert_pem": "-----BEGIN CERTIFICATE-----", "trust_domain": "t",
-                          "valid_after": "2030-01-01T00:00:00Z", "valid_before": "2030-01-04T00:00:00Z"}, "k")
+                          "valid_after": "2030-01-01T00:00:00Z", "valid_before": "2030-01-04T00:00:00Z"}, "k",
+                         datetime.datetime.now(datetime.UTC))
     assert issued.valid_before - issued.valid_after == datetime.timedelta(days=3) and issued.key_pem == "k"
 
 
