@@ -157,10 +157,17 @@ class AutoEncryptClient:
     async def run(self) -> None:
         """Renew at about half the lifetime, through the servers the pool knows (with
         the current certificate); a failure retries with backoff while the current
-        certificate is still good."""
+        certificate is still good, and once it has expired, as at start."""
         retry = 0.0
         while self.issued is not None:
             await asyncio.sleep(retry or renew_delay(self.issued, self._now(), self._rng))
+            if self._now() >= self.issued.valid_before:
+                # expired while no server answered: the servers now refuse it, so ask
+                # again as at start, presenting no certificate
+                log.warning("auto_encrypt_certificate_expired", valid_before=self.issued.valid_before.isoformat())
+                self.pool.set_ssl_context(await self.bootstrap())
+                retry = 0.0
+                continue
             try:
                 key_pem, csr_pem = await self._csr()
                 reply = await self.pool.call("AutoEncrypt.Sign", self._args(csr_pem), timeout=10, deadline=15)
