@@ -38,6 +38,7 @@ from mesh.dns.recursor import parse_recursor
 from mesh.dns.server import DNSServer
 
 from .acl import REQUEST_TOKEN, AgentACLs
+from .auto_encrypt import AutoEncryptClient
 from .backend import Backend, LocalBackend, RemoteBackend, ServerOperations, ServerPool
 from .central_config import CentralConfigWatch
 from .config import AgentConfig, ConfigError, reload_config
@@ -185,6 +186,7 @@ class Agent:
             self.pool = ServerPool(list(cfg.retry_join), cfg.encrypt, ssl_context=rpc_contexts(cfg)[1],
                                    state_file=os.path.join(cfg.data_dir, "servers.json") if cfg.data_dir else None)
             self.backend = RemoteBackend(self.pool, cfg.acl_agent_token)
+        self.auto_encrypt = AutoEncryptClient(cfg, self.pool) if self.pool is not None and cfg.auto_encrypt_tls else None
         self.acls = AgentACLs(cfg, self.backend)
         self.ports: dict[str, int] = {"http": cfg.http_port, "https": cfg.https_port, "dns": cfg.dns_port,
                                       "server": cfg.server_port,
@@ -255,6 +257,9 @@ class Agent:
         else:
             self.ports["server"] = -1
             self.ports["raft"] = -1
+            if self.auto_encrypt is not None and self.pool is not None:  # before anything talks RPC
+                self.pool.set_ssl_context(await self.auto_encrypt.bootstrap(), drop_open=True)
+                self._tasks.append(loop.create_task(self.auto_encrypt.run(), name="auto-encrypt-renew"))
         self.load_definitions(initial=True)
         await self._start_http()
         if cfg.dns_port >= 0:

@@ -222,6 +222,10 @@ class ServerPool:
         good = [a for a in order if self._bad_until.get(a, 0.0) <= now]
         return good + [a for a in order if a not in good]
 
+    def set_ssl_context(self, context: ssl.SSLContext, drop_open: bool = False) -> None:
+        """Use `context` for new connections (agent.auto_encrypt's certificate)."""
+        self._client.set_ssl_context(context, drop_open)
+
     def mark_bad(self, address: str) -> None:
         self._bad_until[address] = self._clock() + BAD_SERVER_SECONDS
 

@@ -106,6 +106,12 @@ class AgentConfig:
     tls_defaults: tuple[tuple[str, Any], ...] = ()
     tls_https: tuple[tuple[str, Any], ...] = ()
     tls_internal_rpc: tuple[tuple[str, Any], ...] = ()
+    # auto_encrypt { allow_tls } on servers, { tls dns_san ip_san } on clients: a client
+    # gets its RPC certificate from the servers' Connect CA (agent/auto_encrypt.py)
+    auto_encrypt_allow_tls: bool = False
+    auto_encrypt_tls: bool = False
+    auto_encrypt_dns_san: tuple[str, ...] = ()
+    auto_encrypt_ip_san: tuple[str, ...] = ()
     recursor_timeout: float = 2.0
     liveness_timeout: float = 10.0
     reconnect_timeout: float = 72 * 3600.0
@@ -396,6 +402,9 @@ def _apply_file(values: dict[str, Any], data: dict[str, Any], path: str) -> None
         if key == "acl":
             _apply_acl(values, value, path)
             continue
+        if key == "auto_encrypt":
+            _apply_auto_encrypt(values, value, path)
+            continue
         if key == "limits":
             _apply_limits(values, value, path)
             continue
@@ -486,6 +495,23 @@ def _apply_tls(values: dict[str, Any], block: Any, path: str) -> None:
                     values[key] = settings.pop(key)
         field_name = f"tls_{section}"
         values[field_name] = tuple({**dict(values.get(field_name, ())), **settings}.items())
+
+
+_AUTO_ENCRYPT_KEYS = {"allow_tls": ("auto_encrypt_allow_tls", "bool"), "tls": ("auto_encrypt_tls", "bool"),
+                      "dns_san": ("auto_encrypt_dns_san", "list"), "ip_san": ("auto_encrypt_ip_san", "list")}
+
+
+def _apply_auto_encrypt(values: dict[str, Any], block: Any, path: str) -> None:
+    """Consul's `auto_encrypt { allow_tls tls dns_san ip_san }`."""
+    block = _one(block)
+    if not isinstance(block, dict):
+        raise ConfigError(f"{path}: auto_encrypt must be an object")
+    for key, value in block.items():
+        if key not in _AUTO_ENCRYPT_KEYS:
+            raise ConfigError(f"{path}: unknown auto_encrypt key {key!r} (use allow_tls, tls, dns_san or ip_san)")
+        target, kind = _AUTO_ENCRYPT_KEYS[key]
+        coerced = _coerce(key, kind, value, f"{path}: auto_encrypt.{key}")
+        values[target] = tuple(values.get(target, ())) + coerced if kind == "list" else coerced
 
 
 _ACL_POLICIES = ("allow", "deny")
@@ -685,6 +711,35 @@ def _check_tls(cfg: AgentConfig) -> None:
         raise ConfigError("tls.https.verify_incoming needs tls.https.ca_file or ca_path (or tls.defaults)")
 
 
+def _check_auto_encrypt(cfg: AgentConfig) -> None:
+    """Consul's rules: a server that hands out certificates has its own; a client that
+    asks for one verifies the servers with ca_file and brings no certificate."""
+    rpc = cfg.tls_for("internal_rpc")
+    if cfg.auto_encrypt_allow_tls:
+        if not cfg.server:
+            raise ConfigError("auto_encrypt.allow_tls is for servers: clients use auto_encrypt.tls")
+        if not (rpc.has_ca and rpc.cert_file and rpc.key_file):
+            raise ConfigError("auto_encrypt.allow_tls needs the server's own ca_file, cert_file and key_file")
+    if cfg.auto_encrypt_tls:
+        if cfg.server:
+            raise ConfigError("auto_encrypt.tls is for clients: servers use auto_encrypt.allow_tls")
+        if not rpc.has_ca:
+            raise ConfigError("auto_encrypt.tls needs ca_file (or ca_path) to verify the servers")
+        if rpc.cert_file or rpc.key_file:
+            raise ConfigError("auto_encrypt.tls gets the agent's certificate from the servers: "
+                              "remove cert_file and key_file")
+    elif cfg.auto_encrypt_dns_san or cfg.auto_encrypt_ip_san:
+        raise ConfigError("auto_encrypt.dns_san and ip_san need auto_encrypt.tls = true")
+    for ip in cfg.auto_encrypt_ip_san:
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            raise ConfigError(f"auto_encrypt.ip_san: {ip!r} is not an IP address") from None
+    for name in cfg.auto_encrypt_dns_san:
+        if not name.isascii() or name_problem(name.replace("*", "x")) is not None:
+            raise ConfigError(f"auto_encrypt.dns_san: {name!r} is not a DNS name")
+
+
 def _finish(cfg: AgentConfig) -> AgentConfig:
     if cfg.dev:
         cfg = replace(
@@ -749,6 +804,7 @@ def _finish(cfg: AgentConfig) -> AgentConfig:
     if cfg.default_query_time <= 0 or cfg.max_query_time <= 0:
         raise ConfigError("query times must be positive")
     _check_tls(cfg)
+    _check_auto_encrypt(cfg)
     for key in ("rpc_handshake_timeout", "https_handshake_timeout", "http_header_timeout", "http_idle_timeout"):
         if getattr(cfg, key) <= 0:
             raise ConfigError(f"limits.{key} must be positive")

@@ -75,7 +75,17 @@ class _Rpc:
         self.inflight = Gauge("mesh_rpc_inflight_requests", "RPC requests being served (blocking reads included)", registry=REGISTRY)
         self.rejected = Counter("mesh_rpc_connections_rejected_total",
                                 "RPC connections closed by the server's limits, by reason (per_client_limit, "
-                                "handshake_timeout, handshake_failed, frame_timeout, bad_frame)", ["reason"], registry=REGISTRY)
+                                "handshake_timeout, handshake_failed, frame_timeout, bad_frame, peer_identity)",
+                                ["reason"], registry=REGISTRY)
+        self.uncertified_denied = Counter(
+            "mesh_rpc_uncertified_denied_total", "Calls refused on TLS connections without a client certificate "
+            "(auto_encrypt.allow_tls lets those call AutoEncrypt.Sign only)", registry=REGISTRY)
+        self.auto_encrypt = Counter("mesh_auto_encrypt_sign_total",
+                                    "This client's auto_encrypt certificate requests, by result (ok, failed)",
+                                    ["result"], registry=REGISTRY)
+        self.auto_encrypt_expiry = Gauge("mesh_auto_encrypt_cert_expiry_seconds",
+                                         "Seconds until this client's auto_encrypt certificate expires",
+                                         registry=REGISTRY)
 
 
 class _Agent:

@@ -22,6 +22,13 @@ frame, once its first byte has arrived, must be complete within `handshake_timeo
 With a cluster key (-encrypt) the MAC is keyed with it, so only holders of the key can
 call a server; without one (-dev) the MAC is over an empty key and only detects
 corruption.
+
+TLS (agent/tls.py): a server with auto_encrypt.allow_tls accepts TLS connections
+without a client certificate, since that is how a new client asks for one; such a
+connection may call only `cert_optional_methods` (AutoEncrypt.Sign, Status.Ping), every
+other call is refused as "denied". `peer_check` refuses a verified certificate that is
+not an agent's (a Connect service leaf), and `set_ssl_context` changes the trusted
+roots for new handshakes without touching established connections.
 """
 
 from __future__ import annotations
@@ -126,9 +133,18 @@ def _peer_ip(writer: asyncio.StreamWriter) -> str:
 
 class RPCServer:
     def __init__(self, host: str, port: int, encrypt: str, ssl_context: ssl.SSLContext | None = None, *,
-                 handshake_timeout: float = 5.0, max_conns_per_client: int = 100) -> None:
+                 handshake_timeout: float = 5.0, max_conns_per_client: int = 100,
+                 cert_optional_methods: frozenset[str] = frozenset(),
+                 peer_check: Callable[[bytes], str | None] | None = None) -> None:
         self._host, self._port = host, port
         self._ssl = ssl_context
+        self._current_ssl = ssl_context
+        if ssl_context is not None:
+            # called for every ClientHello (SNI or not): hands the handshake to the
+            # current context, so new roots apply without restarting the listener
+            ssl_context.sni_callback = self._choose_context
+        self._cert_optional = cert_optional_methods
+        self._peer_check = peer_check
         self._key = _key(encrypt)
         self._handlers: dict[str, Handler] = {}
         self._server: asyncio.AbstractServer | None = None
@@ -139,6 +155,34 @@ class RPCServer:
 
     def register(self, method: str, handler: Handler) -> None:
         self._handlers[method] = handler
+
+    def set_ssl_context(self, context: ssl.SSLContext) -> None:
+        """New handshakes use `context` (same verify mode, new trust); open connections
+        keep theirs."""
+        if self._ssl is None:
+            raise RuntimeError("the RPC listener was started without TLS")
+        self._current_ssl = context
+
+    def _choose_context(self, ssl_object: Any, server_name: str | None, context: ssl.SSLContext) -> None:
+        current = self._current_ssl
+        if current is not None and current is not context:
+            ssl_object.context = current
+
+    def _uncertified(self, writer: asyncio.StreamWriter, ip: str) -> bool | None:
+        """True for a TLS connection without a client certificate, None for one whose
+        certificate `peer_check` refuses (the connection is dropped)."""
+        ssl_object = writer.get_extra_info("ssl_object")
+        if ssl_object is None:
+            return False
+        der = ssl_object.getpeercert(binary_form=True)
+        if der is None:
+            return True
+        problem = self._peer_check(der) if self._peer_check is not None else None
+        if problem is not None:
+            RPC.rejected.labels("peer_identity").inc()
+            self._quiet("rpc_peer_refused", ip, error=problem)
+            return None
+        return False
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._serve, self._host, self._port, ssl=self._ssl,
@@ -168,8 +212,9 @@ class RPCServer:
             return
         RPC.connections.inc()
         try:
-            if await self._handshake(reader, writer, ip):
-                await self._requests(reader, writer, ip)
+            uncertified = self._uncertified(writer, ip)
+            if uncertified is not None and await self._handshake(reader, writer, ip):
+                await self._requests(reader, writer, ip, uncertified)
         finally:
             RPC.connections.dec()
             self._conns.release(ip)
@@ -193,7 +238,8 @@ class RPCServer:
             return False
         return True
 
-    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str) -> None:
+    async def _requests(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str,
+                        uncertified: bool = False) -> None:
         """Requests on one connection run concurrently (a blocking read must not hold up
         the heartbeats behind it); responses carry the request's sequence number."""
         inflight: set[asyncio.Task[None]] = set()
@@ -219,7 +265,7 @@ class RPCServer:
                     continue
                 if len(inflight) >= MAX_INFLIGHT:
                     await asyncio.wait(inflight, return_when=asyncio.FIRST_COMPLETED)
-                task = asyncio.get_running_loop().create_task(self._handle(request, writer))
+                task = asyncio.get_running_loop().create_task(self._handle(request, writer, uncertified))
                 inflight.add(task)
                 seq = request.get("s") if isinstance(request, dict) else None
                 if isinstance(seq, int):
@@ -236,13 +282,13 @@ class RPCServer:
         if isinstance(seq, int) and by_seq.get(seq) is task:
             del by_seq[seq]
 
-    async def _handle(self, request: Any, writer: asyncio.StreamWriter) -> None:
+    async def _handle(self, request: Any, writer: asyncio.StreamWriter, uncertified: bool = False) -> None:
         """Every request gets an answer: wrong-shaped input is "invalid", a failure the
         handler did not expect is "error" (logged once a minute per method, with its
         traceback: that is a bug to fix, not input to ignore)."""
         RPC.inflight.inc()
         try:
-            response = await self._dispatch(request)
+            response = await self._dispatch(request, uncertified)
         finally:
             RPC.inflight.dec()
         response["s"] = request.get("s") if isinstance(request, dict) else None
@@ -254,8 +300,13 @@ class RPCServer:
         except ConnectionError:
             pass
 
-    async def _dispatch(self, request: Any) -> dict[str, Any]:
+    async def _dispatch(self, request: Any, uncertified: bool = False) -> dict[str, Any]:
         method = request.get("m") if isinstance(request, dict) else None
+        if uncertified and method not in self._cert_optional:
+            RPC.uncertified_denied.inc()
+            allowed = " and ".join(sorted(self._cert_optional)) or "nothing"
+            return {"e": f"{str(method)[:100]}: this TLS connection has no client certificate, so it may call "
+                         f"{allowed} only (auto_encrypt)", "k": "denied"}
         handler = self._handlers.get(method) if isinstance(method, str) else None
         if handler is None:
             RPC.requests.labels(str(method)[:40], "unknown").inc()
@@ -344,6 +395,14 @@ class RPCClient:
         self._timeout = timeout
         self._conns: dict[str, _Connection] = {}
         self._connecting: dict[str, asyncio.Lock] = {}
+
+    def set_ssl_context(self, context: ssl.SSLContext | None, drop_open: bool = False) -> None:
+        """New connections use `context` (a renewed auto_encrypt certificate); open
+        ones keep the one they were made with unless `drop_open`."""
+        self._ssl = context
+        if drop_open:
+            for address in list(self._conns):
+                self._drop(address)
 
     async def call(self, address: str, method: str, args: dict[str, Any] | None = None, timeout: float | None = None) -> Any:
         timeout = timeout or self._timeout

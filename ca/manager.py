@@ -17,10 +17,11 @@ from mesh.catalog.durations import format_duration, parse_duration
 from mesh.catalog.errors import InvalidRequest, MeshError
 
 from . import x509 as certs
-from .spiffe import ServiceID, parse_service_id, trust_domain_for
+from .spiffe import AgentID, ServiceID, parse_agent_id, parse_service_id, trust_domain_for
 
 __all__ = ["DEFAULT_CONFIG", "initial_state", "roots_api", "sign_csr", "RFC3339", "validate_config", "rotate",
-           "config_api", "rotation_due", "prune", "parse_time", "ROTATE_AT", "reconfigure"]
+           "config_api", "rotation_due", "prune", "parse_time", "ROTATE_AT", "reconfigure", "sign_agent_csr",
+           "root_pems"]
 
 DEFAULT_CONFIG = {"LeafCertTTL": "72h", "RootCertTTL": "87600h", "IntermediateCertTTL": "8760h",
                   "PrivateKeyType": "ec", "PrivateKeyBits": 256}
@@ -286,4 +287,38 @@ def sign_csr(state: dict[str, Any], csr_pem: str, service: str, datacenter: str,
         "ValidAfter": leaf.not_valid_before_utc.strftime(RFC3339),
         "ValidBefore": leaf.not_valid_after_utc.strftime(RFC3339),
         "Namespace": "default",
+    }
+
+
+def root_pems(state: dict[str, Any]) -> list[str]:
+    """Every trusted root certificate (PEM), the active one included."""
+    return [str(r["RootCert"]) for r in state.get("roots", [])]
+
+
+def sign_agent_csr(state: dict[str, Any], csr_pem: str, node: str, datacenter: str, serial: int,
+                   now: datetime.datetime, secret: str) -> dict[str, Any]:
+    """Sign an agent's auto_encrypt certificate. The CSR must carry the agent identity
+    of `node` in `datacenter`; its trust domain is replaced by the cluster's, as in
+    Consul (a first CSR is made before the agent knows it). The certificate has the
+    leaf profile (server and client auth) and the CSR's DNS and IP SANs."""
+    if not state.get("roots"):
+        raise InvalidRequest("the CA is not initialized yet")
+    request = certs.csr_agent_request(csr_pem.encode())
+    asked = parse_agent_id(request.uri)
+    if (asked.datacenter, asked.node) != (datacenter, node):
+        raise InvalidRequest(f"CSR SPIFFE ID {request.uri!r} is not the agent identity of node {node!r} "
+                             f"in datacenter {datacenter!r}")
+    uri = AgentID(state["trust_domain"], datacenter, node).uri()
+    root = next(r for r in state["roots"] if r["ID"] == state["active_root_id"])
+    key, root_cert = _signing_material(root["SigningKey"], root["RootCert"], secret)
+    leaf = certs.sign_leaf(request.csr, uri, key, root_cert, serial, now, _hours(state["config"]["LeafCertTTL"]),
+                           dns_names=request.dns_names, ip_addresses=request.ip_addresses)
+    chain = "".join(root.get("IntermediateCerts") or [])
+    return {
+        "SerialNumber": certs.serial_hex(serial),
+        "CertPEM": certs.pem(leaf) + chain,
+        "Agent": node,
+        "AgentURI": uri,
+        "ValidAfter": leaf.not_valid_before_utc.strftime(RFC3339),
+        "ValidBefore": leaf.not_valid_after_utc.strftime(RFC3339),
     }

@@ -13,7 +13,12 @@ from dataclasses import dataclass
 
 from mesh.catalog.errors import InvalidRequest
 
-__all__ = ["ServiceID", "parse_service_id", "trust_domain_for", "check_service_name"]
+__all__ = ["ServiceID", "parse_service_id", "trust_domain_for", "check_service_name", "AgentID", "parse_agent_id",
+           "UNKNOWN_TRUST_DOMAIN"]
+
+# What an agent puts in its first auto_encrypt CSR, before it knows the cluster's trust
+# domain (Consul does the same); the servers sign it with the real one.
+UNKNOWN_TRUST_DOMAIN = "unknown.consul"
 
 _LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _TRUST_DOMAIN = re.compile(r"^[a-z0-9][a-z0-9.-]*[a-z0-9]$")
@@ -63,3 +68,35 @@ def parse_service_id(uri: str) -> ServiceID:
         if not _LABEL.match(value):
             raise InvalidRequest(f"ClientCertURI not a valid Service identifier: bad {what} {value!r}")
     return ServiceID(trust_domain, namespace, datacenter, service)
+
+
+@dataclass(frozen=True)
+class AgentID:
+    """An agent's identity, as Consul's auto_encrypt certificates carry it:
+
+        spiffe://<trust-domain>/agent/client/dc/<datacenter>/id/<node>
+    """
+
+    trust_domain: str
+    datacenter: str
+    node: str
+
+    def uri(self) -> str:
+        return f"spiffe://{self.trust_domain}/agent/client/dc/{self.datacenter}/id/{self.node}"
+
+
+def parse_agent_id(uri: str) -> AgentID:
+    """An agent identity URI; InvalidRequest for anything else (a service identity too)."""
+    if not uri.startswith("spiffe://") or "?" in uri or "#" in uri:
+        raise InvalidRequest("not a SPIFFE agent identity: expected spiffe://<trust-domain>/agent/client/...")
+    trust_domain, _, path = uri[len("spiffe://"):].partition("/")
+    if not _TRUST_DOMAIN.match(trust_domain):
+        raise InvalidRequest(f"not a SPIFFE agent identity: bad trust domain {trust_domain!r}")
+    parts = path.split("/")
+    if len(parts) != 6 or parts[:2] != ["agent", "client"] or parts[2] != "dc" or parts[4] != "id":
+        raise InvalidRequest("not a SPIFFE agent identity: expected /agent/client/dc/<dc>/id/<node>")
+    datacenter, node = parts[3], parts[5]
+    for what, value in (("datacenter", datacenter), ("node", node)):
+        if not _LABEL.match(value):
+            raise InvalidRequest(f"not a SPIFFE agent identity: bad {what} {value!r}")
+    return AgentID(trust_domain, datacenter, node)

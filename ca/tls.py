@@ -36,7 +36,7 @@ from typing import Any
 from mesh.catalog.errors import InvalidRequest, MeshError
 
 from . import x509 as certs
-from .spiffe import ServiceID, parse_service_id
+from .spiffe import ServiceID, parse_agent_id, parse_service_id
 
 __all__ = [
     "Identity",
@@ -51,6 +51,8 @@ __all__ = [
     "check_client_identity",
     "check_server_identity",
     "verify_leaf_against",
+    "load_pem_chain",
+    "rpc_peer_problem",
 ]
 
 # TLS 1.2 only: ECDHE key exchange (forward secrecy) with an AEAD cipher, as Consul's
@@ -135,6 +137,35 @@ def _pem_path(text: str) -> Iterator[str]:
         f.write(text)
         f.flush()
         yield f.name
+
+
+def load_pem_chain(ctx: ssl.SSLContext, cert_pem: str, key_pem: str) -> None:
+    """ctx.load_cert_chain from PEM text held in memory (an agent's auto_encrypt
+    certificate and key never touch a disk); InvalidRequest when they do not load."""
+    try:
+        with _pem_path(cert_pem) as cert_path, _pem_path(key_pem) as key_path:
+            ctx.load_cert_chain(cert_path, key_path)
+    except ssl.SSLError as exc:
+        raise InvalidRequest(f"cannot load the certificate and key: {exc.reason or exc}") from None
+
+
+def rpc_peer_problem(der: bytes) -> str | None:
+    """Why a verified client certificate must not call the server RPC port, or None.
+    A server with auto_encrypt.allow_tls trusts the Connect roots for client
+    certificates, and those roots also sign every service's leaf: a certificate that
+    carries a SPIFFE identity must be an agent's (agent certificates from ca_file carry
+    no SPIFFE URI and pass)."""
+    try:
+        uris = certs.der_uri_sans(der)
+    except InvalidRequest:
+        return "not a DER certificate"
+    for uri in uris:
+        if uri.startswith("spiffe://"):
+            try:
+                parse_agent_id(uri)
+            except InvalidRequest:
+                return f"certificate identity {uri[:200]!r} is not an agent's"
+    return None
 
 
 def _configure(ctx: ssl.SSLContext, identity: Identity, bundle: TrustBundle, alpn: Sequence[str]) -> None:

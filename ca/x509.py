@@ -19,6 +19,7 @@ from __future__ import annotations
 import base64
 import datetime
 import hashlib
+import ipaddress
 from dataclasses import dataclass
 
 from cryptography import x509
@@ -53,6 +54,10 @@ __all__ = [
     "uri_sans",
     "der_uri_sans",
     "valid_at",
+    "make_agent_csr",
+    "csr_agent_request",
+    "AgentCSR",
+    "MAX_CSR_SANS",
 ]
 
 PrivateKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
@@ -129,7 +134,7 @@ def csr_service_uri(csr_pem: bytes) -> tuple[x509.CertificateSigningRequest, str
 
 def sign_leaf(csr: x509.CertificateSigningRequest, uri: str, root_key: PrivateKey, root: x509.Certificate,
               serial: int, now: datetime.datetime, ttl: datetime.timedelta,
-              dns_names: tuple[str, ...] = ()) -> x509.Certificate:
+              dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ()) -> x509.Certificate:
     public = csr.public_key()
     if not isinstance(public, ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
         raise InvalidRequest("CSR key must be EC or RSA")
@@ -137,6 +142,7 @@ def sign_leaf(csr: x509.CertificateSigningRequest, uri: str, root_key: PrivateKe
     is_rsa = isinstance(public, rsa.RSAPublicKey)
     sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
     sans += [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ip_addresses]
     return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(uri))]))
@@ -179,6 +185,55 @@ def make_csr(uri: str, key_type: str = "ec", bits: int = 256) -> tuple[str, str]
         .sign(key, _hash(key))
     )
     return key_pem(key), csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+# DNS and IP SANs an agent may ask for in one auto_encrypt CSR (Consul's defaults plus
+# the operator's dns_san/ip_san lists; far more than any real agent needs)
+MAX_CSR_SANS = 64
+
+
+@dataclass(frozen=True)
+class AgentCSR:
+    """What an agent's auto_encrypt CSR asks for: its SPIFFE URI and extra names."""
+
+    csr: x509.CertificateSigningRequest
+    uri: str
+    dns_names: tuple[str, ...]
+    ip_addresses: tuple[str, ...]
+
+
+def make_agent_csr(uri: str, dns_names: tuple[str, ...] = (), ip_addresses: tuple[str, ...] = ()) -> tuple[str, str]:
+    """(private key PEM, CSR PEM) for an agent's RPC certificate: the SPIFFE agent URI
+    plus DNS and IP SANs, so the certificate also names the host (as Consul's).
+    CPU work: callers on an event loop run it in a thread."""
+    key = generate_key("ec", 256)
+    sans: list[x509.GeneralName] = [x509.UniformResourceIdentifier(uri)]
+    sans += [x509.DNSName(d) for d in dns_names]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ip_addresses]
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, _common_name(uri))]))
+        .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        .sign(key, _hash(key))
+    )
+    return key_pem(key), csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def csr_agent_request(csr_pem: bytes) -> AgentCSR:
+    """An agent CSR's URI and extra SANs; InvalidRequest for garbage, a bad signature,
+    not exactly one URI, e-mail or other SAN kinds, or too many names."""
+    csr, uri = csr_service_uri(csr_pem)
+    san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    dns_names = tuple(san.get_values_for_type(x509.DNSName))
+    ips = tuple(str(i) for i in san.get_values_for_type(x509.IPAddress))
+    if len(san) != 1 + len(dns_names) + len(ips):
+        raise InvalidRequest("CSR SANs may be one URI, DNS names and IP addresses only")
+    if len(dns_names) + len(ips) > MAX_CSR_SANS:
+        raise InvalidRequest(f"CSR asks for more than {MAX_CSR_SANS} DNS and IP SANs")
+    for name in dns_names:
+        if not name or len(name) > 253 or not all(c.isascii() and (c.isalnum() or c in ".-_*") for c in name):
+            raise InvalidRequest(f"CSR DNS SAN {name[:80]!r} is not a host name")
+    return AgentCSR(csr, uri, dns_names, ips)
 
 
 def serial_hex(serial: int) -> str:

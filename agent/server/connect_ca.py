@@ -12,7 +12,9 @@ certificate work is ca.manager's; key generation runs in a thread.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import time
+from collections.abc import Callable
 from typing import Any
 
 from mesh.ca import manager as ca_manager
@@ -33,7 +35,17 @@ from .csr_limit import CSRLimiter
 from .membership import Membership
 from .raft import Raft
 
-__all__ = ["ConnectCA"]
+__all__ = ["ConnectCA", "MAX_CSR_BYTES", "csr_size_ok"]
+
+# a CSR with one key and a few dozen names is a few KiB: anything past this is not one
+MAX_CSR_BYTES = 32 * 1024
+
+
+def csr_size_ok(args: dict[str, Any], what: str) -> None:
+    """Refuse an oversized CSR before anything parses it."""
+    if len(str(args.get("csr", ""))) > MAX_CSR_BYTES:
+        CA.sign_errors.inc()
+        raise InvalidRequest(f"{what}: csr is larger than {MAX_CSR_BYTES} bytes")
 
 log = get_logger("server")
 
@@ -66,6 +78,14 @@ class ConnectCA:
         if not owned:
             CA.sign_errors.inc()
             raise InvalidRequest(f"service {service!r} is not registered on node {node!r}: cannot sign its identity")
+        return await self.issue(raft, state, lambda serial, now: ca_manager.sign_csr(
+            state, csr, service, self.cfg.datacenter, serial, now, self.cfg.encrypt))
+
+    async def issue(self, raft: Raft, state: dict[str, Any] | None,
+                    sign: Callable[[int, datetime.datetime], dict[str, Any]]) -> dict[str, Any]:
+        """Every signing (service leaves, agents' auto_encrypt certificates) under the
+        CA configuration's limits: a serial through Raft, `sign(serial, now)` in a
+        thread, the metrics."""
         started = time.perf_counter()
         config = state.get("config", {}) if state else {}
         try:
@@ -77,8 +97,7 @@ class ConnectCA:
         try:
             serial = await raft.apply(MessageType.CA_SERIAL)
             now = utc_now(self.clock)
-            signed = await asyncio.to_thread(ca_manager.sign_csr, state, csr, service, self.cfg.datacenter,
-                                             int(serial), now, self.cfg.encrypt)
+            signed = await asyncio.to_thread(sign, int(serial), now)
         except MeshError:
             CA.sign_errors.inc()
             raise
@@ -91,6 +110,7 @@ class ConnectCA:
     async def _rpc_sign(self, args: dict[str, Any]) -> dict[str, Any]:
         for key in ("service", "node", "csr"):
             rpc_args.string(args, key, "ConnectCA.Sign")
+        csr_size_ok(args, "ConnectCA.Sign")
         rpc_args.string(args, "token", "ConnectCA.Sign")
         return await self.sign(args)
 

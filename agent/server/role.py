@@ -5,6 +5,8 @@ blocking-read engine and the leader's duties over one FSM.
     catalog_rpc.py  reads and agents' writes                  Read, Catalog.Apply
     nodes.py        heartbeats, leaves, members               Node.Heartbeat/Leave, Internal.Members
     connect_ca.py   signing and CA configuration              ConnectCA.Sign/Configure
+    auto_encrypt.py client agents' RPC certificates           AutoEncrypt.Sign
+    rpc_trust.py    the RPC listener's roots under auto_encrypt.allow_tls
     operator.py     status, Raft configuration, snapshots     Status.Ping/Leader, Operator.Raft
     sessions.py     renewals, TTLs, invalidation, tombstones  Session.Renew (TTL timers: leader only)
     leader.py       liveness and reaping, server reconcile, CA upkeep (leader only)
@@ -20,6 +22,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from mesh.ca.tls import rpc_peer_problem
 from mesh.catalog.fsm import FSM
 
 from ..config import AgentConfig
@@ -29,6 +32,7 @@ from ..tasks import cancel_all
 from ..tls import rpc_contexts
 from ..watch import WatchHub
 from .acl import ServerACLs
+from .auto_encrypt import AutoEncrypt
 from .catalog_rpc import CatalogEndpoints
 from .clock import Clock, SystemClock
 from .connect_ca import ConnectCA
@@ -38,9 +42,13 @@ from .nodes import NodeLiveness
 from .operator import Operator
 from .raft import RaftFactory
 from .reads import ReadEngine
+from .rpc_trust import RPCTrust
 from .sessions import SessionUpkeep
 
-__all__ = ["ServerRole"]
+__all__ = ["ServerRole", "CERT_OPTIONAL_METHODS"]
+
+# what a TLS connection without a client certificate may call (auto_encrypt.allow_tls)
+CERT_OPTIONAL_METHODS = frozenset({"AutoEncrypt.Sign", "Status.Ping"})
 
 
 class ServerRole:
@@ -52,9 +60,12 @@ class ServerRole:
         self.clock: Clock = clock or SystemClock()
         self.fsm = FSM()
         server_tls, client_tls = rpc_contexts(cfg)
+        allow_tls = cfg.auto_encrypt_allow_tls and server_tls is not None
         self.rpc = RPCServer(cfg.bind_addr, cfg.server_port, cfg.encrypt, server_tls,
                              handshake_timeout=cfg.rpc_handshake_timeout,
-                             max_conns_per_client=cfg.rpc_max_conns_per_client)
+                             max_conns_per_client=cfg.rpc_max_conns_per_client,
+                             cert_optional_methods=CERT_OPTIONAL_METHODS if allow_tls else frozenset(),
+                             peer_check=rpc_peer_problem if allow_tls else None)
         self.client = RPCClient(cfg.encrypt, ssl_context=client_tls)
         self.membership = Membership(cfg, node_id, self.fsm, self.client, raft_factory)
         self.acls = ServerACLs(cfg, self.membership, self.fsm, self.clock)
@@ -65,8 +76,11 @@ class ServerRole:
         self.operator = Operator(self.membership, self.fsm, self.acls)
         self.duties = LeaderDuties(cfg, self.membership, self.fsm, hub, self.nodes, self.ca, self.clock)
         self.sessions = SessionUpkeep(cfg, self.membership, self.fsm, hub, self.clock, self.acls)
+        self.auto_encrypt = AutoEncrypt(cfg, self.membership, self.ca, self.acls)
+        self.rpc_trust = RPCTrust(cfg, self.membership, self.fsm, hub, self.rpc) if allow_tls else None
         self._tasks: list[asyncio.Task[None]] = []
-        for area in (self.membership, self.catalog, self.nodes, self.ca, self.operator, self.sessions, self.acls):
+        for area in (self.membership, self.catalog, self.nodes, self.ca, self.operator, self.sessions, self.acls,
+                     self.auto_encrypt):
             for method, handler in area.rpc_methods().items():
                 self.rpc.register(method, handler)
 
@@ -81,6 +95,8 @@ class ServerRole:
         self._tasks.append(loop.create_task(self.membership.server_table_loop(), name="server-table"))
         self._tasks.append(loop.create_task(self.duties.run(), name="leader-duties"))
         self._tasks.append(loop.create_task(self.sessions.run(), name="session-upkeep"))
+        if self.rpc_trust is not None:
+            self._tasks.append(loop.create_task(self.rpc_trust.run(), name="rpc-trust"))
 
     async def stop(self) -> None:
         await cancel_all(self._tasks)
