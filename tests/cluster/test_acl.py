@@ -5,7 +5,7 @@
   refused with Consul's text;
 - a client agent holding only its agent token keeps its node and its configured service
   in the catalog (heartbeats and anti-entropy carry that token);
-- a service token registers its own service and no other;
+- a service token registers its own service and no other, and gets a leaf for it only;
 - an intention write without `intentions = "write"` on the destination is a 403;
 - with every server SIGKILLed, the client agent keeps answering requests whose tokens
   it has cached, past acl.token_ttl (down_policy extend-cache), and at once.
@@ -115,6 +115,11 @@ def test_a_service_token_registers_its_own_service_only(acl_cluster) -> None:
     retry(lambda: leader.request("GET", "/v1/catalog/service/api", token=MGMT)[0] or None, 15, 0.2,
           "api in the catalog")
     assert leader.request("GET", "/v1/catalog/service/db", token=MGMT)[0] == []
+    # a leaf is signed for a token that may write the service, and only for it
+    leaf = client.request("GET", "/v1/agent/connect/ca/leaf/api", token=api, timeout=30)[0]
+    assert leaf["Service"] == "api" and leaf["ServiceURI"].endswith("/svc/api")
+    assert "'service:write' on \"configured\"" in _denied(
+        lambda: client.request("GET", "/v1/agent/connect/ca/leaf/configured", token=api))
     # the same token cannot write the catalog directly for another service either
     _denied(lambda: leader.request("PUT", "/v1/catalog/register",
                                    {"Node": "c1", "Address": "127.0.0.1", "Service": {"Service": "db"}}, token=api))
