@@ -188,16 +188,20 @@ def _check_name(name: str, what: str) -> str:
     return name
 
 
-def _links(fields: Fields, key: str, what: str) -> tuple[tuple[str, str], ...]:
-    """[{ID} or {Name}] as (id, name) pairs, resolved to IDs when the write applies."""
+def _objects(fields: Fields, key: str, what: str) -> list[Fields]:
+    """A list of at most MAX_LINKS objects under `key` (none when absent)."""
     raw = fields.raw(key)
     if raw is None:
-        return ()
+        return []
     if not isinstance(raw, list) or len(raw) > MAX_LINKS:
-        raise InvalidRequest(f"{what}.{key} must be a list of at most {MAX_LINKS} links")
+        raise InvalidRequest(f"{what}.{key} must be a list of at most {MAX_LINKS} objects")
+    return [Fields(item, f"{what}.{key}[]") for item in raw]
+
+
+def _links(fields: Fields, key: str, what: str) -> tuple[tuple[str, str], ...]:
+    """[{ID} or {Name}] as (id, name) pairs, resolved to IDs when the write applies."""
     out = []
-    for item in raw:
-        link = Fields(item, f"{what}.{key}[]")
+    for link in _objects(fields, key, what):
         ident, name = link.str("ID"), link.str("Name")
         if not ident and not name:
             raise InvalidRequest(f"{what}.{key}: each link needs an ID or a Name")
@@ -205,17 +209,14 @@ def _links(fields: Fields, key: str, what: str) -> tuple[tuple[str, str], ...]:
     return tuple(out)
 
 
+_SERVICE_NAME_OK = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
 def _service_identities(fields: Fields, what: str) -> tuple[Identity, ...]:
-    raw = fields.raw("ServiceIdentities")
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or len(raw) > MAX_LINKS:
-        raise InvalidRequest(f"{what}.ServiceIdentities must be a list")
     out = []
-    for item in raw:
-        f = Fields(item, f"{what}.ServiceIdentities[]")
+    for f in _objects(fields, "ServiceIdentities", what):
         name = f.str("ServiceName")
-        if not name or len(name) > 256 or not set(name.lower()) <= frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_"):
+        if not name or len(name) > 256 or not set(name.lower()) <= _SERVICE_NAME_OK:
             raise InvalidRequest(f"Service identity {name!r} has an invalid name. Only lowercase alphanumeric "
                                  "characters, '-' and '_' are allowed")
         dcs = f.raw("Datacenters") or []
@@ -226,14 +227,8 @@ def _service_identities(fields: Fields, what: str) -> tuple[Identity, ...]:
 
 
 def _node_identities(fields: Fields, what: str) -> tuple[Identity, ...]:
-    raw = fields.raw("NodeIdentities")
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or len(raw) > MAX_LINKS:
-        raise InvalidRequest(f"{what}.NodeIdentities must be a list")
     out = []
-    for item in raw:
-        f = Fields(item, f"{what}.NodeIdentities[]")
+    for f in _objects(fields, "NodeIdentities", what):
         name, dc = f.str("NodeName"), f.str("Datacenter")
         if not name:
             raise InvalidRequest("Node identity is missing the node name field on this token")
@@ -251,15 +246,9 @@ def _templated(fields: Fields, what: str) -> tuple[list[Identity], list[Identity
     """`TemplatedPolicies: [{TemplateName, TemplateVariables: {Name, Datacenter?}}]` as
     the service and node identities they stand for; any other template is a 400 rather
     than a grant silently dropped."""
-    raw = fields.raw("TemplatedPolicies")
     services: list[Identity] = []
     nodes: list[Identity] = []
-    if raw is None:
-        return services, nodes
-    if not isinstance(raw, list) or len(raw) > MAX_LINKS:
-        raise InvalidRequest(f"{what}.TemplatedPolicies must be a list")
-    for item in raw:
-        f = Fields(item, f"{what}.TemplatedPolicies[]")
+    for f in _objects(fields, "TemplatedPolicies", what):
         name = f.str("TemplateName")
         variables = Fields(f.raw("TemplateVariables") or {}, f"{what}.TemplatedPolicies[].TemplateVariables")
         if name not in _TEMPLATES:

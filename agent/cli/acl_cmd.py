@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from mesh.api.client import APIError
-
-from .acl_common import FORMAT_FLAG, Fail, check_format, emit, load_source
+from .acl_common import FORMAT_FLAG, Fail, attempt, check_format, emit, load_source
 from .acl_format import token_text
 from .acl_policy import run_policy, run_role
 from .acl_token import run_token
@@ -38,10 +36,7 @@ async def _bootstrap(argv: list[str]) -> int:
         # Consul's optional argument (a secret of one's choosing) has no endpoint here
         raise Fail("This command takes no arguments")
     async with _client(flags) as c:
-        try:
-            token = await c.put("/v1/acl/bootstrap")
-        except APIError as exc:
-            raise Fail(f"Failed ACL bootstrapping: {exc.message}") from None
+        token = await attempt("Failed ACL bootstrapping", c.put("/v1/acl/bootstrap"))
     emit(fmt, token, token_text)
     return 0
 
@@ -59,10 +54,7 @@ async def _set_agent_token(argv: list[str]) -> int:
     if kind not in _AGENT_TOKEN_PATHS:
         raise Fail("Unknown token type")
     async with _client(flags) as c:
-        try:
-            await c.put(f"/v1/agent/token/{_AGENT_TOKEN_PATHS[kind]}", {"Token": token})
-        except APIError as exc:
-            raise Fail(f'Failed to set ACL token "{kind}": {exc.message}') from None
+        await attempt(f'Failed to set ACL token "{kind}"', c.put(f"/v1/agent/token/{_AGENT_TOKEN_PATHS[kind]}", {"Token": token}))
     print(f'ACL token "{kind}" set successfully')
     return 0
 

@@ -7,18 +7,19 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 from mesh.api.client import APIError, Client
 from mesh.catalog.acl_state import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID, MANAGEMENT_POLICY_NAME
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest
 
-__all__ = ["Fail", "emit", "load_source", "service_identities", "node_identities", "full_id", "check_format",
+__all__ = ["Fail", "attempt", "emit", "load_source", "service_identities", "node_identities", "full_id", "check_format",
            "ttl_flag", "FORMAT_FLAG"]
 
 FORMAT_FLAG = {"format": "str"}
+T = TypeVar("T")
 _FULL_ID = 36  # a UUID's length: anything shorter is a prefix to look up
 
 
@@ -28,6 +29,16 @@ class Fail(Exception):
     def __init__(self, message: str) -> None:
         # an agent's message may span lines (a rules parse error): the CLI's is one
         super().__init__(" ".join(message.split()))
+
+
+async def attempt(failure: str, call: Awaitable[T]) -> T:
+    """The agent's answer, or Fail(`<failure>: <the agent's error>`), Consul's wording
+    for every failed request ("Failed to create new token: Unexpected response code:
+    403 (...)")."""
+    try:
+        return await call
+    except APIError as exc:
+        raise Fail(f"{failure}: {exc.message}") from None
 
 
 def check_format(flags: dict[str, Any]) -> str:
@@ -112,10 +123,7 @@ async def full_id(c: Client, kind: str, partial: str, context: str) -> str:
     if len(partial) == _FULL_ID:
         return partial
     path, key = _LISTS[kind]
-    try:
-        items = await c.get(path) or []
-    except APIError as exc:
-        raise Fail(f"{context}: {exc.message}") from None
+    items = await attempt(f"{context}", c.get(path) or [])
     matches = [str(item.get(key, "")) for item in items if str(item.get(key, "")).startswith(partial)]
     if len(matches) > 1:
         raise Fail(f"{context}: Partial {kind} ID is not unique")

@@ -15,6 +15,7 @@ from mesh.api.client import APIError, Client
 from .acl_common import (
     FORMAT_FLAG,
     Fail,
+    attempt,
     check_format,
     emit,
     full_id,
@@ -37,10 +38,7 @@ async def _policy_id(c: Client, flags: dict[str, Any]) -> str:
     if flags.get("id"):
         return await full_id(c, "policy", flags["id"], "Error determining policy ID")
     name = flags.get("name") or ""
-    try:
-        policy = await c.get(f"/v1/acl/policy/name/{name}")
-    except APIError as exc:
-        raise Fail(f"Error determining policy ID: Failed to find policy with name {name}: {exc.message}") from None
+    policy = await attempt(f"Error determining policy ID: Failed to find policy with name {name}", c.get(f"/v1/acl/policy/name/{name}"))
     return str(policy["ID"])
 
 
@@ -54,10 +52,7 @@ async def _policy_create(argv: list[str]) -> int:
     body = {"Name": flags["name"], "Description": flags.get("description", ""), "Rules": rules,
             "Datacenters": flags.get("valid-datacenter", [])}
     async with _client(flags) as c:
-        try:
-            policy = await c.put("/v1/acl/policy", body)
-        except APIError as exc:
-            raise Fail(f"Failed to create new policy: {exc.message}") from None
+        policy = await attempt("Failed to create new policy", c.put("/v1/acl/policy", body))
     emit(fmt, policy, policy_text)
     return 0
 
@@ -66,10 +61,7 @@ async def _policy_list(argv: list[str]) -> int:
     flags, _ = _parse(argv, {**FORMAT_FLAG})
     fmt = check_format(flags)
     async with _client(flags) as c:
-        try:
-            policies = await c.get("/v1/acl/policies") or []
-        except APIError as exc:
-            raise Fail(f"Failed to retrieve the policy list: {exc.message}") from None
+        policies = await attempt("Failed to retrieve the policy list", c.get("/v1/acl/policies") or [])
     emit(fmt, policies, policy_list_text)
     return 0
 
@@ -81,10 +73,7 @@ async def _policy_read(argv: list[str]) -> int:
         raise Fail("Must specify either the -id or -name parameters")
     async with _client(flags) as c:
         policy_id = await _policy_id(c, flags)
-        try:
-            policy = await c.get(f"/v1/acl/policy/{policy_id}")
-        except APIError as exc:
-            raise Fail(f'Error reading policy "{policy_id}": {exc.message}') from None
+        policy = await attempt(f'Error reading policy "{policy_id}"', c.get(f"/v1/acl/policy/{policy_id}"))
     emit(fmt, policy, policy_text)
     return 0
 
@@ -102,18 +91,12 @@ async def _policy_update(argv: list[str]) -> int:
             body = {"Name": flags.get("name", ""), "Description": flags.get("description", ""),
                     "Rules": rules or "", "Datacenters": flags.get("valid-datacenter", [])}
         else:
-            try:
-                current = await c.get(f"/v1/acl/policy/{policy_id}")
-            except APIError as exc:
-                raise Fail(f'Error reading policy "{policy_id}": {exc.message}') from None
+            current = await attempt(f'Error reading policy "{policy_id}"', c.get(f"/v1/acl/policy/{policy_id}"))
             body = {"Name": flags.get("name") or current["Name"],
                     "Description": flags["description"] if "description" in flags else current.get("Description", ""),
                     "Rules": rules if rules is not None else current.get("Rules", ""),
                     "Datacenters": flags.get("valid-datacenter") or current.get("Datacenters") or []}
-        try:
-            policy = await c.put(f"/v1/acl/policy/{policy_id}", dict(body, ID=policy_id))
-        except APIError as exc:
-            raise Fail(f'Error updating policy "{policy_id}": {exc.message}') from None
+        policy = await attempt(f'Error updating policy "{policy_id}"', c.put(f"/v1/acl/policy/{policy_id}", dict(body, ID=policy_id)))
     emit(fmt, policy, policy_text)
     return 0
 
@@ -124,10 +107,7 @@ async def _policy_delete(argv: list[str]) -> int:
         raise Fail("Must specify either the -id or -name parameters")
     async with _client(flags) as c:
         policy_id = await _policy_id(c, flags)
-        try:
-            await c.request("DELETE", f"/v1/acl/policy/{policy_id}")
-        except APIError as exc:
-            raise Fail(f'Error deleting policy "{policy_id}": {exc.message}') from None
+        await attempt(f'Error deleting policy "{policy_id}"', c.request("DELETE", f"/v1/acl/policy/{policy_id}"))
     print(f'Policy "{policy_id}" deleted successfully')
     return 0
 
@@ -169,10 +149,7 @@ async def _role_create(argv: list[str]) -> int:
                             "NodeIdentities": node_identities(flags.get("node-identity", []))}
     async with _client(flags) as c:
         body["Policies"] = await _policy_links(c, flags)
-        try:
-            role = await c.put("/v1/acl/role", body)
-        except APIError as exc:
-            raise Fail(f"Failed to create new role: {exc.message}") from None
+        role = await attempt("Failed to create new role", c.put("/v1/acl/role", body))
     emit(fmt, role, role_text)
     return 0
 
@@ -181,10 +158,7 @@ async def _role_list(argv: list[str]) -> int:
     flags, _ = _parse(argv, {**FORMAT_FLAG})
     fmt = check_format(flags)
     async with _client(flags) as c:
-        try:
-            roles = await c.get("/v1/acl/roles") or []
-        except APIError as exc:
-            raise Fail(f"Failed to retrieve the role list: {exc.message}") from None
+        roles = await attempt("Failed to retrieve the role list", c.get("/v1/acl/roles") or [])
     emit(fmt, roles, role_list_text)
     return 0
 
@@ -196,10 +170,7 @@ async def _role_read(argv: list[str]) -> int:
         raise Fail("Must specify either the -id or -name parameters")
     async with _client(flags) as c:
         role_id = await _role_id(c, flags)
-        try:
-            role = await c.get(f"/v1/acl/role/{role_id}")
-        except APIError as exc:
-            raise Fail(f'Error reading role "{role_id}": {exc.message}') from None
+        role = await attempt(f'Error reading role "{role_id}"', c.get(f"/v1/acl/role/{role_id}"))
     emit(fmt, role, role_text)
     return 0
 
@@ -229,10 +200,7 @@ async def _role_update(argv: list[str]) -> int:
     nodes = node_identities(flags.get("node-identity", []))
     async with _client(flags) as c:
         role_id = await full_id(c, "role", flags["id"], "Error determining role ID")
-        try:
-            current = await c.get(f"/v1/acl/role/{role_id}")
-        except APIError as exc:
-            raise Fail(f"Error when retrieving current role: {exc.message}") from None
+        current = await attempt("Error when retrieving current role", c.get(f"/v1/acl/role/{role_id}"))
         policies = await _policy_links(c, flags)
         if flags.get("no-merge"):
             body: dict[str, Any] = {"Name": flags.get("name", ""), "Description": flags.get("description", ""),
@@ -244,10 +212,7 @@ async def _role_update(argv: list[str]) -> int:
                     "ServiceIdentities": _merge(current.get("ServiceIdentities") or [], services,
                                                 lambda a, b: a.get("ServiceName") == b["ServiceName"]),
                     "NodeIdentities": _merge(current.get("NodeIdentities") or [], nodes, lambda a, b: a == b)}
-        try:
-            role = await c.put(f"/v1/acl/role/{role_id}", dict(body, ID=role_id))
-        except APIError as exc:
-            raise Fail(f'Error updating role "{role_id}": {exc.message}') from None
+        role = await attempt(f'Error updating role "{role_id}"', c.put(f"/v1/acl/role/{role_id}", dict(body, ID=role_id)))
     emit(fmt, role, role_text)
     return 0
 
@@ -258,10 +223,7 @@ async def _role_delete(argv: list[str]) -> int:
         raise Fail("Must specify either the -id or -name parameters")
     async with _client(flags) as c:
         role_id = await _role_id(c, flags)
-        try:
-            await c.request("DELETE", f"/v1/acl/role/{role_id}")
-        except APIError as exc:
-            raise Fail(f'Error deleting role "{role_id}": {exc.message}') from None
+        await attempt(f'Error deleting role "{role_id}"', c.request("DELETE", f"/v1/acl/role/{role_id}"))
     print(f'Role "{role_id}" deleted successfully')
     return 0
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from mesh.api.client import APIError, Client
+from mesh.api.client import Client
 
 from .acl_common import (
     FORMAT_FLAG,
     Fail,
+    attempt,
     check_format,
     emit,
     full_id,
@@ -77,10 +78,7 @@ async def _create(argv: list[str]) -> int:
     async with _client(flags) as c:
         body["Policies"] = await _policy_links(c, flags.get("policy-id", []), flags.get("policy-name", []))
         body["Roles"] = await _role_links(c, flags.get("role-id", []), flags.get("role-name", []))
-        try:
-            token = await c.put("/v1/acl/token", body)
-        except APIError as exc:
-            raise Fail(f"Failed to create new token: {exc.message}") from None
+        token = await attempt("Failed to create new token", c.put("/v1/acl/token", body))
     emit(fmt, token, token_text)
     return 0
 
@@ -89,10 +87,7 @@ async def _list(argv: list[str]) -> int:
     flags, _ = _parse(argv, {**FORMAT_FLAG})
     fmt = check_format(flags)
     async with _client(flags) as c:
-        try:
-            tokens = await c.get("/v1/acl/tokens") or []
-        except APIError as exc:
-            raise Fail(f"Failed to retrieve the token list: {exc.message}") from None
+        tokens = await attempt("Failed to retrieve the token list", c.get("/v1/acl/tokens") or [])
     emit(fmt, tokens, token_list_text)
     return 0
 
@@ -102,17 +97,11 @@ async def _read(argv: list[str]) -> int:
     fmt = check_format(flags)
     async with _client(flags) as c:
         if flags.get("self"):
-            try:
-                token = await c.get("/v1/acl/token/self")
-            except APIError as exc:
-                raise Fail(f"Error reading token: {exc.message}") from None
+            token = await attempt("Error reading token", c.get("/v1/acl/token/self"))
         else:
             accessor = await full_id(c, "token", _accessor(flags, "Must specify the -id parameter"),
                                      "Error determining token ID")
-            try:
-                token = await c.get(f"/v1/acl/token/{accessor}")
-            except APIError as exc:
-                raise Fail(f'Error reading token "{accessor}": {exc.message}') from None
+            token = await attempt(f'Error reading token "{accessor}"', c.get(f"/v1/acl/token/{accessor}"))
     emit(fmt, token, token_text)
     return 0
 
@@ -165,10 +154,7 @@ async def _update(argv: list[str]) -> int:
     async with _client(flags) as c:
         accessor = await full_id(c, "token", _accessor(flags, "Cannot update a token without specifying the "
                                                               "-accessor-id parameter"), "Error determining token ID")
-        try:
-            token = await c.get(f"/v1/acl/token/{accessor}")
-        except APIError as exc:
-            raise Fail(f"Error when retrieving current token: {exc.message}") from None
+        token = await attempt("Error when retrieving current token", c.get(f"/v1/acl/token/{accessor}"))
         if flags.get("description"):
             token["Description"] = flags["description"]
         policies = await _policy_links(c, flags.get("policy-id", []) or flags.get("append-policy-id", []),
@@ -186,10 +172,7 @@ async def _update(argv: list[str]) -> int:
         for key in ("SecretID", "ExpirationTTL", "ExpirationTime", "CreateTime", "Hash", "CreateIndex",
                     "ModifyIndex"):
             token.pop(key, None)
-        try:
-            updated = await c.put(f"/v1/acl/token/{accessor}", token)
-        except APIError as exc:
-            raise Fail(f"Failed to update token {accessor}: {exc.message}") from None
+        updated = await attempt(f"Failed to update token {accessor}", c.put(f"/v1/acl/token/{accessor}", token))
     emit(fmt, updated, token_text)
     return 0
 
@@ -210,10 +193,7 @@ async def _delete(argv: list[str]) -> int:
     async with _client(flags) as c:
         accessor = await full_id(c, "token", _accessor(flags, "Must specify the -id parameter"),
                                  "Error determining token ID")
-        try:
-            await c.request("DELETE", f"/v1/acl/token/{accessor}")
-        except APIError as exc:
-            raise Fail(f'Error deleting token "{accessor}": {exc.message}') from None
+        await attempt(f'Error deleting token "{accessor}"', c.request("DELETE", f"/v1/acl/token/{accessor}"))
     print(f'Token "{accessor}" deleted successfully')
     return 0
 
@@ -225,10 +205,7 @@ async def _clone(argv: list[str]) -> int:
         accessor = await full_id(c, "token", _accessor(flags, "Cannot update a token without specifying the "
                                                               "-accessor-id parameter"),
                                  "Error determining token Accessor ID")
-        try:
-            token = await c.put(f"/v1/acl/token/{accessor}/clone", {"Description": flags.get("description", "")})
-        except APIError as exc:
-            raise Fail(f"Error cloning token: {exc.message}") from None
+        token = await attempt("Error cloning token", c.put(f"/v1/acl/token/{accessor}/clone", {"Description": flags.get("description", "")}))
     emit(fmt, token, token_text)
     return 0
 

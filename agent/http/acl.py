@@ -12,6 +12,7 @@ found".
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -135,79 +136,50 @@ async def token_list(request: web.Request) -> web.Response:
     return read_response(request, await read(request, "acl.tokens", params))
 
 
-# ---- policies -----------------------------------------------------------------------------
+# ---- policies and roles: the same endpoints, each its own body --------------------------
 def _policy_body(body: Any, policy_id: str) -> dict[str, Any]:
     payload = parse_policy(body, policy_id)
     parse_rules(payload["rules"])  # refused here with the parser's message, never stored
     return payload
 
 
-@routes.put("/v1/acl/policy")
-async def policy_create(request: web.Request) -> web.Response:
-    _enabled(request)
-    payload = _policy_body(await read_json(request), str(uuid.uuid4()))
-    return json_response(request, await _write(request, "policy-set", payload))
+def _named_objects(kind: str, listing: str, parse: Callable[[Any, str], dict[str, Any]],
+                   list_params: tuple[str, ...] = ()) -> None:
+    """PUT /v1/acl/<kind>, GET /v1/acl/<kind>/name/:name, GET/PUT/DELETE
+    /v1/acl/<kind>/:id and GET /v1/acl/<listing> (Consul's policy and role endpoints)."""
+    read_name = f"acl.{kind}"
+
+    async def create(request: web.Request) -> web.Response:
+        _enabled(request)
+        payload = parse(await read_json(request), str(uuid.uuid4()))
+        return json_response(request, await _write(request, f"{kind}-set", payload))
+
+    async def by_name(request: web.Request) -> web.Response:
+        return await _found(request, read_name, {"name": request.match_info["name"]})
+
+    async def by_id(request: web.Request) -> web.Response:
+        return await _found(request, read_name, {"id": request.match_info["id"]})
+
+    async def update(request: web.Request) -> web.Response:
+        _enabled(request)
+        payload = parse(await read_json(request), request.match_info["id"])
+        return json_response(request, await _write(request, f"{kind}-set", dict(payload, update=True)))
+
+    async def delete(request: web.Request) -> web.Response:
+        return json_response(request, await _write(request, f"{kind}-delete", {"id": request.match_info["id"]}))
+
+    async def listed(request: web.Request) -> web.Response:
+        _enabled(request)
+        params = {key: request.query.get(key, "") for key in list_params}
+        return read_response(request, await read(request, f"acl.{listing}", params))
+
+    routes.put(f"/v1/acl/{kind}")(create)
+    routes.get(f"/v1/acl/{kind}/name/{{name}}")(by_name)  # before {id}: "name" is no ID
+    routes.get(f"/v1/acl/{kind}/{{id}}")(by_id)
+    routes.put(f"/v1/acl/{kind}/{{id}}")(update)
+    routes.delete(f"/v1/acl/{kind}/{{id}}")(delete)
+    routes.get(f"/v1/acl/{listing}")(listed)
 
 
-@routes.get("/v1/acl/policy/name/{name}")
-async def policy_by_name(request: web.Request) -> web.Response:
-    return await _found(request, "acl.policy", {"name": request.match_info["name"]})
-
-
-@routes.get("/v1/acl/policy/{id}")
-async def policy_read(request: web.Request) -> web.Response:
-    return await _found(request, "acl.policy", {"id": request.match_info["id"]})
-
-
-@routes.put("/v1/acl/policy/{id}")
-async def policy_update(request: web.Request) -> web.Response:
-    _enabled(request)
-    payload = _policy_body(await read_json(request), request.match_info["id"])
-    return json_response(request, await _write(request, "policy-set", dict(payload, update=True)))
-
-
-@routes.delete("/v1/acl/policy/{id}")
-async def policy_delete(request: web.Request) -> web.Response:
-    return json_response(request, await _write(request, "policy-delete", {"id": request.match_info["id"]}))
-
-
-@routes.get("/v1/acl/policies")
-async def policy_list(request: web.Request) -> web.Response:
-    _enabled(request)
-    return read_response(request, await read(request, "acl.policies", {}))
-
-
-# ---- roles ----------------------------------------------------------------------------------
-@routes.put("/v1/acl/role")
-async def role_create(request: web.Request) -> web.Response:
-    _enabled(request)
-    payload = parse_role(await read_json(request), str(uuid.uuid4()))
-    return json_response(request, await _write(request, "role-set", payload))
-
-
-@routes.get("/v1/acl/role/name/{name}")
-async def role_by_name(request: web.Request) -> web.Response:
-    return await _found(request, "acl.role", {"name": request.match_info["name"]})
-
-
-@routes.get("/v1/acl/role/{id}")
-async def role_read(request: web.Request) -> web.Response:
-    return await _found(request, "acl.role", {"id": request.match_info["id"]})
-
-
-@routes.put("/v1/acl/role/{id}")
-async def role_update(request: web.Request) -> web.Response:
-    _enabled(request)
-    payload = parse_role(await read_json(request), request.match_info["id"])
-    return json_response(request, await _write(request, "role-set", dict(payload, update=True)))
-
-
-@routes.delete("/v1/acl/role/{id}")
-async def role_delete(request: web.Request) -> web.Response:
-    return json_response(request, await _write(request, "role-delete", {"id": request.match_info["id"]}))
-
-
-@routes.get("/v1/acl/roles")
-async def role_list(request: web.Request) -> web.Response:
-    _enabled(request)
-    return read_response(request, await read(request, "acl.roles", {"policy": request.query.get("policy", "")}))
+_named_objects("policy", "policies", _policy_body)
+_named_objects("role", "roles", parse_role, ("policy",))
