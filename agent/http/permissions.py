@@ -52,10 +52,12 @@ def require(resource: str, access: str, name: Callable[[web.Request], str] | Non
     return Rule("check", check, f"{resource}:{access}")
 
 
+ACCESS = web.RequestKey("acl", Access)
+
+
 def access_of(request: web.Request) -> Access:
     """The request's resolved token (everything allowed with ACLs off)."""
-    found = request.get("acl")
-    return found if isinstance(found, Access) else ALLOW_ALL
+    return request.get(ACCESS, ALLOW_ALL)
 
 
 def _node(request: web.Request) -> str:
@@ -245,7 +247,7 @@ async def acl_guard(request: web.Request, handler: Callable[[web.Request], Any])
     if rule.kind == "open":
         return await handler(request)
     access = await acls.access(token)
-    request["acl"] = access
+    request[ACCESS] = access
     if rule.check is not None:
         rule.check(request, access)
     return await handler(request)
