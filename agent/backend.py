@@ -135,7 +135,7 @@ class LocalBackend:
         return await self.server.read(name, params, opts, self._token(token))
 
     async def resolve_token(self, token: str) -> dict[str, Any]:
-        return self.server.resolve_token(token)
+        return await self.server.resolve_token(token)
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
         return await self.server.heartbeat(dict(info, token=self.agent_token))
@@ -162,7 +162,7 @@ class LocalBackend:
         return self.server.status_peers()
 
     async def raft_configuration(self, token: str | None = None) -> dict[str, Any]:
-        return self.server.raft_configuration(self._token(token))
+        return await self.server.raft_configuration(self._token(token))
 
     # ---- ServerOperations ----------------------------------------------------------
     def raft_state(self) -> dict[str, Any]:

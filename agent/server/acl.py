@@ -15,11 +15,11 @@ from typing import Any
 
 from mesh.catalog.acl_enforce import ACL_NOT_FOUND, ALLOW_ALL, Access, compile_access
 from mesh.catalog.acl_state import Resolved, resolve
-from mesh.catalog.errors import PermissionDenied
+from mesh.catalog.errors import MeshError, PermissionDenied
 from mesh.catalog.fsm import FSM
 
 from ..config import AgentConfig
-from ..rpc import Handler
+from ..rpc import Handler, RPCError
 from . import rpc_args
 from .clock import Clock
 from .membership import Membership
@@ -49,12 +49,25 @@ class ServerACLs:
         with raft.lock:
             return resolve(self.fsm.store.acl, token, self.clock.time(), self.cfg.datacenter)
 
-    def access(self, token: Any) -> Access:
+    async def access(self, token: Any) -> Access:
         """The caller's permissions; PermissionDenied("ACL not found") for a secret that
-        names no live token. Everything is allowed with ACLs off."""
+        names no live token. Everything is allowed with ACLs off.
+
+        A follower that does not know the token asks the leader before saying so: a
+        token created a moment ago may not have been applied here yet, and a client
+        that was just handed one must not be refused by whichever server it asks."""
         if not self.cfg.acl_enabled:
             return ALLOW_ALL
         secret = token if isinstance(token, str) else ""
+        try:
+            return self._local_access(secret)
+        except PermissionDenied:
+            if self.membership.require_raft().is_leader:
+                raise
+        wire = await self._leaders_answer(secret)
+        return compile_access(Resolved.from_wire(wire), self.cfg.acl_default_policy)
+
+    def _local_access(self, secret: str) -> Access:
         raft = self.membership.require_raft()
         now = self.clock.time()
         with raft.lock:
@@ -77,13 +90,26 @@ class ServerACLs:
         return access
 
     async def _rpc_resolve(self, args: dict[str, Any]) -> dict[str, Any]:
-        return self.resolve_wire(rpc_args.string(args, "token", "ACL.Resolve"))
+        return await self.resolve_wire(rpc_args.string(args, "token", "ACL.Resolve"))
 
-    def resolve_wire(self, token: str) -> dict[str, Any]:
-        """What an agent caches for a token: its rules, or "ACL not found"."""
+    async def resolve_wire(self, token: str) -> dict[str, Any]:
+        """What an agent caches for a token: its rules, or "ACL not found" (from the
+        leader, when this follower has not applied the token yet)."""
         if not self.cfg.acl_enabled:
             return {"enabled": False}
         found = self.resolved(token)
-        if found is None:
+        if found is not None:
+            return dict(found.to_wire(), enabled=True)
+        if self.membership.require_raft().is_leader:
             raise PermissionDenied(ACL_NOT_FOUND)
-        return dict(found.to_wire(), enabled=True)
+        return dict(await self._leaders_answer(token))
+
+    async def _leaders_answer(self, secret: str) -> dict[str, Any]:
+        try:
+            wire = await self.membership.client.call(self.membership.leader_rpc_address(), "ACL.Resolve",
+                                                     {"token": secret}, timeout=5)
+        except (RPCError, MeshError):
+            raise PermissionDenied(ACL_NOT_FOUND) from None
+        if not isinstance(wire, dict) or "a" not in wire:
+            raise PermissionDenied(ACL_NOT_FOUND)
+        return wire

@@ -75,7 +75,7 @@ class AutoEncrypt:
                                  "check the client has the same datacenter set as the servers")
         if not node:
             raise InvalidRequest("AutoEncrypt.Sign: node is required")
-        self.acls.access(token).require("node", node, "write")
+        (await self.acls.access(token)).require("node", node, "write")
         raft = self.membership.require_raft()
         with raft.lock:
             state = self.ca.fsm.store.ca

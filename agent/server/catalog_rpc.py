@@ -57,7 +57,7 @@ class CatalogEndpoints:
         if cmd.type not in CLIENT_WRITABLE:
             raise InvalidRequest(f"command type {cmd.type} may not be sent by an agent")
         if self.acls.enabled:
-            access = self.acls.access(token)
+            access = await self.acls.access(token)
             with raft.lock:
                 authorize_command(access, cmd, self.fsm_store())
         if cmd.type in TIMED:

@@ -70,7 +70,7 @@ class ConnectCA:
         raft = self.membership.require_raft()
         service, node, csr = str(args.get("service", "")), str(args.get("node", "")), str(args.get("csr", ""))
         # Consul: a leaf is signed only for a token that may write the service
-        self.acls.access(args.get("token")).require("service", service, "write")
+        (await self.acls.access(args.get("token"))).require("service", service, "write")
         with raft.lock:
             store = self.fsm.store
             state = store.ca
@@ -134,7 +134,7 @@ class ConnectCA:
         return True
 
     async def _rpc_configure(self, args: dict[str, Any]) -> bool:
-        self.acls.access(rpc_args.string(args, "token", "ConnectCA.Configure")).require("operator", None, "write")
+        (await self.acls.access(rpc_args.string(args, "token", "ConnectCA.Configure"))).require("operator", None, "write")
         return await self.configure(args.get("body"))
 
     # ---- the leader's duty -----------------------------------------------------------------

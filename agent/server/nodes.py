@@ -65,7 +65,7 @@ class NodeLiveness:
         Returns the interval the agent should use for its next heartbeat."""
         raft = self.membership.require_raft()
         # an agent keeps its own node alive with its agent token (node:write)
-        self.acls.access(info.get("token")).require("node", str(info.get("node", "")), "write")
+        (await self.acls.access(info.get("token"))).require("node", str(info.get("node", "")), "write")
         if not raft.is_leader:
             forwarded = {k: v for k, v in info.items() if k != "v"}  # the leader answers with a plain interval
             return float(await self.membership.forward("Node.Heartbeat", forwarded) or self.cfg.heartbeat_interval)
@@ -117,7 +117,7 @@ class NodeLiveness:
     async def node_leave(self, info: dict[str, Any]) -> None:
         """A client agent leaves gracefully: deregister its node at once."""
         raft = self.membership.require_raft()
-        self.acls.access(info.get("token")).require("node", str(info.get("node", "")), "write")
+        (await self.acls.access(info.get("token"))).require("node", str(info.get("node", "")), "write")
         if not raft.is_leader:
             await self.membership.forward("Node.Leave", info)
             return

@@ -39,7 +39,7 @@ class Operator:
         return self.membership.leader_rpc_address()
 
     async def _rpc_operator_raft(self, args: dict[str, Any]) -> dict[str, Any]:
-        self.acls.access(args.get("token")).require("operator", None, "read")
+        (await self.acls.access(args.get("token"))).require("operator", None, "read")
         return self.raft_configuration()
 
     def raft_configuration(self) -> dict[str, Any]:

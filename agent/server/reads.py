@@ -53,7 +53,7 @@ class ReadEngine:
         q = QUERIES.get(name)
         if q is None:
             raise InvalidRequest(f"unknown query {name!r}")
-        access = self.acls.access(token)
+        access = await self.acls.access(token)
         visible = READ_FILTERS[name]
         raft = self.membership.require_raft()
         if opts.consistent:

@@ -145,8 +145,8 @@ class ServerRole:
     def status_peers(self) -> list[str]:
         return self.membership.peer_rpc_addresses()
 
-    def raft_configuration(self, token: str = "") -> dict[str, Any]:
-        self.acls.access(token).require("operator", None, "read")
+    async def raft_configuration(self, token: str = "") -> dict[str, Any]:
+        (await self.acls.access(token)).require("operator", None, "read")
         return self.operator.raft_configuration()
 
     def raft_state(self) -> dict[str, Any]:
@@ -187,11 +187,11 @@ class ServerRole:
         return await self.ca.sign(args)
 
     async def ca_configure(self, body: Any, token: str = "") -> bool:
-        self.acls.access(token).require("operator", None, "write")
+        (await self.acls.access(token)).require("operator", None, "write")
         return await self.ca.configure(body)
 
     async def session_renew(self, session_id: str, token: str = "") -> dict[str, Any] | None:
         return await self.sessions.renew(session_id, token)
 
-    def resolve_token(self, token: str) -> dict[str, Any]:
-        return self.acls.resolve_wire(token)
+    async def resolve_token(self, token: str) -> dict[str, Any]:
+        return await self.acls.resolve_wire(token)

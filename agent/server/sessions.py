@@ -130,7 +130,7 @@ class SessionUpkeep:
         """Restart the session's TTL clock on the leader; its entry, or None when it
         does not exist (session:write on its node needed)."""
         raft = self.membership.require_raft()
-        access = self.acls.access(token)
+        access = await self.acls.access(token)
         with raft.lock:
             session = self.fsm.store.sessions.get(session_id)
         if session is not None:

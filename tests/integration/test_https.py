@@ -26,7 +26,8 @@ def _https_get(port: int, path: str, ctx: ssl.SSLContext) -> object:
 
 
 def _start(tmp: Path, name: str, extra: list[str], ctx: ssl.SSLContext) -> Agent:
-    """A dev agent with HTTP off and HTTPS on a free port, up once it answers over HTTPS."""
+    """A dev agent with HTTP off and HTTPS on a free port, up once it answers over HTTPS
+    and its catalog holds its `consul` service."""
     agent = Agent(name, str(tmp), -1, free_port(), free_port(), [], str(tmp / f"{name}.log"))
     agent.https_port = free_port()  # type: ignore[attr-defined]
     agent.args = ["-dev", "-node", f"{name}node", "-http-port", "-1", "-https-port", str(agent.https_port),  # type: ignore[attr-defined]
@@ -36,6 +37,9 @@ def _start(tmp: Path, name: str, extra: list[str], ctx: ssl.SSLContext) -> Agent
     try:
         retry(lambda: _https_get(agent.https_port, "/v1/status/leader", ctx), 20, 0.05,  # type: ignore[attr-defined]
               f"{name} over HTTPS")
+        # and its own `consul` service synced into the catalog, which the tests list
+        retry(lambda: _https_get(agent.https_port, "/v1/catalog/service/consul", ctx), 20, 0.05,  # type: ignore[attr-defined]
+              f"{name}'s consul service in the catalog")
     except BaseException:
         print(agent.log_tail())
         agent.kill()
