@@ -341,7 +341,10 @@ class RemoteBackend:
         return ReadResult.from_wire(reply)
 
     async def resolve_token(self, token: str) -> dict[str, Any]:
-        return dict(await self.pool.call("ACL.Resolve", {"token": token}, timeout=3, deadline=3))
+        # with the servers already unreachable (heartbeats failing), a request waiting on a
+        # token's refresh gives up sooner: the agent's down_policy answers it meanwhile
+        wait = 3.0 if self.pool.healthy else 0.5
+        return dict(await self.pool.call("ACL.Resolve", {"token": token}, timeout=wait, deadline=wait))
 
     async def heartbeat(self, info: dict[str, Any]) -> float:
         reply = await self.pool.call("Node.Heartbeat", dict(info, v=2, token=self.agent_token), timeout=3, deadline=3)

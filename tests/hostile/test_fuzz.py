@@ -33,7 +33,7 @@ from tests.harness.cluster import Agent, dev_agent, retry, rss_kib
 
 pytestmark = pytest.mark.cluster
 
-EXAMPLES = 80  # per listener and test (make test's budget; raise it for a longer hunt)
+EXAMPLES = 64  # per listener and test (make test's budget; raise it for a longer hunt)
 # derandomized (a failure replays as it is), no shrinking (it would redo slow socket work
 # for minutes): the failing input is reported as generated
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=True, database=None,
