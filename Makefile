@@ -25,11 +25,15 @@ dig:
 	@command -v dig >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
 	  (apt-get update -qq >/dev/null 2>&1; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq bind9-dnsutils >/dev/null 2>&1); } || true
 
+# the unit tier (pure, in-process) runs on both cores; the tiers with real processes
+# one test at a time, as their timing assertions assume
 test: $(STAMP) dig
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -q -m "not soak" tests
+	$(BIN)/python -m pytest -q -m "not soak" -n 2 tests/unit
+	$(BIN)/python -m pytest -q -m "not soak" tests --ignore=tests/unit
 
-# long runs kept out of `make test` (the 100,000-entry Raft state with snapshots)
+# long runs kept out of `make test` (the 100,000-entry Raft state with snapshots, a
+# minute of 10-second leaves through automatic root rotations)
 soak: $(STAMP)
 	$(BIN)/python -m pytest -q -m soak tests
 
