@@ -78,3 +78,12 @@ async def test_writes_and_signing_are_checked_on_the_server(servers) -> None:
     with pytest.raises(PermissionDenied):
         await rpc["Read"]({"q": "acl.tokens", "p": {}, "o": {"s": True}, "token": web})
     assert (await rpc["ACL.Resolve"]({"token": web}))["a"]
+
+
+def test_every_named_read_has_an_acl_filter() -> None:
+    """A read added to the table without saying what a token may see of it fails here
+    (and reading it would fail: the server looks its filter up first)."""
+    from mesh.agent.server.queries import QUERIES
+    from mesh.catalog.acl_enforce import READ_FILTERS
+
+    assert set(QUERIES) == set(READ_FILTERS)
