@@ -15,7 +15,9 @@ from mesh.catalog.acl_state import ANONYMOUS_ACCESSOR, MANAGEMENT_POLICY_ID, MAN
 from mesh.catalog.durations import parse_duration
 from mesh.catalog.errors import InvalidRequest
 
-__all__ = ["Fail", "attempt", "emit", "load_source", "service_identities", "node_identities", "full_id", "check_format",
+from .flags import client_for, parse_flags
+
+__all__ = ["Fail", "attempt", "run_list", "emit", "load_source", "service_identities", "node_identities", "full_id", "check_format",
            "ttl_flag", "FORMAT_FLAG"]
 
 FORMAT_FLAG = {"format": "str"}
@@ -39,6 +41,16 @@ async def attempt(failure: str, call: Awaitable[T]) -> T:
         return await call
     except APIError as exc:
         raise Fail(f"{failure}: {exc.message}") from None
+
+
+async def run_list(argv: list[str], path: str, failure: str, pretty: Callable[[Any], str]) -> int:
+    """`mesh acl token|policy|role list`: one GET, printed in the chosen format."""
+    flags, _ = parse_flags(argv, {**FORMAT_FLAG})
+    fmt = check_format(flags)
+    async with client_for(flags) as c:
+        items = await attempt(failure, c.get(path)) or []
+    emit(fmt, items, pretty)
+    return 0
 
 
 def check_format(flags: dict[str, Any]) -> str:
@@ -123,7 +135,7 @@ async def full_id(c: Client, kind: str, partial: str, context: str) -> str:
     if len(partial) == _FULL_ID:
         return partial
     path, key = _LISTS[kind]
-    items = await attempt(f"{context}", c.get(path) or [])
+    items = await attempt(context, c.get(path)) or []
     matches = [str(item.get(key, "")) for item in items if str(item.get(key, "")).startswith(partial)]
     if len(matches) > 1:
         raise Fail(f"{context}: Partial {kind} ID is not unique")

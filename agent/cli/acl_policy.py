@@ -21,6 +21,7 @@ from .acl_common import (
     full_id,
     load_source,
     node_identities,
+    run_list,
     service_identities,
 )
 from .acl_format import policy_list_text, policy_text, role_list_text, role_text
@@ -58,12 +59,7 @@ async def _policy_create(argv: list[str]) -> int:
 
 
 async def _policy_list(argv: list[str]) -> int:
-    flags, _ = _parse(argv, {**FORMAT_FLAG})
-    fmt = check_format(flags)
-    async with _client(flags) as c:
-        policies = await attempt("Failed to retrieve the policy list", c.get("/v1/acl/policies") or [])
-    emit(fmt, policies, policy_list_text)
-    return 0
+    return await run_list(argv, "/v1/acl/policies", "Failed to retrieve the policy list", policy_list_text)
 
 
 async def _policy_read(argv: list[str]) -> int:
@@ -155,12 +151,7 @@ async def _role_create(argv: list[str]) -> int:
 
 
 async def _role_list(argv: list[str]) -> int:
-    flags, _ = _parse(argv, {**FORMAT_FLAG})
-    fmt = check_format(flags)
-    async with _client(flags) as c:
-        roles = await attempt("Failed to retrieve the role list", c.get("/v1/acl/roles") or [])
-    emit(fmt, roles, role_list_text)
-    return 0
+    return await run_list(argv, "/v1/acl/roles", "Failed to retrieve the role list", role_list_text)
 
 
 async def _role_read(argv: list[str]) -> int:

@@ -22,6 +22,7 @@ from .acl_common import (
     emit,
     full_id,
     node_identities,
+    run_list,
     service_identities,
     ttl_flag,
 )
@@ -84,12 +85,7 @@ async def _create(argv: list[str]) -> int:
 
 
 async def _list(argv: list[str]) -> int:
-    flags, _ = _parse(argv, {**FORMAT_FLAG})
-    fmt = check_format(flags)
-    async with _client(flags) as c:
-        tokens = await attempt("Failed to retrieve the token list", c.get("/v1/acl/tokens") or [])
-    emit(fmt, tokens, token_list_text)
-    return 0
+    return await run_list(argv, "/v1/acl/tokens", "Failed to retrieve the token list", token_list_text)
 
 
 async def _read(argv: list[str]) -> int:

@@ -84,8 +84,9 @@ def test_roles(admin) -> None:
     assert admin.acl.role.read_by_name("web-role2")["ID"] == by_name["ID"]
     assert {r["Name"] for r in admin.acl.role.list(policy=policy["ID"])} == {"web-role", "web-role2"}
     updated = admin.acl.role.update(role["ID"], "web-role", description="changed", policies_name=["role-pol"])
-    assert updated["Description"] == "changed" and "ServiceIdentities" not in updated or \
-        updated["ServiceIdentities"] is None
+    # an update replaces the role: the identities not sent again are gone
+    assert updated["Description"] == "changed" and updated.get("ServiceIdentities") is None
+    assert updated["Policies"] == [{"ID": policy["ID"], "Name": "role-pol"}]
     assert admin.acl.role.delete(by_name["ID"]) is True
     with pytest.raises(consul.ACLPermissionDenied):
         admin.acl.role.read_by_name("web-role2")
